@@ -1,0 +1,56 @@
+# The README's two commands: `make up` (set up and run the whole local stack) and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+help:
+	@echo "make up      set up everything and start the local stack in the background"
+	@echo "make down    stop the local stack (data in .data/ is kept)"
+	@echo "make test    set up everything and run the whole test suite"
+	@echo "make bench   run the benchmarks in bench/"
+
+# Python environment: rebuilt when pyproject.toml changes.
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(INSTALLED)
+
+# Debian packages the browser test needs (Chromium); installed once.
+system-deps:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+# Node packages of the local stack (dynalite), pinned by package-lock.json.
+NODE_DEPS := tools/node/node_modules/.package-lock.json
+$(NODE_DEPS): tools/node/package.json tools/node/package-lock.json
+	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
+	touch $@
+
+deps: venv system-deps $(wildcard $(NODE_DEPS))
+
+up: venv
+	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory $(NODE_DEPS)
+	$(BIN)/udagram up
+
+down:
+	@[ ! -x $(BIN)/udagram ] || $(BIN)/udagram down
+
+status:
+	$(BIN)/udagram status
+
+test: venv system-deps
+	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory $(NODE_DEPS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/pipeline.py
+
+.PHONY: help venv system-deps deps up down status test bench

@@ -1,0 +1,19 @@
+from udagram.settings import Settings
+
+
+def test_local_mode_points_at_local_servers(monkeypatch):
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB"):
+        monkeypatch.delenv(var, raising=False)
+    s = Settings(_env_file=None, s3_port=9999)
+    assert s.s3_endpoint_url == "http://127.0.0.1:9999"
+    assert s.auth_issuer == "http://127.0.0.1:8000/"
+
+
+def test_standard_aws_variables_win(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1234")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("UDAGRAM_MODE", "aws")
+    s = Settings()
+    assert s.s3_endpoint_url == "http://127.0.0.1:1234"
+    assert s.aws_region == "eu-west-1"
+    assert s.sqs_endpoint_url is None  # left to boto3 on AWS

@@ -1,0 +1,23 @@
+"""`udagram`: the project's one command line. Each role contributes its own subcommands.
+
+Heavy imports (torch, the API, the worker) happen inside the commands, so `udagram token`
+or `udagram status` answer quickly.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from graphql_api.cli import register as register_api
+from handlers.cli import model_app
+from udagram.stack.cli import register as register_stack
+from workers.cli import register as register_worker
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Udagram Redux command line.")
+app.add_typer(model_app, name="model", help="Build, register and manage classifier versions.")
+register_stack(app)  # up, down, status
+register_api(app)  # api, token
+register_worker(app)  # worker, reprocess
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,184 @@
+"""The data layer shared by the API and the worker: groups and images in DynamoDB (PynamoDB).
+
+Keys, and why:
+- `images` is keyed by the image id, so the worker (which learns the id from the S3 object key)
+  reads and conditionally updates a record with one strongly consistent call. The global
+  secondary index `by_group` (group_id, created_key) lists a group's images newest first, and
+  `by_status` (status, status_changed_at) finds the stuck ones for the worker's reconciliation.
+- `groups` is keyed by id; the index `by_created` (kind, created_key) lists all groups newest
+  first. `created_key` is "<ISO time>#<id>", unique and ordered, and doubles as the cursor.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from datetime import datetime, timezone
+
+from pynamodb.attributes import (
+    ListAttribute,
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    UTCDateTimeAttribute,
+)
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from udagram.settings import Settings, get_settings
+
+
+class ImageStatus(str, enum.Enum):
+    AWAITING_UPLOAD = "AWAITING_UPLOAD"
+    PROCESSING = "PROCESSING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
+# Content types accepted for upload and the extension their object key carries.
+CONTENT_TYPE_EXTENSIONS = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/bmp": "bmp",
+}
+
+_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(_ID_RE.match(value or ""))
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def created_key(created_at: datetime, item_id: str) -> str:
+    return f"{created_at.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}#{item_id}"
+
+
+def original_key(image_id: str, content_type: str) -> str:
+    """Object key of an upload in the originals bucket: `originals/<id>.<ext>`."""
+    return f"originals/{image_id}.{CONTENT_TYPE_EXTENSIONS[content_type]}"
+
+
+def processed_key(image_id: str, extension: str = "jpg") -> str:
+    """Deterministic key of the processed copy: a retry overwrites, never duplicates."""
+    return f"processed/{image_id}.{extension}"
+
+
+def image_id_from_key(key: str) -> str | None:
+    """The image id an object key belongs to, or None for keys this app did not hand out."""
+    m = re.match(r"^(?:originals|processed)/([0-9a-f]{32})\.[a-z0-9]+$", key)
+    return m.group(1) if m else None
+
+
+class Prediction(MapAttribute):
+    label = UnicodeAttribute()
+    probability = NumberAttribute()
+
+
+class GroupsByCreated(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_created"
+        projection = AllProjection()
+
+    kind = UnicodeAttribute(hash_key=True)
+    created_key = UnicodeAttribute(range_key=True)
+
+
+class GroupModel(Model):
+    class Meta:
+        table_name = "udagram-groups"
+        region = "us-east-1"
+
+    id = UnicodeAttribute(hash_key=True)
+    kind = UnicodeAttribute(default="GROUP")  # constant partition of the by_created index
+    created_key = UnicodeAttribute()
+    name = UnicodeAttribute()
+    description = UnicodeAttribute(default="")
+    owner = UnicodeAttribute()
+    created_at = UTCDateTimeAttribute()
+    image_count = NumberAttribute(default=0)
+
+    by_created = GroupsByCreated()
+
+
+class ImagesByGroup(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_group"
+        projection = AllProjection()
+
+    group_id = UnicodeAttribute(hash_key=True)
+    created_key = UnicodeAttribute(range_key=True)
+
+
+class ImagesByStatus(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_status"
+        projection = AllProjection()
+
+    status = UnicodeAttribute(hash_key=True)
+    status_changed_at = UnicodeAttribute(range_key=True)  # ISO time, sortable
+
+
+class ImageModel(Model):
+    class Meta:
+        table_name = "udagram-images"
+        region = "us-east-1"
+
+    id = UnicodeAttribute(hash_key=True)
+    group_id = UnicodeAttribute()
+    created_key = UnicodeAttribute()
+    owner = UnicodeAttribute()
+    caption = UnicodeAttribute(default="")
+    file_name = UnicodeAttribute(default="")
+    title = UnicodeAttribute(default="")
+    status = UnicodeAttribute(default=ImageStatus.AWAITING_UPLOAD.value)
+    status_changed_at = UnicodeAttribute()
+    content_type = UnicodeAttribute()
+    content_length = NumberAttribute()
+    original_key = UnicodeAttribute()
+    processed_key = UnicodeAttribute(null=True)
+    predictions = ListAttribute(of=Prediction, null=True)
+    model_version = UnicodeAttribute(null=True)
+    error = UnicodeAttribute(null=True)
+    attempts = NumberAttribute(default=0)  # processing tries by the worker
+    created_at = UTCDateTimeAttribute()
+    processed_at = UTCDateTimeAttribute(null=True)
+
+    by_group = ImagesByGroup()
+    by_status = ImagesByStatus()
+
+
+MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel)
+
+
+def configure(settings: Settings | None = None) -> None:
+    """Point the models at the configured tables and endpoint (call once per process/test)."""
+    settings = settings or get_settings()
+    for model, table in ((GroupModel, settings.groups_table), (ImageModel, settings.images_table)):
+        model.Meta.table_name = table
+        model.Meta.region = settings.aws_region
+        model.Meta.host = settings.dynamodb_endpoint_url
+        model.Meta.aws_access_key_id = settings.aws_access_key_id
+        model.Meta.aws_secret_access_key = settings.aws_secret_access_key
+        model.Meta.connect_timeout_seconds = 5
+        model.Meta.read_timeout_seconds = 15
+        model.Meta.max_retry_attempts = 3
+        model._connection = None  # drop a connection made with the previous settings
+
+
+def ensure_tables(settings: Settings | None = None) -> None:
+    """Create missing tables (on-demand billing) and wait until they are active."""
+    configure(settings)
+    for model in MODELS:
+        if not model.exists():
+            model.create_table(billing_mode="PAY_PER_REQUEST", wait=True)

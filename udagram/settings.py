@@ -1,0 +1,136 @@
+"""The one settings object, read from the environment (12-factor).
+
+Every variable is `UDAGRAM_<FIELD>` (e.g. `UDAGRAM_API_PORT=9000`), except the standard AWS ones
+(`AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL_SQS`,
+`AWS_ENDPOINT_URL_DYNAMODB`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), which keep their
+usual names and meaning.
+
+`mode=local` (the default) is the embedded stack that `make up` runs on loopback: when no AWS
+endpoint is given, the endpoints point at the local S3/SQS/DynamoDB servers and fixed local
+credentials are used. `mode=aws` leaves endpoints and credentials to boto3's usual resolution.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_ACCESS_KEY = "udagram-local"
+LOCAL_SECRET_KEY = "udagram-local-secret"
+
+
+def _aws(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UDAGRAM_", extra="ignore", populate_by_name=True)
+
+    mode: Literal["local", "aws"] = "local"
+    data_dir: Path = Path(".data")
+    host: str = "127.0.0.1"  # every local listener binds here
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    # --- GraphQL API -------------------------------------------------------------------------
+    api_port: int = 8000
+    public_url: str | None = None  # how browsers reach the API; default http://host:api_port
+    max_request_bytes: int = 64 * 1024
+    max_upload_bytes: int = 20 * 1024 * 1024
+    upload_url_ttl_seconds: int = 900
+    download_url_ttl_seconds: int = 3600
+    page_size_default: int = 20
+    page_size_max: int = 100
+    max_query_depth: int = 10
+    max_query_tokens: int = 2000
+    max_query_aliases: int = 30
+
+    # --- auth (RS256 JWT against a JWKS, Auth0-compatible) -------------------------------------
+    auth_issuer: str | None = None  # local: the API itself (public_url + "/")
+    auth_audience: str = "udagram"
+    auth_jwks_url: str | None = None  # local: public_url + "/.well-known/jwks.json"
+    token_ttl_seconds: int = 12 * 3600
+
+    # --- AWS resources (same names locally and on AWS) -----------------------------------------
+    aws_region: str = Field("us-east-1", validation_alias=_aws("AWS_REGION", "AWS_DEFAULT_REGION", "UDAGRAM_AWS_REGION"))
+    aws_endpoint_url: str | None = Field(None, validation_alias=_aws("AWS_ENDPOINT_URL"))
+    s3_endpoint_url: str | None = Field(None, validation_alias=_aws("AWS_ENDPOINT_URL_S3"))
+    sqs_endpoint_url: str | None = Field(None, validation_alias=_aws("AWS_ENDPOINT_URL_SQS"))
+    dynamodb_endpoint_url: str | None = Field(None, validation_alias=_aws("AWS_ENDPOINT_URL_DYNAMODB"))
+    aws_access_key_id: str | None = Field(None, validation_alias=_aws("AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: str | None = Field(None, validation_alias=_aws("AWS_SECRET_ACCESS_KEY"))
+    originals_bucket: str = "udagram-originals"
+    processed_bucket: str = "udagram-processed"
+    queue_name: str = "udagram-uploads"
+    dead_letter_queue_name: str = "udagram-uploads-dlq"
+    queue_max_receive_count: int = 5  # redrive to the DLQ after this many receives
+    groups_table: str = "udagram-groups"
+    images_table: str = "udagram-images"
+    create_resources: bool = True  # create tables/buckets/queues if missing (off for locked-down AWS)
+
+    # --- local stand-ins (mode=local) ----------------------------------------------------------
+    s3_port: int = 8333
+    sqs_port: int = 9324
+    dynamodb_port: int = 4567
+    s3_events_port: int = 8334  # the small bridge turning SeaweedFS filer events into S3 events
+
+    # --- TorchServe ----------------------------------------------------------------------------
+    torchserve_inference_port: int = 8080
+    torchserve_management_port: int = 8081
+    torchserve_metrics_port: int = 8082
+    torchserve_inference_url: str | None = None  # default http://host:inference_port
+    torchserve_management_url: str | None = None
+    model_name: str = "classifier"
+    model_store: Path = Path("model-store")
+
+    # --- worker ----------------------------------------------------------------------------------
+    worker_concurrency: int = 8  # messages in flight; keeps TorchServe's batches full
+    worker_metrics_port: int = 9400
+    worker_visibility_timeout_seconds: int = 60
+    worker_max_attempts: int = 5  # tries before a poison image ends FAILED
+    worker_stale_processing_seconds: int = 300  # PROCESSING longer than this is re-queued on start
+    max_original_bytes: int = 50 * 1024 * 1024
+    processed_width: int = 1000
+
+    @model_validator(mode="after")
+    def _local_defaults(self) -> "Settings":
+        if self.public_url is None:
+            self.public_url = f"http://{self.host}:{self.api_port}"
+        self.public_url = self.public_url.rstrip("/")
+        if self.torchserve_inference_url is None:
+            self.torchserve_inference_url = f"http://{self.host}:{self.torchserve_inference_port}"
+        if self.torchserve_management_url is None:
+            self.torchserve_management_url = f"http://{self.host}:{self.torchserve_management_port}"
+        if self.mode == "local":
+            base = self.aws_endpoint_url
+            self.s3_endpoint_url = self.s3_endpoint_url or base or f"http://{self.host}:{self.s3_port}"
+            self.sqs_endpoint_url = self.sqs_endpoint_url or base or f"http://{self.host}:{self.sqs_port}"
+            self.dynamodb_endpoint_url = (
+                self.dynamodb_endpoint_url or base or f"http://{self.host}:{self.dynamodb_port}"
+            )
+            self.aws_access_key_id = self.aws_access_key_id or LOCAL_ACCESS_KEY
+            self.aws_secret_access_key = self.aws_secret_access_key or LOCAL_SECRET_KEY
+            if self.auth_issuer is None:
+                self.auth_issuer = self.public_url + "/"
+            if self.auth_jwks_url is None:
+                self.auth_jwks_url = self.public_url + "/.well-known/jwks.json"
+        else:
+            # On AWS, boto3 resolves AWS_ENDPOINT_URL itself; keep the per-service ones explicit.
+            self.s3_endpoint_url = self.s3_endpoint_url or self.aws_endpoint_url
+            self.sqs_endpoint_url = self.sqs_endpoint_url or self.aws_endpoint_url
+            self.dynamodb_endpoint_url = self.dynamodb_endpoint_url or self.aws_endpoint_url
+        return self
+
+    @property
+    def local_signing_key_path(self) -> Path:
+        """Private key the API signs local-mode tokens with (created on first use)."""
+        return self.data_dir / "auth" / "local-signing-key.pem"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
