@@ -1,0 +1,57 @@
+"""Messages the app itself puts on the uploads queue, beside S3's own event notifications.
+
+A re-run is sent as an S3-notification-shaped body with our own event source, so the worker
+parses one message shape: `{"Records": [{"eventSource": "udagram:reprocess", ...}]}`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+from udagram.aws import client
+from udagram.settings import Settings, get_settings
+
+REPROCESS_SOURCE = "udagram:reprocess"
+
+
+def reprocess_record(image_id: str, model_version: str | None = None) -> dict[str, Any]:
+    return {"eventSource": REPROCESS_SOURCE, "imageId": image_id, "modelVersion": model_version}
+
+
+def queue_url(settings: Settings | None = None, sqs: Any = None) -> str:
+    settings = settings or get_settings()
+    sqs = sqs or client("sqs", settings)
+    return sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
+
+
+def enqueue_reprocess(
+    image_ids: Iterable[str],
+    model_version: str | None = None,
+    settings: Settings | None = None,
+    sqs: Any = None,
+) -> int:
+    """Queue re-runs of the given images (in SQS batches of 10); returns how many were sent."""
+    settings = settings or get_settings()
+    sqs = sqs or client("sqs", settings)
+    url = queue_url(settings, sqs)
+    sent = 0
+    batch: list[dict[str, str]] = []
+
+    def flush() -> None:
+        nonlocal sent
+        if not batch:
+            return
+        result = sqs.send_message_batch(QueueUrl=url, Entries=list(batch))
+        if result.get("Failed"):
+            raise RuntimeError(f"SQS refused {len(result['Failed'])} re-run messages: {result['Failed']}")
+        sent += len(batch)
+        batch.clear()
+
+    for image_id in image_ids:
+        body = json.dumps({"Records": [reprocess_record(image_id, model_version)]})
+        batch.append({"Id": str(len(batch)), "MessageBody": body})
+        if len(batch) == 10:
+            flush()
+    flush()
+    return sent
