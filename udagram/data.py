@@ -15,6 +15,7 @@ import enum
 import re
 import uuid
 from datetime import datetime, timezone
+from typing import Iterable, TypeVar
 
 from pynamodb.attributes import (
     ListAttribute,
@@ -46,6 +47,7 @@ CONTENT_TYPE_EXTENSIONS = {
 }
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_CREATED_KEY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z#[0-9a-f]{32}$")
 
 
 def new_id() -> str:
@@ -54,6 +56,11 @@ def new_id() -> str:
 
 def is_valid_id(value: str) -> bool:
     return bool(_ID_RE.match(value or ""))
+
+
+def is_valid_created_key(value: str) -> bool:
+    """A well-formed `created_key` (the pagination cursor)."""
+    return bool(_CREATED_KEY_RE.match(value or ""))
 
 
 def utcnow() -> datetime:
@@ -151,6 +158,10 @@ class ImageModel(Model):
     model_version = UnicodeAttribute(null=True)
     error = UnicodeAttribute(null=True)
     attempts = NumberAttribute(default=0)  # processing tries by the worker
+    # The worker's processing lease: one worker at a time per image (workers/processor.py).
+    lease_owner = UnicodeAttribute(null=True)
+    lease_expires_at = NumberAttribute(null=True)  # epoch seconds
+    source_etag = UnicodeAttribute(null=True)  # ETag of the original the result was made from
     created_at = UTCDateTimeAttribute()
     processed_at = UTCDateTimeAttribute(null=True)
 
@@ -182,3 +193,49 @@ def ensure_tables(settings: Settings | None = None) -> None:
     for model in MODELS:
         if not model.exists():
             model.create_table(billing_mode="PAY_PER_REQUEST", wait=True)
+
+
+# --- queries shared by the API (and usable by the worker) -------------------------------------
+
+M = TypeVar("M", bound=Model)
+
+
+def _page(index, hash_key: str, range_attr, limit: int, after: str | None) -> tuple[list, bool]:
+    """One DynamoDB Query: up to `limit` items newest first after the cursor, and whether more exist.
+
+    Reads limit + 1 items so `hasNextPage` needs no second call.
+    """
+    condition = range_attr < after if after else None
+    items = list(
+        index.query(
+            hash_key,
+            range_key_condition=condition,
+            scan_index_forward=False,
+            limit=limit + 1,
+            page_size=limit + 1,
+        )
+    )
+    return items[:limit], len(items) > limit
+
+
+def page_groups(limit: int, after: str | None = None) -> tuple[list[GroupModel], bool]:
+    """Groups newest first (one Query on the `by_created` index)."""
+    return _page(GroupModel.by_created, "GROUP", GroupsByCreated.created_key, limit, after)
+
+
+def page_group_images(group_id: str, limit: int, after: str | None = None) -> tuple[list[ImageModel], bool]:
+    """A group's images newest first (one Query on the `by_group` index)."""
+    return _page(ImageModel.by_group, group_id, ImagesByGroup.created_key, limit, after)
+
+
+def batch_get(model: type[M], ids: Iterable[str]) -> dict[str, M]:
+    """Items by id in BatchGetItem calls of up to 100 keys (missing ids are absent)."""
+    wanted = list(dict.fromkeys(i for i in ids if is_valid_id(i)))
+    return {item.id: item for item in model.batch_get(wanted)} if wanted else {}
+
+
+def add_to_image_count(group_id: str, delta: int) -> None:
+    """Atomic ADD on the group's counter; fails (PutError/UpdateError) if the group is gone."""
+    GroupModel(id=group_id).update(
+        actions=[GroupModel.image_count.add(delta)], condition=GroupModel.id.exists()
+    )

@@ -1,0 +1,185 @@
+"""Idempotent creation of everything the app needs in S3, SQS and DynamoDB.
+
+`ensure_resources(settings)` is called by the API and the worker on start and by the local stack;
+running it again changes nothing. With `settings.create_resources = False` (a locked-down AWS
+account where infrastructure is provisioned elsewhere) it creates nothing.
+
+- DynamoDB: the groups and images tables (`data.ensure_tables`).
+- S3: the originals and processed buckets, private (public access blocked where the server
+  supports it), CORS on the originals bucket so the web page can POST uploads to it directly.
+- SQS: the uploads queue with a dead-letter queue (redrive after `queue_max_receive_count`
+  receives) and a policy letting S3 (only from the originals bucket) send to it.
+- The originals bucket's notification `s3:ObjectCreated:*` on `originals/` -> the uploads queue,
+  where the S3 server supports it (AWS and moto do; SeaweedFS does not: the local stack bridges
+  its filer events into the same S3-shaped messages).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from botocore.exceptions import ClientError
+
+from udagram import data
+from udagram.aws import client
+from udagram.settings import Settings, get_settings
+
+log = structlog.get_logger(__name__)
+
+UPLOADS_PREFIX = "originals/"
+
+
+@dataclass(frozen=True)
+class Resources:
+    queue_url: str | None
+    queue_arn: str | None
+    dead_letter_queue_url: str | None
+    bucket_notifications: bool  # False where the S3 server has no notification API
+
+
+def _error_code(exc: ClientError) -> str:
+    return exc.response.get("Error", {}).get("Code", "")
+
+
+def ensure_buckets(settings: Settings, s3: Any = None) -> None:
+    s3 = s3 or client("s3", settings)
+    for bucket in (settings.originals_bucket, settings.processed_bucket):
+        try:
+            if settings.aws_region == "us-east-1":
+                s3.create_bucket(Bucket=bucket)
+            else:
+                s3.create_bucket(
+                    Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": settings.aws_region}
+                )
+        except ClientError as exc:
+            if _error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+        try:
+            s3.put_public_access_block(
+                Bucket=bucket,
+                PublicAccessBlockConfiguration={
+                    "BlockPublicAcls": True,
+                    "IgnorePublicAcls": True,
+                    "BlockPublicPolicy": True,
+                    "RestrictPublicBuckets": True,
+                },
+            )
+        except ClientError as exc:  # not every S3-compatible server has this API
+            log.info("public access block not supported", bucket=bucket, error=_error_code(exc))
+    # Browsers POST uploads straight to the originals bucket from the web page's origin.
+    try:
+        s3.put_bucket_cors(
+            Bucket=settings.originals_bucket,
+            CORSConfiguration={
+                "CORSRules": [
+                    {
+                        "AllowedOrigins": [settings.public_url],
+                        "AllowedMethods": ["POST", "GET", "HEAD"],
+                        "AllowedHeaders": ["*"],
+                        "ExposeHeaders": ["ETag"],
+                        "MaxAgeSeconds": 3600,
+                    }
+                ]
+            },
+        )
+    except ClientError as exc:
+        log.warning("bucket CORS not supported", bucket=settings.originals_bucket, error=_error_code(exc))
+
+
+def _queue_url(sqs: Any, name: str) -> str | None:
+    try:
+        return sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except ClientError as exc:
+        if _error_code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+            return None
+        raise
+
+
+def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:
+    url = _queue_url(sqs, name)
+    if url is None:
+        return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)  # converge an existing queue
+    return url
+
+
+def _queue_arn(sqs: Any, url: str) -> str:
+    return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+
+def ensure_queues(settings: Settings, sqs: Any = None) -> tuple[str, str, str]:
+    """The uploads queue and its DLQ; returns (queue url, queue arn, dlq url)."""
+    sqs = sqs or client("sqs", settings)
+    dlq_url = _ensure_queue(sqs, settings.dead_letter_queue_name, {"MessageRetentionPeriod": "1209600"})
+    dlq_arn = _queue_arn(sqs, dlq_url)
+    queue_url = _ensure_queue(
+        sqs,
+        settings.queue_name,
+        {
+            "VisibilityTimeout": str(settings.worker_visibility_timeout_seconds),
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(settings.queue_max_receive_count)}
+            ),
+        },
+    )
+    queue_arn = _queue_arn(sqs, queue_url)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "AllowOriginalsBucketEvents",
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{settings.originals_bucket}"}},
+            }
+        ],
+    }
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
+    return queue_url, queue_arn, dlq_url
+
+
+def ensure_bucket_notification(settings: Settings, queue_arn: str, s3: Any = None) -> bool:
+    """ObjectCreated on the originals bucket -> the uploads queue; False if unsupported."""
+    s3 = s3 or client("s3", settings)
+    configuration = {
+        "QueueConfigurations": [
+            {
+                "Id": "udagram-uploads",
+                "QueueArn": queue_arn,
+                "Events": ["s3:ObjectCreated:*"],
+                "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": UPLOADS_PREFIX}]}},
+            }
+        ]
+    }
+    try:
+        current = s3.get_bucket_notification_configuration(Bucket=settings.originals_bucket)
+        if current.get("QueueConfigurations") == configuration["QueueConfigurations"]:
+            return True
+        s3.put_bucket_notification_configuration(
+            Bucket=settings.originals_bucket, NotificationConfiguration=configuration
+        )
+        return True
+    except ClientError as exc:
+        if settings.mode == "aws":
+            raise  # on AWS this is a real failure (e.g. a missing permission)
+        # S3-compatible servers answer this in various ways (SeaweedFS: BucketAlreadyOwnedByYou).
+        log.info("S3 server has no bucket notifications; the local stack bridges them",
+                 bucket=settings.originals_bucket, error=_error_code(exc))
+        return False
+
+
+def ensure_resources(settings: Settings | None = None) -> Resources:
+    settings = settings or get_settings()
+    if not settings.create_resources:
+        data.configure(settings)
+        return Resources(None, None, None, bucket_notifications=False)
+    data.ensure_tables(settings)
+    ensure_buckets(settings)
+    queue_url, queue_arn, dlq_url = ensure_queues(settings)
+    notifications = ensure_bucket_notification(settings, queue_arn)
+    return Resources(queue_url, queue_arn, dlq_url, notifications)
