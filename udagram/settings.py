@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     sqs_port: int = 9324
     dynamodb_port: int = 4567
     s3_events_port: int = 8334  # the small bridge turning SeaweedFS filer events into S3 events
+    seaweedfs_port_base: int = 9330  # SeaweedFS's internal ports (master, volume, filer, gRPC): base..base+9
 
     # --- TorchServe ----------------------------------------------------------------------------
     torchserve_inference_port: int = 8080
