@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     worker_stale_processing_seconds: int = 300  # PROCESSING longer than this is re-queued on start
     max_original_bytes: int = 50 * 1024 * 1024
     processed_width: int = 1000
+    worker_poll_seconds: int = 20  # SQS long-poll wait
+    worker_retry_base_seconds: float = 5  # transient-failure back-off: base * 2^n, capped
+    worker_retry_max_seconds: float = 300
+    worker_shutdown_grace_seconds: float = 20  # on SIGTERM, in-flight work gets this long to finish
+    worker_reconcile_on_start: bool = True
+    max_image_pixels: int = 90_000_000  # larger images are refused (decompression-bomb guard)
+    classifier_input_short_side: int = 584  # downscaled copy sent to TorchServe (2x its 292 px resize)
+    torchserve_timeout_seconds: float = 30
+    reprocess_max_outstanding: int = 16  # re-runs wait while the queue holds more: uploads stay first
 
     @model_validator(mode="after")
     def _local_defaults(self) -> "Settings":

@@ -1,0 +1,130 @@
+"""Render and decode without servers: widths, overlay pixels, EXIF, modes, draft, poison."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.workers.images import bomb_png, encode, jpeg, noise, photo
+from workers import render
+from workers.errors import PoisonInput
+
+LINES = ["Labrador retriever - 77.0%", "golden retriever - 10.2%", "kuvasz - 3.1%", "tennis ball - 1.0%",
+         "Great Pyrenees - 0.5%"]
+W = 1000
+
+
+def decode(data: bytes) -> render.Decoded:
+    return render.decode(data, width=W, classifier_short_side=584, max_pixels=90_000_000)
+
+
+@pytest.mark.parametrize("size", [(300, 2000), (4000, 500), (600, 3000), (12, 9), (1000, 750), (3000, 40)])
+def test_exactly_1000_wide_with_height_by_aspect(size):
+    out = render.render(decode(encode(noise(size))), LINES, W)
+    img = Image.open(io.BytesIO(out.body))
+    assert img.format == "JPEG" and out.extension == "jpg"
+    assert img.width == W
+    assert img.height == max(1, round(size[1] * W / size[0]))
+
+
+@pytest.mark.parametrize("size", [(451, 300), (300, 900), (5000, 400), (20, 20)])
+def test_overlay_changes_pixels_in_the_panel(size):
+    decoded = decode(encode(photo("chelsea").resize(size)))
+    plain = np.asarray(render.resize_to_width(decoded.image, W), dtype=np.int16)
+    drawn, box = render.draw_overlay(render.resize_to_width(decoded.image, W), LINES)
+    drawn = np.asarray(drawn, dtype=np.int16)
+    assert plain.shape == drawn.shape
+    inside = np.abs(drawn - plain)[box.top:box.bottom, box.left:box.right]
+    assert inside.mean() > 10  # the panel darkens and the text lightens
+    assert (drawn[box.top:box.bottom, box.left:box.right] > 200).all(axis=-1).sum() > 50  # white text
+    outside = np.abs(drawn - plain)[box.bottom + 2:, :] if box.bottom + 2 < drawn.shape[0] else None
+    if outside is not None and outside.size:
+        assert outside.max() == 0  # nothing drawn below the panel
+
+
+def test_panel_is_legible_on_white_and_black():
+    for colour in (0, 255):
+        img = Image.new("RGB", (W, 700), (colour,) * 3)
+        drawn, box = render.draw_overlay(img, LINES)
+        panel = np.asarray(drawn.convert("L"), dtype=np.int16)[box.top:box.bottom, box.left:box.right]
+        assert panel.max() - panel.min() > 150  # strong contrast between text and panel
+
+
+def test_font_scales_with_image():
+    big, _ = render.panel_layout(1000, 800, LINES)
+    short, box = render.panel_layout(1000, 60, LINES)
+    assert big >= 24 and short < big and box.bottom <= 60
+
+
+def test_exif_orientation_applied():
+    img = noise((400, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    data = encode(img, "JPEG", exif=exif.tobytes())
+    decoded = decode(data)
+    assert decoded.image.size == (200, 400) and decoded.size == (200, 400)
+    out = Image.open(io.BytesIO(render.render(decoded, LINES, W).body))
+    assert out.size == (1000, 2000)
+
+
+def test_large_jpeg_decoded_in_draft_mode():
+    data = jpeg("chelsea", size=(4000, 3000))
+    decoded = decode(data)
+    assert decoded.size == (4000, 3000)
+    assert decoded.image.size == (1000, 750)  # 1/4 DCT scale still covers 1000 px and 584 px
+    panorama = decode(encode(noise((8000, 1000))))
+    assert min(panorama.image.size) >= 584
+
+
+def test_transparency_gives_png():
+    img = Image.new("RGBA", (300, 200), (255, 0, 0, 0))
+    img.paste((0, 0, 255, 255), (50, 50, 250, 150))
+    out = render.render(decode(encode(img, "PNG")), LINES, W)
+    assert out.extension == "png" and out.content_type == "image/png"
+    back = Image.open(io.BytesIO(out.body))
+    assert back.mode == "RGBA" and back.width == W and back.getpixel((999, 600))[3] == 0
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "I;16", "LA"])
+def test_modes(mode):
+    base = photo("chelsea")
+    img = base.convert("L").convert("I;16") if mode == "I;16" else base.convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
+    decoded = decode(encode(img, fmt))
+    assert decoded.image.mode in ("RGB", "RGBA")
+    assert render.render(decoded, LINES, W).width == W
+
+
+def test_animated_gif_first_frame():
+    frames = [Image.new("RGB", (100, 80), c) for c in ("red", "blue")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    decoded = decode(buf.getvalue())
+    r, g, b = decoded.image.convert("RGB").getpixel((50, 40))
+    assert r > 200 and b < 50
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty"),
+    (b"this is not an image at all", "not an image"),
+    (jpeg()[:2000], "truncated"),
+    (bomb_png(), "too large to decode safely"),
+    (bomb_png(10000), "above the 90 MP limit"),
+])
+def test_poison(data, message):
+    with pytest.raises(PoisonInput, match=message):
+        decode(data)
+
+
+def test_classifier_input_small_original_sent_as_is_and_large_downscaled():
+    small = jpeg("chelsea")
+    assert render.classifier_input(small, decode(small), 584) == small
+    big = jpeg("chelsea", size=(4000, 3000))
+    sent = render.classifier_input(big, decode(big), 584)
+    img = Image.open(io.BytesIO(sent))
+    assert img.format == "JPEG" and min(img.size) == 584 and len(sent) < len(big) / 4
+
+
+def test_format_prediction():
+    assert render.format_prediction("Labrador retriever", 0.77) == "Labrador retriever - 77.0%"

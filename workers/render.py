@@ -1,0 +1,194 @@
+"""Decode an upload and render the processed image (Pillow only, no servers).
+
+`decode` validates while it decodes: empty, unidentifiable, truncated and oversized (decompression
+bomb) inputs raise `PoisonInput` with a readable message. Large JPEGs are decoded with
+`Image.draft`, at the smallest DCT scale (1/2, 1/4, 1/8) that still covers both the 1000 px render
+and the classifier's input, which is most of the speed for a 12 MP photo.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+
+from workers.errors import PoisonInput
+
+# EXIF orientations that swap width and height (rotated by 90 or 270 degrees).
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_ORIENTATION_TAG = 0x0112
+
+
+@dataclass
+class Decoded:
+    image: Image.Image  # upright (EXIF applied), mode RGB or RGBA
+    format: str  # JPEG, PNG, ...
+    size: tuple[int, int]  # upright size of the original, before any draft reduction
+    has_alpha: bool
+
+
+def _displayed_size(img: Image.Image) -> tuple[int, int]:
+    try:
+        orientation = img.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a broken EXIF block is not worth failing the image for
+        orientation = 1
+    w, h = img.size
+    return (h, w) if orientation in _SWAPPING_ORIENTATIONS else (w, h)
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info) or (
+        img.mode in ("RGB", "L") and "transparency" in img.info
+    )
+
+
+def _to_rgb_or_rgba(img: Image.Image, alpha: bool) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = float(arr.max()) or 1.0
+        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    target = "RGBA" if alpha else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def decode(data: bytes, *, width: int, classifier_short_side: int, max_pixels: int) -> Decoded:
+    """Decode and validate an upload; reduce large JPEGs while decoding (draft mode)."""
+    if not data:
+        raise PoisonInput("the file is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise PoisonInput(f"image too large to decode safely: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise PoisonInput(f"not an image this service can read ({type(exc).__name__}: {exc})") from None
+    fmt = img.format or "unknown"
+    if img.width <= 0 or img.height <= 0:
+        raise PoisonInput("image has no pixels")
+    pixels = img.width * img.height
+    if pixels > max_pixels:
+        raise PoisonInput(
+            f"image is {img.width}x{img.height} = {pixels / 1e6:.0f} MP, above the "
+            f"{max_pixels / 1e6:.0f} MP limit (decompression bomb guard)"
+        )
+    dw, dh = _displayed_size(img)
+    alpha = _has_alpha(img)
+    if fmt == "JPEG":
+        # Smallest decode that still covers the render width and the classifier's short side.
+        scale = max(width / dw, classifier_short_side / min(dw, dh))
+        if scale < 1:
+            img.draft("RGB" if img.mode in ("RGB", "YCbCr", "CMYK") else img.mode,
+                      (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+    try:
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # animated GIF/WebP: the first frame
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb_or_rgba(img, alpha)
+    except Image.DecompressionBombError as exc:
+        raise PoisonInput(f"image too large to decode safely: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise PoisonInput(f"the image is damaged or truncated ({type(exc).__name__}: {exc})") from None
+    return Decoded(image=img, format=fmt, size=(dw, dh), has_alpha=alpha)
+
+
+def classifier_input(original: bytes, decoded: Decoded, short_side: int) -> bytes:
+    """What is sent to TorchServe: the original when it is already small, else a JPEG (q90)
+    whose short side is `short_side` (about 2x the model's 292 px resize, so predictions keep)."""
+    img = decoded.image
+    w, h = img.size
+    if min(decoded.size) <= short_side and len(original) <= 1_000_000:
+        return original
+    if min(w, h) > short_side:
+        scale = short_side / min(w, h)
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR,
+                         reducing_gap=2.0)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def format_prediction(label: str, probability: float) -> str:
+    """`Labrador retriever - 77.0%`: the title format and the overlay lines."""
+    return f"{label} - {probability * 100:.1f}%"
+
+
+@lru_cache(maxsize=64)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)  # Pillow >= 10.1 bundles a TrueType font
+
+
+@dataclass(frozen=True)
+class PanelBox:
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+
+def panel_layout(width: int, height: int, lines: list[str]) -> tuple[int, PanelBox]:
+    """Font size and panel box for `lines`, scaled to the image (about 3% of the width, smaller
+    when the image is too short for five lines)."""
+    n = max(1, len(lines))
+    size = max(6, min(round(width * 0.03), int(height * 0.85 / (n * 1.35 + 0.8))))
+    font = _font(size)
+    line_h = round(size * 1.35)
+    pad = max(2, round(size * 0.4))
+    text_w = max((font.getbbox(t)[2] for t in lines), default=0)
+    margin = max(1, round(size * 0.5)) if height > n * line_h + 2 * pad + size else 0
+    box = PanelBox(margin, margin, min(width, margin + text_w + 2 * pad), min(height, margin + n * line_h + 2 * pad))
+    return size, box
+
+
+def draw_overlay(img: Image.Image, lines: list[str]) -> tuple[Image.Image, PanelBox]:
+    """The lines in white (dark outline) on a semi-transparent dark panel, top left."""
+    size, box = panel_layout(img.width, img.height, lines)
+    font = _font(size)
+    line_h = round(size * 1.35)
+    pad = max(2, round(size * 0.4))
+    layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    draw.rounded_rectangle((box.left, box.top, box.right, box.bottom), radius=pad, fill=(0, 0, 0, 150))
+    stroke = max(1, size // 16)
+    for i, text in enumerate(lines):
+        draw.text((box.left + pad, box.top + pad + i * line_h), text, font=font,
+                  fill=(255, 255, 255, 255), stroke_width=stroke, stroke_fill=(0, 0, 0, 255))
+    base = img.convert("RGBA") if img.mode != "RGBA" else img
+    out = Image.alpha_composite(base, layer)
+    return (out if img.mode == "RGBA" else out.convert("RGB")), box
+
+
+def resize_to_width(img: Image.Image, width: int) -> Image.Image:
+    w, h = img.size
+    height = max(1, round(h * width / w))
+    if (w, h) == (width, height):
+        return img
+    return img.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+@dataclass
+class Rendered:
+    body: bytes
+    extension: str  # "jpg" or "png"
+    content_type: str
+    width: int
+    height: int
+
+
+def render(decoded: Decoded, lines: list[str], width: int) -> Rendered:
+    """Processed image: `width` px wide, the prediction lines on a panel; PNG when transparent."""
+    img = resize_to_width(decoded.image, width)
+    img, _ = draw_overlay(img, lines)
+    out = io.BytesIO()
+    if decoded.has_alpha:
+        img.save(out, "PNG", compress_level=3)
+        ext, ctype = "png", "image/png"
+    else:
+        img.save(out, "JPEG", quality=85)
+        ext, ctype = "jpg", "image/jpeg"
+    return Rendered(out.getvalue(), ext, ctype, img.width, img.height)
