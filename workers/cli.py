@@ -1,7 +1,77 @@
-"""`udagram worker | reprocess` (filled in by the worker work)."""
+"""`udagram worker` and `udagram reprocess`."""
+
+from __future__ import annotations
+
+from typing import Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("worker")(worker)
+    app.command("reprocess")(reprocess)
+
+
+def worker(
+    metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (default: settings.worker_metrics_port)."),
+    reconcile_on_start: Optional[bool] = typer.Option(None, "--reconcile/--no-reconcile",
+                                                      help="Re-queue stranded images on start."),
+) -> None:
+    """Run the image worker in the foreground (SQS -> TorchServe -> processed image); SIGTERM stops it."""
+    import signal
+
+    import structlog
+    from prometheus_client import start_http_server
+
+    from udagram import data, resources
+    from udagram.settings import get_settings
+    from workers import logs
+    from workers.consumer import Consumer
+    from workers.reconcile import reconcile
+
+    settings = get_settings()
+    logs.configure(settings)
+    log = structlog.get_logger("workers")
+    resources.ensure_resources(settings)
+    data.configure(settings)
+    port = metrics_port if metrics_port is not None else settings.worker_metrics_port
+    start_http_server(port, addr=settings.host)
+    consumer = Consumer(settings)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal received", signal=signal.Signals(signum).name)
+        consumer.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("worker started", queue=settings.queue_name, concurrency=settings.worker_concurrency,
+             metrics=f"http://{settings.host}:{port}/metrics", torchserve=settings.torchserve_inference_url)
+    if settings.worker_reconcile_on_start if reconcile_on_start is None else reconcile_on_start:
+        try:
+            reconcile(settings)
+        except Exception:  # reconciliation is a safety net; the queue still works without it
+            log.exception("reconciliation failed")
+    consumer.run()
+    raise typer.Exit(0)
+
+
+def reprocess(
+    image: list[str] = typer.Option([], "--image", help="Image id (repeatable)."),
+    group: list[str] = typer.Option([], "--group", help="Every image of this group (repeatable)."),
+    all_images: bool = typer.Option(False, "--all", help="Every image."),
+    model_version: Optional[str] = typer.Option(
+        None, "--model-version",
+        help="Run through this TorchServe version of the classifier; images already DONE with it are skipped."),
+    max_outstanding: Optional[int] = typer.Option(
+        None, help="Feed re-runs only while the queue holds fewer messages (default: settings)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the re-runs until they are finished."),
+) -> None:
+    """Queue images again (e.g. after a new model version became default), at a pace that leaves
+    room for new uploads, with a progress bar."""
+    from workers.reprocess import run
+
+    if not (image or group or all_images):
+        raise typer.BadParameter("give --image ID, --group ID or --all")
+    code = run(images=image, groups=group, all_images=all_images, model_version=model_version,
+               max_outstanding=max_outstanding, wait=wait)
+    raise typer.Exit(code)

@@ -1,0 +1,337 @@
+"""The SQS consumer: long-poll, handle concurrently, heartbeat, back off, shut down cleanly.
+
+- A poller thread long-polls (up to 10 messages, `worker_poll_seconds`) only while a handler
+  slot is free, so at most `worker_concurrency` messages are in flight.
+- A heartbeat thread extends, every third of the visibility timeout, the visibility of every
+  message in flight and the DynamoDB lease of every image being processed.
+- A message is deleted only after its records' final writes succeeded (or they needed no work).
+- Transient faults: the lease is given back without counting the try and the message becomes
+  visible again after an exponential back-off (ChangeMessageVisibility). Close to the queue's
+  maxReceiveCount it is instead re-sent as a fresh message (with DelaySeconds) and the old one
+  deleted, so waiting out an outage never pushes a good image to the dead-letter queue.
+- TorchServe down opens a circuit breaker: receiving stops (so receive counts stop growing) until
+  a probe prediction succeeds.
+- Garbage bodies and originals with no image record are moved to the DLQ at once, with the reason
+  as a message attribute; nothing else is sent there by the worker (SQS redrive handles messages
+  whose worker keeps dying).
+- `stop()` (SIGTERM): stop receiving, give in-flight work `worker_shutdown_grace_seconds` to
+  finish, then release what is left (visibility 0, lease given back) and return.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from udagram.aws import client
+from udagram.settings import Settings
+from workers import metrics
+from workers.classifier import Classifier
+from workers.errors import LeaseLost, ModelServerUnavailable, RecordMissing, TransientError
+from workers.events import Garbage, Ignored, ImageTask, parse_body
+from workers.processor import Outcome, Processor
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class InFlight:
+    receipt: str
+    message_id: str
+    receive_count: int
+    leases: dict[str, str] = field(default_factory=dict)  # image_id -> token being held now
+    done: bool = False
+
+
+class CircuitBreaker:
+    """Open while TorchServe is down: the poller waits and probes with back-off."""
+
+    def __init__(self, classifier: Classifier, base: float, cap: float):
+        self.classifier, self.base, self.cap = classifier, base, cap
+        self._open_until: float | None = None
+        self._interval = base
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until is not None
+
+    def trip(self, reason: str) -> None:
+        with self._lock:
+            if self._open_until is None:
+                log.warning("model server unavailable: pausing intake", reason=reason)
+                self._interval = self.base
+                self._open_until = time.monotonic() + self._interval
+                metrics.CIRCUIT_OPEN.set(1)
+
+    def wait_until_closed(self, stopping: threading.Event) -> None:
+        while self._open_until is not None and not stopping.is_set():
+            delay = self._open_until - time.monotonic()
+            if delay > 0:
+                stopping.wait(min(delay, 1.0))
+                continue
+            if self.classifier.healthy():
+                with self._lock:
+                    self._open_until = None
+                    metrics.CIRCUIT_OPEN.set(0)
+                log.info("model server healthy again: resuming intake")
+                return
+            with self._lock:
+                self._interval = min(self._interval * 2, self.cap)
+                self._open_until = time.monotonic() + self._interval
+
+
+class Consumer:
+    def __init__(self, settings: Settings, processor: Processor | None = None, sqs: Any = None):
+        self.settings = settings
+        self.processor = processor or Processor(settings)
+        self.sqs = sqs or client("sqs", settings, max_pool_connections=max(10, settings.worker_concurrency * 2))
+        self.queue_url = self.sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
+        self.dlq_url = self.sqs.get_queue_url(QueueName=settings.dead_letter_queue_name)["QueueUrl"]
+        self.concurrency = max(1, settings.worker_concurrency)
+        self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="image")
+        self.slots = threading.BoundedSemaphore(self.concurrency)
+        self.in_flight: dict[str, InFlight] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.circuit = CircuitBreaker(self.processor.classifier, max(0.5, settings.worker_retry_base_seconds / 2),
+                                      max(5.0, settings.worker_retry_max_seconds / 10))
+        self.heartbeat_seconds = max(1.0, settings.worker_visibility_timeout_seconds / 3)
+        self.handled = 0  # messages finished (deleted, released or dead-lettered): for tests/bench
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Consume until `stop()`; then finish or release in-flight messages and return."""
+        poller = threading.Thread(target=self._poll_loop, name="poller", daemon=True)
+        heart = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        poller.start()
+        heart.start()
+        self.stopping.wait()
+        self._shutdown(poller)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _shutdown(self, poller: threading.Thread) -> None:
+        log.info("stopping: no new messages; finishing in-flight work", in_flight=len(self.in_flight))
+        deadline = time.monotonic() + self.settings.worker_shutdown_grace_seconds
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.in_flight:
+                    break
+            time.sleep(0.1)
+        with self.lock:
+            left = list(self.in_flight.values())
+        for item in left:  # still running: hand them back to the queue now
+            for image_id, token in list(item.leases.items()):
+                self.processor.release(image_id, token, count_attempt=False)
+            self._change_visibility(item, 0)
+            log.info("released in-flight message", message_id=item.message_id)
+        poller.join(timeout=1.0)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        log.info("worker stopped", released=len(left))
+
+    # ---- receiving -------------------------------------------------------------------------
+    def _free_slots(self) -> int:
+        with self.lock:
+            return self.concurrency - len(self.in_flight)
+
+    def _poll_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.circuit.wait_until_closed(self.stopping)
+                free = self._free_slots()
+                if free <= 0:
+                    time.sleep(0.02)
+                    continue
+                resp = self.sqs.receive_message(
+                    QueueUrl=self.queue_url,
+                    MaxNumberOfMessages=min(10, free),
+                    WaitTimeSeconds=self.settings.worker_poll_seconds,
+                    AttributeNames=["ApproximateReceiveCount"],
+                    MessageAttributeNames=["All"],
+                )
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("receive failed; retrying", error=str(exc))
+                self.stopping.wait(self.settings.worker_retry_base_seconds)
+                continue
+            for message in resp.get("Messages", []):
+                item = InFlight(message["ReceiptHandle"], message["MessageId"],
+                                int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1")))
+                if self.stopping.is_set():
+                    self._change_visibility(item, 0)  # received while stopping: hand back at once
+                    continue
+                with self.lock:
+                    self.in_flight[item.message_id] = item
+                metrics.IN_FLIGHT.inc()
+                self.pool.submit(self._handle_safely, message, item)
+
+    # ---- heartbeat ---------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        while not self.stopping.wait(self.heartbeat_seconds):
+            with self.lock:
+                items = [i for i in self.in_flight.values() if not i.done]
+            for start in range(0, len(items), 10):
+                batch = items[start:start + 10]
+                try:
+                    self.sqs.change_message_visibility_batch(
+                        QueueUrl=self.queue_url,
+                        Entries=[{"Id": str(n), "ReceiptHandle": i.receipt,
+                                  "VisibilityTimeout": self.settings.worker_visibility_timeout_seconds}
+                                 for n, i in enumerate(batch)])
+                except (ClientError, BotoCoreError) as exc:
+                    log.warning("heartbeat failed", error=str(exc))
+            for item in items:
+                for image_id, token in list(item.leases.items()):
+                    self.processor.extend_lease(image_id, token)
+
+    # ---- handling ----------------------------------------------------------------------------
+    def _handle_safely(self, message: dict[str, Any], item: InFlight) -> None:
+        try:
+            self._handle(message, item)
+        except Exception:  # never lose the thread; the message reappears after its timeout
+            log.exception("unexpected error handling message", message_id=item.message_id)
+        finally:
+            item.done = True
+            with self.lock:
+                self.in_flight.pop(item.message_id, None)
+            metrics.IN_FLIGHT.dec()
+            self.handled += 1
+
+    def _handle(self, message: dict[str, Any], item: InFlight) -> None:
+        items = parse_body(message.get("Body", ""))
+        tasks = [i for i in items if isinstance(i, ImageTask)]
+        for i in items:
+            if isinstance(i, Ignored):
+                metrics.SKIPPED.labels("ignored").inc()
+                log.info("record acknowledged without work", reason=i.reason, message_id=item.message_id)
+        garbage = [i.reason for i in items if isinstance(i, Garbage)]
+        if garbage and not tasks:
+            self._dead_letter(message, item, "; ".join(garbage))
+            return
+        for reason in garbage:
+            log.warning("garbage record skipped", reason=reason, message_id=item.message_id)
+
+        retry_after: float | None = None
+        for task in tasks:
+            wait = self._handle_task(task, message, item)
+            if wait is not None:
+                retry_after = max(retry_after or 0.0, wait)
+            if self.stopping.is_set() and retry_after is None and task is not tasks[-1]:
+                retry_after = 0.0  # shutting down between records: hand the rest back
+                break
+        if retry_after is None:
+            self._delete(item)
+        else:
+            self._back_off(message, item, retry_after)
+
+    def _handle_task(self, task: ImageTask, message: dict[str, Any], item: InFlight) -> float | None:
+        """Process one record; None when done with it, else seconds to wait before a retry."""
+        token = self.processor.new_token()
+        structlog.contextvars.bind_contextvars(image_id=task.image_id, source=task.source)
+        item.leases[task.image_id] = token
+        try:
+            result = self.processor.process(task, token)
+            if result.outcome is Outcome.DONE:
+                metrics.PROCESSED.inc()
+            elif result.outcome is Outcome.FAILED:
+                metrics.FAILED.inc()
+            elif result.outcome is Outcome.SKIPPED:
+                metrics.SKIPPED.labels("up_to_date").inc()
+                log.info("nothing to do", reason=result.detail)
+            else:  # DEFERRED: another worker holds it; look again once its lease ends
+                metrics.RETRIES.labels("leased_elsewhere").inc()
+                log.info("image busy elsewhere; retrying later", retry_after=round(result.retry_after, 1))
+                return max(1.0, result.retry_after + 1.0)
+            return None
+        except LeaseLost as exc:
+            log.info("lease lost; the other delivery finishes the image", reason=str(exc))
+            return None
+        except RecordMissing as exc:
+            if self._original_exists(task):
+                self._dead_letter(message, item, str(exc), copy_only=True)
+            else:
+                log.info("image record and original are gone (deleted): acknowledged")
+            return None
+        except ModelServerUnavailable as exc:
+            self.processor.release(task.image_id, token, count_attempt=False)
+            self.circuit.trip(str(exc))
+            metrics.RETRIES.labels("model_server").inc()
+            return self._backoff_seconds(item)
+        except TransientError as exc:
+            self.processor.release(task.image_id, token, count_attempt=False)
+            metrics.RETRIES.labels("transient").inc()
+            log.warning("transient failure; retrying with back-off", error=str(exc))
+            return self._backoff_seconds(item)
+        except Exception as exc:  # a bug or an unclassified fault: counts against the image
+            log.exception("unexpected failure; retrying with back-off")
+            self.processor.release(task.image_id, token, count_attempt=True,
+                                   error=f"{type(exc).__name__}: {exc}")
+            metrics.RETRIES.labels("unexpected").inc()
+            return self._backoff_seconds(item)
+        finally:
+            item.leases.pop(task.image_id, None)
+            structlog.contextvars.unbind_contextvars("image_id", "source")
+
+    def _backoff_seconds(self, item: InFlight) -> float:
+        s = self.settings
+        return min(s.worker_retry_max_seconds, s.worker_retry_base_seconds * 2 ** max(0, item.receive_count - 1))
+
+    def _original_exists(self, task: ImageTask) -> bool:
+        if not task.key:
+            return False
+        try:
+            self.processor.s3.head_object(Bucket=task.bucket or self.settings.originals_bucket, Key=task.key)
+            return True
+        except ClientError:
+            return False
+
+    # ---- message actions ---------------------------------------------------------------------
+    def _delete(self, item: InFlight) -> None:
+        try:
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=item.receipt)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("delete failed; the message will be seen again (idempotent)", error=str(exc))
+
+    def _change_visibility(self, item: InFlight, seconds: float) -> None:
+        try:
+            self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=item.receipt,
+                                               VisibilityTimeout=int(min(43200, max(0, seconds))))
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("visibility change failed", error=str(exc))
+
+    def _back_off(self, message: dict[str, Any], item: InFlight, seconds: float) -> None:
+        if self.stopping.is_set():
+            seconds = 0  # another worker (or our restart) takes it now
+        if item.receive_count >= self.settings.queue_max_receive_count - 1:
+            # Receives count towards the DLQ redrive: re-send a fresh copy (count 1), then delete.
+            try:
+                self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=message["Body"],
+                                      DelaySeconds=int(min(900, seconds)))
+                self._delete(item)
+                log.info("message re-sent to reset its receive count", delay=int(min(900, seconds)))
+                return
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("re-send failed; backing off in place", error=str(exc))
+        self._change_visibility(item, seconds)
+
+    def _dead_letter(self, message: dict[str, Any], item: InFlight, reason: str, copy_only: bool = False) -> None:
+        """Move a message to the DLQ with the reason (sent first, then deleted: nothing lost)."""
+        try:
+            self.sqs.send_message(
+                QueueUrl=self.dlq_url, MessageBody=message.get("Body", "") or "(empty body)",
+                MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:1000]},
+                                   "source_message_id": {"DataType": "String", "StringValue": item.message_id}})
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("could not move the message to the DLQ; leaving it for redrive", error=str(exc))
+            return
+        metrics.DEAD_LETTERED.inc()
+        log.warning("message moved to the dead-letter queue", reason=reason, message_id=item.message_id)
+        if not copy_only:
+            self._delete(item)

@@ -1,0 +1,35 @@
+"""Prometheus metrics of the worker (served by `udagram worker` on host:worker_metrics_port)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PROCESSED = Counter("udagram_worker_images_processed_total", "Images that reached DONE")
+FAILED = Counter("udagram_worker_images_failed_total", "Images that ended FAILED (poison input)")
+RETRIES = Counter("udagram_worker_retries_total", "Deliveries backed off for a transient fault", ["reason"])
+SKIPPED = Counter("udagram_worker_messages_skipped_total", "Records acknowledged without work", ["reason"])
+DEAD_LETTERED = Counter("udagram_worker_dead_lettered_total", "Messages moved to the DLQ by the worker")
+IN_FLIGHT = Gauge("udagram_worker_in_flight", "Messages being handled right now")
+CIRCUIT_OPEN = Gauge("udagram_worker_model_server_circuit_open", "1 while TorchServe is considered down")
+STAGE_SECONDS = Histogram(
+    "udagram_worker_stage_seconds",
+    "Time per processing stage",
+    ["stage"],  # lease, download, decode, predict, render, upload, update
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+@contextmanager
+def stage(name: str, timings: dict[str, float] | None = None) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - start
+        STAGE_SECONDS.labels(name).observe(elapsed)
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + elapsed

@@ -1,0 +1,296 @@
+"""One image, end to end: lease, download, validate, classify, render, upload, record update.
+
+Concurrency (several workers, duplicate deliveries) is settled in DynamoDB, never by
+read-then-put:
+- **Lease.** A conditional UpdateItem marks the image PROCESSING with `lease_owner` = this
+  delivery's token and `lease_expires_at` = now + the visibility timeout, only if the record exists
+  and no other live lease is held. For an S3 event it also requires that the record was not already
+  finished from the same object (`source_etag`), so a duplicate event is acknowledged without work;
+  a re-run with `--model-version V` is skipped when the image is already DONE with V.
+  The consumer's heartbeat extends the lease together with the message's visibility.
+- **Final write.** The DONE (or FAILED) UpdateItem is conditional on still holding the lease. If
+  another worker took it over (ours expired), this delivery stops without writing; the holder's own
+  message carries the work to the end. The processed object's key is deterministic, so concurrent
+  uploads of the same result simply overwrite each other.
+- **Attempts.** Each lease adds one to `attempts`; a transient failure gives it back. An image whose
+  deliveries keep dying (a worker killed mid-image, an unexpected error) ends FAILED once
+  `attempts` exceeds `worker_max_attempts`, with the last error.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
+
+from udagram import data
+from udagram.aws import client
+from udagram.data import ImageModel, ImageStatus, Prediction as PredictionAttr
+from udagram.settings import Settings
+from workers import metrics, render
+from workers.classifier import Classifier
+from workers.errors import LeaseLost, PoisonInput, RecordMissing, TransientError
+from workers.events import ImageTask, normalise_etag
+
+log = structlog.get_logger(__name__)
+
+
+class Outcome(str, Enum):
+    DONE = "done"
+    FAILED = "failed"  # poison input: record FAILED, message acknowledged
+    SKIPPED = "skipped"  # duplicate / already up to date: acknowledged
+    DEFERRED = "deferred"  # another worker holds a live lease: look again later
+
+
+@dataclass
+class Result:
+    outcome: Outcome
+    detail: str = ""
+    retry_after: float = 0.0  # for DEFERRED: seconds until the other lease expires
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _iso() -> str:
+    return data.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _conditional_failed(exc: PynamoDBException) -> bool:
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+def _s3_transient(exc: Exception, what: str) -> TransientError:
+    return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class Processor:
+    def __init__(self, settings: Settings, classifier: Classifier | None = None, s3=None):
+        self.settings = settings
+        self.classifier = classifier or Classifier(settings)
+        self.s3 = s3 or client("s3", settings, max_pool_connections=max(10, settings.worker_concurrency * 2))
+        self.lease_seconds = settings.worker_visibility_timeout_seconds
+
+    @staticmethod
+    def new_token() -> str:
+        return uuid.uuid4().hex
+
+    # ---- lease ------------------------------------------------------------------------------
+    def acquire(self, task: ImageTask, token: str) -> ImageModel | Result:
+        now = time.time()
+        M = ImageModel
+        cond = M.id.exists() & (M.lease_expires_at.does_not_exist() | (M.lease_expires_at < now)
+                                | (M.lease_owner == token))
+        if task.source == "s3" and task.etag:
+            cond &= ~(M.status.is_in(ImageStatus.DONE.value, ImageStatus.FAILED.value)
+                      & (M.source_etag == task.etag))
+        if task.model_version:
+            cond &= ~((M.status == ImageStatus.DONE.value)
+                      & (M.model_version == self.version_label(task.model_version)))
+        record = M(task.image_id)
+        try:
+            record.update(
+                actions=[
+                    M.status.set(ImageStatus.PROCESSING.value),
+                    M.status_changed_at.set(_iso()),
+                    M.lease_owner.set(token),
+                    M.lease_expires_at.set(now + self.lease_seconds),
+                    M.attempts.add(1),
+                ],
+                condition=cond,
+            )
+            return record
+        except UpdateError as exc:
+            if not _conditional_failed(exc):
+                raise TransientError(f"DynamoDB lease update failed: {exc}") from exc
+        except PynamoDBException as exc:
+            raise TransientError(f"DynamoDB lease update failed: {exc}") from exc
+        return self._why_not_leased(task, token)
+
+    def _why_not_leased(self, task: ImageTask, token: str) -> Result:
+        try:
+            current = ImageModel.get(task.image_id, consistent_read=True)
+        except DoesNotExist:
+            raise RecordMissing(f"no image record {task.image_id}") from None
+        except PynamoDBException as exc:
+            raise TransientError(f"DynamoDB read failed: {exc}") from exc
+        expires = current.lease_expires_at or 0
+        if expires > time.time() and current.lease_owner != token:
+            return Result(Outcome.DEFERRED, "another worker holds the image", retry_after=expires - time.time())
+        if current.status in (ImageStatus.DONE.value, ImageStatus.FAILED.value):
+            return Result(Outcome.SKIPPED, f"already {current.status} for this upload / model version")
+        return Result(Outcome.DEFERRED, "lease race", retry_after=1.0)  # condition changed meanwhile
+
+    def version_label(self, version: str) -> str:
+        return f"{self.settings.model_name} {version}"
+
+    def extend_lease(self, image_id: str, token: str) -> bool:
+        M = ImageModel
+        try:
+            M(image_id).update(actions=[M.lease_expires_at.set(time.time() + self.lease_seconds)],
+                               condition=M.lease_owner == token)
+            return True
+        except PynamoDBException as exc:
+            log.warning("lease not extended", image_id=image_id, error=str(exc))
+            return False
+
+    def release(self, image_id: str, token: str, *, count_attempt: bool, error: str | None = None) -> None:
+        """Give the lease back (transient failure, shutdown); `count_attempt=False` returns the try."""
+        M = ImageModel
+        actions = [M.lease_expires_at.set(0), M.lease_owner.remove()]
+        if not count_attempt:
+            actions.append(M.attempts.add(-1))
+        if error:
+            actions.append(M.error.set(error[:1000]))
+        try:
+            M(image_id).update(actions=actions, condition=M.lease_owner == token)
+        except PynamoDBException as exc:  # the lease expires by itself anyway
+            log.info("lease not released", image_id=image_id, error=str(exc))
+
+    # ---- the work ---------------------------------------------------------------------------
+    def process(self, task: ImageTask, token: str) -> Result:
+        timings: dict[str, float] = {}
+        with metrics.stage("lease", timings):
+            leased = self.acquire(task, token)
+        if isinstance(leased, Result):
+            leased.timings = timings
+            return leased
+        record = leased
+        if record.attempts > self.settings.worker_max_attempts:
+            reason = f"gave up after {record.attempts - 1} attempts"
+            if record.error:
+                reason += f"; last error: {record.error}"
+            self.fail(record.id, token, reason, None)
+            return Result(Outcome.FAILED, reason, timings=timings)
+        try:
+            result = self._run(task, record, token, timings)
+        except PoisonInput as exc:
+            self.fail(record.id, token, str(exc), getattr(exc, "etag", None))
+            return Result(Outcome.FAILED, str(exc), timings=timings)
+        result.timings = timings
+        return result
+
+    def _run(self, task: ImageTask, record: ImageModel, token: str, timings: dict[str, float]) -> Result:
+        s = self.settings
+        bucket = task.bucket or s.originals_bucket
+        key = task.key or record.original_key
+        with metrics.stage("download", timings):
+            original, etag = self._download(bucket, key)
+        with metrics.stage("decode", timings):
+            try:
+                decoded = render.decode(original, width=s.processed_width,
+                                        classifier_short_side=s.classifier_input_short_side,
+                                        max_pixels=s.max_image_pixels)
+            except PoisonInput as exc:
+                exc.etag = etag  # type: ignore[attr-defined]
+                raise
+        with metrics.stage("predict", timings):
+            try:
+                prediction = self.classifier.predict(
+                    render.classifier_input(original, decoded, s.classifier_input_short_side),
+                    task.model_version)
+            except PoisonInput as exc:
+                exc.etag = etag  # type: ignore[attr-defined]
+                raise
+        lines = [render.format_prediction(lbl, p) for lbl, p in zip(prediction.labels, prediction.probabilities)]
+        with metrics.stage("render", timings):
+            rendered = render.render(decoded, lines, s.processed_width)
+        out_key = data.processed_key(record.id, rendered.extension)
+        with metrics.stage("upload", timings):
+            try:
+                self.s3.put_object(Bucket=s.processed_bucket, Key=out_key, Body=rendered.body,
+                                   ContentType=rendered.content_type)
+            except (ClientError, BotoCoreError) as exc:
+                raise _s3_transient(exc, "upload of the processed image failed") from exc
+        M = ImageModel
+        now = data.utcnow()
+        with metrics.stage("update", timings):
+            try:
+                M(record.id).update(
+                    actions=[
+                        M.status.set(ImageStatus.DONE.value),
+                        M.status_changed_at.set(_iso()),
+                        M.title.set(lines[0]),
+                        M.predictions.set([PredictionAttr(label=lbl, probability=p)
+                                           for lbl, p in zip(prediction.labels, prediction.probabilities)]),
+                        M.processed_key.set(out_key),
+                        M.model_version.set(prediction.version_label),
+                        M.processed_at.set(now),
+                        M.source_etag.set(etag) if etag else M.source_etag.remove(),
+                        M.error.remove(),
+                        M.attempts.set(0),
+                        M.lease_owner.remove(),
+                        M.lease_expires_at.remove(),
+                    ],
+                    condition=M.lease_owner == token,
+                )
+            except UpdateError as exc:
+                if _conditional_failed(exc):
+                    raise LeaseLost("another worker took over the image before the final write") from exc
+                raise TransientError(f"DynamoDB final update failed: {exc}") from exc
+            except PynamoDBException as exc:
+                raise TransientError(f"DynamoDB final update failed: {exc}") from exc
+        log.info("image done", title=lines[0], model_version=prediction.version_label, key=out_key,
+                 width=rendered.width, height=rendered.height)
+        return Result(Outcome.DONE, lines[0])
+
+    def _download(self, bucket: str, key: str) -> tuple[bytes, str | None]:
+        cap = self.settings.max_original_bytes
+        try:
+            head = self.s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise PoisonInput(f"the original upload {key} does not exist") from None
+            raise _s3_transient(exc, "HEAD of the original failed") from exc
+        except BotoCoreError as exc:
+            raise _s3_transient(exc, "HEAD of the original failed") from exc
+        size = head.get("ContentLength", 0)
+        etag = normalise_etag(head.get("ETag"))
+        if size == 0:
+            raise _with_etag(PoisonInput("the file is empty (0 bytes)"), etag)
+        if size > cap:
+            raise _with_etag(PoisonInput(f"the file is {size} bytes, above the {cap} byte limit"), etag)
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
+            payload = body.read(cap + 1)
+            body.close()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise PoisonInput(f"the original upload {key} does not exist") from None
+            raise _s3_transient(exc, "download of the original failed") from exc
+        except BotoCoreError as exc:
+            raise _s3_transient(exc, "download of the original failed") from exc
+        if len(payload) > cap:  # replaced by a larger object since the HEAD
+            raise _with_etag(PoisonInput(f"the file is larger than the {cap} byte limit"), etag)
+        return payload, etag
+
+    def fail(self, image_id: str, token: str, error: str, etag: str | None) -> None:
+        M = ImageModel
+        actions = [
+            M.status.set(ImageStatus.FAILED.value),
+            M.status_changed_at.set(_iso()),
+            M.error.set(error[:1000]),
+            M.lease_owner.remove(),
+            M.lease_expires_at.remove(),
+        ]
+        if etag:
+            actions.append(M.source_etag.set(etag))
+        try:
+            M(image_id).update(actions=actions, condition=M.lease_owner == token)
+        except UpdateError as exc:
+            if _conditional_failed(exc):
+                raise LeaseLost("another worker took over the image before the FAILED write") from exc
+            raise TransientError(f"DynamoDB update failed: {exc}") from exc
+        except PynamoDBException as exc:
+            raise TransientError(f"DynamoDB update failed: {exc}") from exc
+        log.warning("image failed", error=error)
+
+
+def _with_etag(exc: PoisonInput, etag: str | None) -> PoisonInput:
+    exc.etag = etag  # type: ignore[attr-defined]
+    return exc

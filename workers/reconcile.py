@@ -1,0 +1,56 @@
+"""Start-up reconciliation: nothing is lost when a notification or a queue's messages are.
+
+Images still AWAITING_UPLOAD whose original exists (the S3 event never arrived), and images
+PROCESSING for longer than `worker_stale_processing_seconds` with no live lease (a worker died and
+the message is gone, e.g. a local queue server that forgot its messages), are queued again as
+re-runs. Duplicates this may create converge (see workers/processor.py).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any, Iterator
+
+import structlog
+from botocore.exceptions import ClientError
+
+from udagram import data, jobs
+from udagram.aws import client
+from udagram.data import ImageModel, ImageStatus
+from udagram.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def _exists(s3: Any, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+
+
+def stranded_images(settings: Settings, s3: Any = None) -> Iterator[str]:
+    s3 = s3 or client("s3", settings)
+    for image in ImageModel.by_status.query(ImageStatus.AWAITING_UPLOAD.value):
+        if _exists(s3, settings.originals_bucket, image.original_key):
+            yield image.id
+    cutoff = (data.utcnow() - timedelta(seconds=settings.worker_stale_processing_seconds))
+    cutoff_key = cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    now = time.time()
+    for image in ImageModel.by_status.query(ImageStatus.PROCESSING.value,
+                                            ImageModel.status_changed_at < cutoff_key):
+        if (image.lease_expires_at or 0) < now:
+            yield image.id
+
+
+def reconcile(settings: Settings, s3: Any = None, sqs: Any = None) -> int:
+    """Queue re-runs for stranded images; returns how many."""
+    ids = list(stranded_images(settings, s3))
+    if ids:
+        jobs.enqueue_reprocess(ids, settings=settings, sqs=sqs)
+    log.info("reconciled on start", requeued=len(ids))
+    return len(ids)
