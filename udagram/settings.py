@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     torchserve_inference_port: int = 8080
     torchserve_management_port: int = 8081
     torchserve_metrics_port: int = 8082
+    torchserve_grpc_inference_port: int = 7075  # gRPC is unused; moved off 7070/7071, loopback
+    torchserve_grpc_management_port: int = 7076
     torchserve_inference_url: str | None = None  # default http://host:inference_port
     torchserve_management_url: str | None = None
     model_name: str = "classifier"
