@@ -1,0 +1,148 @@
+"""The API's Starlette app: /graphql, /healthz, and in local mode the JWKS, a sign-in endpoint
+for named users and GraphiQL; the web page's static files at /."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.asgi import GraphQL
+
+from graphql_api import auth
+from graphql_api.context import AppState, build_context
+from graphql_api.schema import build_schema
+from graphql_api.storage import Storage
+from udagram import data
+from udagram.settings import Settings, get_settings
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class BodySizeLimit:
+    """Refuses request bodies over `max_bytes` with 413 and a JSON error, before anything parses them.
+
+    Checks the declared Content-Length and also counts what actually arrives (chunked bodies).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.max_bytes
+            except ValueError:
+                too_big = True
+            if too_big:
+                await self._refuse(scope, receive, send)
+                return
+
+        received = 0
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not response_started:
+                await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"error": f"request body too large: the limit is {self.max_bytes} bytes"}, status_code=413
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class GraphQLApp(GraphQL):
+    def __init__(self, state: AppState, **kwargs: Any) -> None:
+        super().__init__(build_schema(state.settings), **kwargs)
+        self.state = state
+
+    async def get_context(self, request, response):  # type: ignore[override]
+        return await build_context(self.state, request, response)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+    data.configure(settings)
+    local = settings.mode == "local"
+    state = AppState(settings=settings, verifier=auth.TokenVerifier(settings), storage=Storage(settings))
+    graphql = GraphQLApp(
+        state,
+        graphql_ide="graphiql" if local else None,
+        allow_queries_via_get=False,  # every operation is a POST: one path, under the body cap
+    )
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def jwks(request: Request) -> JSONResponse:
+        return JSONResponse(auth.local_jwks(settings), headers={"Cache-Control": "public, max-age=300"})
+
+    async def local_token(request: Request) -> JSONResponse:
+        """Local mode's sign-in: a token for a named user (there are no passwords on a laptop)."""
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return JSONResponse({"error": 'send JSON: {"user": "<name>"}'}, status_code=400)
+        user = body.get("user") if isinstance(body, dict) else None
+        try:
+            auth.validate_user_name(user)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        token = auth.issue_token(user, settings)
+        return JSONResponse(
+            {"token": token, "user": user, "expiresIn": settings.token_ttl_seconds},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+    ]
+    if local:
+        routes += [
+            Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+            Route("/auth/local/token", local_token, methods=["POST"]),
+        ]
+    if not STATIC_DIR.is_dir():
+        STATIC_DIR.mkdir(parents=True, exist_ok=True)
+    if not (STATIC_DIR / "index.html").exists():
+        (STATIC_DIR / "index.html").write_text("<!doctype html><title>Udagram</title><p>Udagram API</p>\n")
+    routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
+
+    app = Starlette(routes=routes, middleware=[Middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)])
+    app.state.udagram = state
+    return app

@@ -1,0 +1,209 @@
+"""Bearer tokens: RS256 JWTs verified against a JWKS (Auth0-compatible), and local-mode issuing.
+
+Verification checks the signature with the key named by the token's `kid` (RS256 only: `none`,
+HS256 and every other algorithm are refused before any key is looked up), the issuer, the
+audience and the expiry; the user id is the token's `sub`.
+
+In local mode the API is its own issuer: an RSA key is created on first use at
+`settings.local_signing_key_path` (mode 0600), its public half is served at
+`/.well-known/jwks.json`, and `issue_token` signs tokens with it. When the configured JWKS URL is
+the API's own, verification reads the local key directly instead of fetching it from itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from udagram.settings import Settings
+
+ALGORITHM = "RS256"
+# Local user names: what the sign-in form accepts and `udagram token --user` takes.
+USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+
+
+class AuthError(Exception):
+    """A token that cannot be trusted; the message says why, for the client."""
+
+
+@dataclass(frozen=True)
+class User:
+    id: str  # the token's `sub`
+
+
+def validate_user_name(user: str) -> str:
+    if not isinstance(user, str) or not USER_NAME_RE.match(user):
+        raise ValueError(
+            "user name must be 1-32 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return user
+
+
+# --- local signing key -------------------------------------------------------------------------
+
+_key_lock = threading.Lock()
+
+
+def _load_or_create_private_key(path: Path) -> rsa.RSAPrivateKey:
+    with _key_lock:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass  # another process won the race: use its key
+            else:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(pem)
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+
+
+@dataclass(frozen=True)
+class LocalKey:
+    private_key: rsa.RSAPrivateKey
+    kid: str
+    jwk: dict[str, Any]
+
+
+@lru_cache(maxsize=8)
+def _local_key_for(path: str, mtime_ns: int) -> LocalKey:
+    private_key = _load_or_create_private_key(Path(path))
+    public_key = private_key.public_key()
+    jwk = RSAAlgorithm.to_jwk(public_key, as_dict=True)
+    # RFC 7638 thumbprint as kid: stable for the key, changes when the key file is replaced.
+    kid = _thumbprint(jwk)
+    jwk.update({"kid": kid, "use": "sig", "alg": ALGORITHM})
+    return LocalKey(private_key, kid, jwk)
+
+
+def _thumbprint(jwk: dict[str, Any]) -> str:
+    canonical = json.dumps({k: jwk[k] for k in ("e", "kty", "n")}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+def local_key(settings: Settings) -> LocalKey:
+    path = settings.local_signing_key_path
+    if not path.exists():
+        _load_or_create_private_key(path)
+    return _local_key_for(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+def local_jwks(settings: Settings) -> dict[str, Any]:
+    return {"keys": [local_key(settings).jwk]}
+
+
+def local_jwks_url(settings: Settings) -> str:
+    return f"{settings.public_url}/.well-known/jwks.json"
+
+
+def issue_token(user: str, settings: Settings, ttl_seconds: int | None = None) -> str:
+    """A local-mode token for `user` (its `sub`), signed with the local key."""
+    if settings.mode != "local":
+        raise RuntimeError("tokens are issued by the identity provider when mode=aws, not by udagram")
+    validate_user_name(user)
+    key = local_key(settings)
+    now = int(time.time())
+    claims = {
+        "sub": user,
+        "name": user,
+        "iss": settings.auth_issuer,
+        "aud": settings.auth_audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + (ttl_seconds if ttl_seconds is not None else settings.token_ttl_seconds),
+    }
+    return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
+
+
+# --- verification ------------------------------------------------------------------------------
+
+
+class TokenVerifier:
+    """Verifies bearer tokens for one Settings; the JWKS client (and its key cache) lives here."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.auth_jwks_url or not settings.auth_issuer:
+            raise ValueError("auth_jwks_url and auth_issuer must be set (UDAGRAM_AUTH_JWKS_URL, UDAGRAM_AUTH_ISSUER)")
+        self.settings = settings
+        self.self_issued = settings.mode == "local" and settings.auth_jwks_url == local_jwks_url(settings)
+        self._jwks_client = (
+            None
+            if self.self_issued
+            else jwt.PyJWKClient(settings.auth_jwks_url, cache_keys=True, lifespan=600, timeout=10)
+        )
+
+    def _signing_key(self, token: str, kid: str) -> Any:
+        if self.self_issued:
+            key = local_key(self.settings)
+            if kid != key.kid:
+                raise AuthError("token signed with an unknown key (kid)")
+            return key.private_key.public_key()
+        try:
+            # Looks the kid up in the cached JWKS; refetches once for a kid it has not seen.
+            return self._jwks_client.get_signing_key(kid).key
+        except jwt.PyJWKClientConnectionError as exc:
+            raise AuthError("could not fetch the signing keys (JWKS) to verify the token") from exc
+        except jwt.PyJWKClientError as exc:
+            raise AuthError("token signed with an unknown key (kid)") from exc
+
+    def verify(self, token: str) -> User:
+        """The user a token belongs to; AuthError (with a client-facing reason) otherwise.
+
+        Blocking when the JWKS must be fetched: call it from a worker thread in async code.
+        """
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError as exc:
+            raise AuthError("malformed token") from exc
+        if header.get("alg") != ALGORITHM:
+            raise AuthError(f"token algorithm must be {ALGORITHM}, got {header.get('alg')!r}")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise AuthError("token has no key id (kid)")
+        key = self._signing_key(token, kid)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self.settings.auth_audience,
+                issuer=self.settings.auth_issuer,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+                leeway=30,
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthError("token expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise AuthError("token has the wrong audience") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise AuthError("token has the wrong issuer") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise AuthError("token signature is invalid") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token lacks the {exc.claim!r} claim") from exc
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {exc}") from exc
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > 256:
+            raise AuthError("token subject (sub) is invalid")
+        return User(id=sub)

@@ -1,0 +1,88 @@
+"""Per-request context: the signed-in user (if any), DataLoaders, the app's storage and settings.
+
+Reading is public: a missing or bad token only matters to a write, which then answers a typed
+`NotAuthenticated` error whose message says what was wrong with the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from strawberry.dataloader import DataLoader
+
+from graphql_api.auth import AuthError, TokenVerifier, User
+from graphql_api.storage import Storage
+from udagram import data
+from udagram.settings import Settings
+
+
+@dataclass
+class AppState:
+    """What lives as long as the app: settings, the token verifier (JWKS cache), the S3 client."""
+
+    settings: Settings
+    verifier: TokenVerifier
+    storage: Storage
+
+
+@dataclass
+class Context:
+    request: Request
+    response: Any
+    app: AppState
+    user: User | None = None
+    auth_error: str | None = None  # why a presented token was refused
+    groups: DataLoader[str, data.GroupModel | None] = field(init=False)
+    images: DataLoader[str, data.ImageModel | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # One BatchGetItem per tick of the event loop for all ids asked for together (no N+1).
+        self.groups = DataLoader(load_fn=_batch_loader(data.GroupModel))
+        self.images = DataLoader(load_fn=_batch_loader(data.ImageModel))
+
+    @property
+    def settings(self) -> Settings:
+        return self.app.settings
+
+    @property
+    def storage(self) -> Storage:
+        return self.app.storage
+
+
+def _batch_loader(model):
+    async def load(ids: list[str]) -> list[Any]:
+        found = await asyncio.to_thread(data.batch_get, model, ids)
+        return [found.get(i) for i in ids]
+
+    return load
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; "" for another scheme."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return ""
+    return token.strip()
+
+
+async def build_context(app: AppState, request: Request, response: Any) -> Context:
+    context = Context(request=request, response=response, app=app)
+    token = bearer_token(request)
+    if token == "":
+        context.auth_error = "the Authorization header must be 'Bearer <token>'"
+    elif token is not None:
+        try:
+            # A JWKS fetch is blocking I/O: keep it off the event loop.
+            if app.verifier.self_issued:
+                context.user = app.verifier.verify(token)
+            else:
+                context.user = await asyncio.to_thread(app.verifier.verify, token)
+        except AuthError as exc:
+            context.auth_error = str(exc)
+    return context
