@@ -1,0 +1,284 @@
+"""`up`, `down` and `status` of the local stack (the commands and the tests' `local_stack`
+fixture both call these).
+
+`up`: refuse taken ports with a message naming the port and the variable that moves it, start
+supervisord in the background, start stage 1 (storage) and wait until it is healthy, create the
+resources (tables, buckets, queue + DLQ), start stage 2 (TorchServe, API, worker), wait until
+healthy. `down`: ask supervisord to stop everything, wait for it to exit, then kill whatever is
+left of its session (e.g. a TorchServe Java child) and wait until no process remains.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import time
+import xmlrpc.client
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from udagram.settings import Settings
+from udagram.stack import seaweedfs, supervisor
+from udagram.stack.health import Unhealthy
+from udagram.stack.programs import DYNALITE, Port, Program, programs
+
+Say = Callable[[str], None]
+
+
+class StackError(RuntimeError):
+    """A failure `udagram up/down` reports as a message (no traceback)."""
+
+
+class PortInUse(StackError):
+    pass
+
+
+def port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are not "taken"
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return True
+            raise
+    return False
+
+
+def port_message(host: str, taken: list[Port]) -> str:
+    lines = [
+        f"port {p.port} on {host} is already in use (needed by {p.what}); "
+        f"free it or choose another port with {p.env}=<port>"
+        for p in taken
+    ]
+    return "\n".join(lines)
+
+
+def check_ports(settings: Settings, progs: list[Program]) -> None:
+    taken = [port for program in progs for port in program.ports if port_taken(settings.host, port.port)]
+    if taken:
+        raise PortInUse(port_message(settings.host, taken))
+
+
+def urls(settings: Settings) -> dict[str, str]:
+    found = {
+        "web page": f"{settings.public_url}/",
+        "GraphQL": f"{settings.public_url}/graphql",
+        "TorchServe inference": settings.torchserve_inference_url,
+        "TorchServe management": settings.torchserve_management_url,
+        "TorchServe metrics": f"http://{settings.host}:{settings.torchserve_metrics_port}/metrics",
+        "worker metrics": f"http://{settings.host}:{settings.worker_metrics_port}/metrics",
+    }
+    if settings.mode == "local":
+        found |= {"S3": settings.s3_endpoint_url, "SQS": settings.sqs_endpoint_url,
+                  "DynamoDB": settings.dynamodb_endpoint_url}
+    return found
+
+
+def _state(proxy, name: str) -> dict:
+    return proxy.supervisor.getProcessInfo(name)
+
+
+def _wait_healthy(settings: Settings, proxy, group: list[Program], p: supervisor.Paths, timeout: float,
+                  say: Say) -> None:
+    pending = {program.name: program for program in group}
+    reasons: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for name, program in list(pending.items()):
+            info = _state(proxy, name)
+            if info["statename"] in ("FATAL", "EXITED", "STOPPED"):
+                raise StackError(
+                    f"{program.title} ({name}) is {info['statename']}: {info.get('spawnerr') or 'it exited'}\n"
+                    f"last lines of {p.log(name)}:\n{supervisor.tail(p.log(name))}"
+                )
+            try:
+                program.health(settings)
+            except Unhealthy as exc:
+                reasons[name] = str(exc)
+                continue
+            say(f"  {program.title}: healthy")
+            del pending[name]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            details = "\n".join(
+                f"- {pending[n].title} ({n}): {reasons.get(n, 'not checked')}\n"
+                f"  last lines of {p.log(n)}:\n{supervisor.tail(p.log(n), 15)}"
+                for n in pending
+            )
+            raise StackError(f"not healthy after {timeout:.0f}s:\n{details}")
+        time.sleep(0.5)
+
+
+def _prepare(settings: Settings, progs: list[Program]) -> None:
+    names = {program.name for program in progs}
+    if "dynamodb" in names and not DYNALITE.exists():
+        raise StackError(f"dynalite is not installed ({DYNALITE} missing): run `npm ci --prefix tools/node` "
+                         "(`make up` does)")
+    if "s3" in names:
+        seaweedfs.prepare(settings, notifications=True)
+    (settings.data_dir / "dynamodb").mkdir(parents=True, exist_ok=True)
+
+
+SECRET_FIELDS = {"aws_access_key_id", "aws_secret_access_key"}
+
+
+def _settings_file(settings: Settings) -> Path:
+    return settings.data_dir / "stack-settings.json"
+
+
+def running_settings(settings: Settings) -> Settings:
+    """The settings the running stack was started with (ports, names...), so `status` checks
+    the right ports even from a shell without the same UDAGRAM_* variables; secrets excluded."""
+    try:
+        saved = json.loads(_settings_file(settings).read_text())
+    except (OSError, ValueError):
+        return settings
+    keep = {name: getattr(settings, name) for name in SECRET_FIELDS}
+    return Settings(**{**saved, **keep})
+
+
+def up(settings: Settings, env: Mapping[str, str] | None = None, timeout: float = 300,
+       say: Say = lambda _: None) -> dict[str, str]:
+    """Start the stack (or the parts of it not running) and wait until healthy; returns the URLs.
+
+    `env` is the environment every process gets (default: this process's); it must produce
+    `settings`, so that all processes share one configuration.
+    """
+    from udagram.resources import ensure_resources
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+    env = dict(os.environ if env is None else env)
+    env["UDAGRAM_DATA_DIR"] = str(settings.data_dir)  # absolute: programs run in other directories
+    env["UDAGRAM_MODEL_STORE"] = str(Path(settings.model_store).resolve())
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    progs = programs(settings)
+    p = supervisor.paths(settings)
+    proxy = supervisor.rpc(p)
+    if supervisor.running_pid(p) is None:
+        check_ports(settings, progs)
+        _prepare(settings, progs)
+        _settings_file(settings).write_text(settings.model_dump_json(exclude=SECRET_FIELDS, indent=2))
+        pid = supervisor.start_daemon(p, progs, env)
+        say(f"supervisord started (pid {pid}); logs in {p.logs}")
+    else:
+        say("supervisord is already running; starting what is stopped")
+    for stage in sorted({program.stage for program in progs}):
+        group = [program for program in progs if program.stage == stage]
+        for program in group:
+            if _state(proxy, program.name)["statename"] not in ("RUNNING", "STARTING"):
+                say(f"starting {program.title} ({program.name})")
+                proxy.supervisor.startProcess(program.name, False)
+        _wait_healthy(settings, proxy, group, p, timeout, say)
+        if stage == 1:
+            ensure_resources(settings)
+            say("  resources ready: tables, buckets, uploads queue + dead-letter queue")
+    return urls(settings)
+
+
+def _session_members(sid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        # fields after the command: state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+    return alive
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def down(settings: Settings, timeout: float = 120, say: Say = lambda _: None) -> bool:
+    """Stop everything; returns False if the stack was not running. Raises StackError if a
+    process survives SIGKILL."""
+    p = supervisor.paths(settings)
+    pid = supervisor.running_pid(p)
+    if pid is None:
+        return False
+    proxy = supervisor.rpc(p)
+    say(f"stopping supervisord (pid {pid}) and its programs")
+    try:
+        proxy.supervisor.shutdown()
+    except (OSError, xmlrpc.client.Error):
+        pass  # it may close the socket while answering
+    # supervisord stops each program (SIGTERM to its group, SIGKILL after stopwaitsecs), then exits.
+    if _wait_gone([pid], timeout):
+        say(f"supervisord still running after {timeout:.0f}s: killing it")
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone([pid], 10)
+    # supervisord is a session leader: anything it spawned that is still alive is a straggler.
+    stragglers = _session_members(pid)
+    if stragglers:
+        say(f"killing stragglers: {stragglers}")
+        for straggler in stragglers:
+            try:
+                os.kill(straggler, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        left = _wait_gone(stragglers, 15)
+        if left:
+            raise StackError(f"processes {left} survived SIGKILL")
+    return True
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    name: str
+    title: str
+    state: str
+    pid: int | None
+    health: str  # "healthy" or the reason
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "RUNNING" and self.health == "healthy"
+
+
+def status(settings: Settings) -> list[ProcessStatus] | None:
+    """Each program's supervisord state and health; None when the stack is not running."""
+    p = supervisor.paths(settings)
+    if supervisor.running_pid(p) is None:
+        return None
+    settings = running_settings(settings)
+    proxy = supervisor.rpc(p)
+    infos = {info["name"]: info for info in proxy.supervisor.getAllProcessInfo()}
+    progs = [program for program in programs(settings) if program.name in infos]
+
+    def check(program: Program) -> ProcessStatus:
+        info = infos[program.name]
+        try:
+            program.health(settings)
+            result = "healthy"
+        except Unhealthy as exc:
+            result = str(exc)
+        return ProcessStatus(program.name, program.title, info["statename"], info["pid"] or None, result)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(check, progs))
