@@ -183,7 +183,7 @@ def up(settings: Settings, env: Mapping[str, str] | None = None, timeout: float 
     return urls(settings)
 
 
-def _session_members(sid: int) -> list[int]:
+def session_members(sid: int) -> list[int]:
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -234,7 +234,7 @@ def down(settings: Settings, timeout: float = 120, say: Say = lambda _: None) ->
         os.kill(pid, signal.SIGKILL)
         _wait_gone([pid], 10)
     # supervisord is a session leader: anything it spawned that is still alive is a straggler.
-    stragglers = _session_members(pid)
+    stragglers = session_members(pid)
     if stragglers:
         say(f"killing stragglers: {stragglers}")
         for straggler in stragglers:

@@ -124,6 +124,10 @@ def services(settings: Settings) -> list[Program]:
                     Port(settings.torchserve_management_port, "TorchServe management",
                          "UDAGRAM_TORCHSERVE_MANAGEMENT_PORT"),
                     Port(settings.torchserve_metrics_port, "TorchServe metrics", "UDAGRAM_TORCHSERVE_METRICS_PORT"),
+                    Port(settings.torchserve_grpc_inference_port, "TorchServe gRPC inference",
+                         "UDAGRAM_TORCHSERVE_GRPC_INFERENCE_PORT"),
+                    Port(settings.torchserve_grpc_management_port, "TorchServe gRPC management",
+                         "UDAGRAM_TORCHSERVE_GRPC_MANAGEMENT_PORT"),
                 ),
                 health=health.torchserve,
                 # one TorchServe instance per TMPDIR (pid file, worker sockets); logs under .data
