@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.ports",
     "tests.fixtures.torchserve",
     "tests.fixtures.aws",
+    "tests.fixtures.stack",
 ]
