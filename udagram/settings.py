@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     torchserve_management_url: str | None = None
     model_name: str = "classifier"
     model_store: Path = Path("model-store")
+    model_default_version: str = "1.0"  # the archive `udagram model serve` loads at start
 
     # --- worker ----------------------------------------------------------------------------------
     worker_concurrency: int = 8  # messages in flight; keeps TorchServe's batches full
