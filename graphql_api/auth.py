@@ -46,7 +46,7 @@ class User:
 
 
 def validate_user_name(user: str) -> str:
-    if not isinstance(user, str) or not USER_NAME_RE.match(user):
+    if not isinstance(user, str) or not USER_NAME_RE.fullmatch(user):
         raise ValueError(
             "user name must be 1-32 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
         )

@@ -55,12 +55,12 @@ def new_id() -> str:
 
 
 def is_valid_id(value: str) -> bool:
-    return bool(_ID_RE.match(value or ""))
+    return bool(_ID_RE.fullmatch(value or ""))
 
 
 def is_valid_created_key(value: str) -> bool:
     """A well-formed `created_key` (the pagination cursor)."""
-    return bool(_CREATED_KEY_RE.match(value or ""))
+    return bool(_CREATED_KEY_RE.fullmatch(value or ""))
 
 
 def utcnow() -> datetime:
@@ -83,7 +83,7 @@ def processed_key(image_id: str, extension: str = "jpg") -> str:
 
 def image_id_from_key(key: str) -> str | None:
     """The image id an object key belongs to, or None for keys this app did not hand out."""
-    m = re.match(r"^(?:originals|processed)/([0-9a-f]{32})\.[a-z0-9]+$", key)
+    m = re.fullmatch(r"(?:originals|processed)/([0-9a-f]{32})\.[a-z0-9]+", key or "")
     return m.group(1) if m else None
 
 

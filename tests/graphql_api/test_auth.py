@@ -1,0 +1,183 @@
+"""Token verification: every forged-token case refused, local issuing, a remote (Auth0-like) JWKS."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from graphql_api import auth
+from tests.graphql_api.conftest import CREATE_GROUP
+from udagram.settings import Settings
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(mode="local", data_dir=tmp_path, api_port=8765)
+
+
+def _b64(obj) -> str:
+    raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _claims(settings: Settings, **overrides):
+    now = int(time.time())
+    claims = {"sub": "alice", "iss": settings.auth_issuer, "aud": settings.auth_audience,
+              "iat": now, "exp": now + 600}
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _signed(settings: Settings, **overrides) -> str:
+    key = auth.local_key(settings)
+    return jwt.encode(_claims(settings, **overrides), key.private_key, algorithm="RS256", headers={"kid": key.kid})
+
+
+def _forged(settings: Settings, case: str) -> str:
+    key = auth.local_key(settings)
+    if case == "alg none":
+        return f"{_b64({'alg': 'none', 'typ': 'JWT', 'kid': key.kid})}.{_b64(_claims(settings))}."
+    if case == "HS256 with the public key":
+        import hashlib
+        import hmac
+
+        pem = key.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        signing_input = f"{_b64({'alg': 'HS256', 'typ': 'JWT', 'kid': key.kid})}.{_b64(_claims(settings))}"
+        signature = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
+        return f"{signing_input}.{_b64(signature)}"
+    if case == "expired":
+        return _signed(settings, iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)
+    if case == "wrong audience":
+        return _signed(settings, aud="someone-else")
+    if case == "wrong issuer":
+        return _signed(settings, iss="https://evil.example/")
+    if case == "unknown kid":
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return jwt.encode(_claims(settings), other, algorithm="RS256", headers={"kid": "not-our-key"})
+    if case == "right kid, other key":
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return jwt.encode(_claims(settings), other, algorithm="RS256", headers={"kid": key.kid})
+    if case == "no sub":
+        return _signed(settings, sub=None)
+    if case == "no exp":
+        return _signed(settings, exp=None)
+    if case == "garbage":
+        return "garbage.token.here"
+    raise AssertionError(case)
+
+
+FORGED = {
+    "alg none": "algorithm must be RS256",
+    "HS256 with the public key": "algorithm must be RS256",
+    "expired": "token expired",
+    "wrong audience": "wrong audience",
+    "wrong issuer": "wrong issuer",
+    "unknown kid": "unknown key",
+    "right kid, other key": "signature is invalid",
+    "no sub": "'sub'",
+    "no exp": "'exp'",
+    "garbage": "malformed token",
+}
+
+
+def test_issued_token_verifies_and_key_file_is_private(settings):
+    token = auth.issue_token("alice", settings)
+    assert auth.TokenVerifier(settings).verify(token) == auth.User(id="alice")
+    mode = stat.S_IMODE(os.stat(settings.local_signing_key_path).st_mode)
+    assert mode == 0o600
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "RS256" and header["kid"] == auth.local_jwks(settings)["keys"][0]["kid"]
+    # the key survives: a second verifier (a restarted API) accepts the same token
+    assert auth.TokenVerifier(settings).verify(token).id == "alice"
+
+
+@pytest.mark.parametrize("case", list(FORGED))
+def test_forged_tokens_are_refused(settings, case):
+    verifier = auth.TokenVerifier(settings)
+    with pytest.raises(auth.AuthError) as refused:
+        verifier.verify(_forged(settings, case))
+    assert FORGED[case] in str(refused.value)
+
+
+@pytest.mark.parametrize("user", ["", "a" * 33, "-alice", "al ice", "alice\n", "<script>", "a/b"])
+def test_bad_user_names_get_no_token(settings, user):
+    with pytest.raises(ValueError):
+        auth.issue_token(user, settings)
+
+
+@pytest.mark.parametrize("case", ["alg none", "HS256 with the public key", "expired", "wrong audience",
+                                  "wrong issuer", "unknown kid", "garbage"])
+def test_forged_tokens_cannot_write_through_the_api(api, case):
+    token = _forged(api.settings, case)
+    result = api.gql(CREATE_GROUP, {"input": {"name": "pwned"}}, token=token)["createGroup"]
+    assert result["__typename"] == "NotAuthenticated"
+    assert FORGED[case] in result["message"]
+    assert api.gql("{ groups { edges { node { id } } } }")["groups"]["edges"] == []
+
+
+class _JWKSHandler(BaseHTTPRequestHandler):
+    jwks: dict = {}
+    hits = 0
+
+    def do_GET(self):  # noqa: N802
+        type(self).hits += 1
+        body = json.dumps(self.jwks).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def remote_idp(tmp_path):
+    """An Auth0-like identity provider: a JWKS over HTTP on loopback and its private key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True) | {"kid": "idp-key-1", "use": "sig", "alg": "RS256"}
+    handler = type("Handler", (_JWKSHandler,), {"jwks": {"keys": [jwk]}, "hits": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings = Settings(
+        mode="local", data_dir=tmp_path,
+        auth_jwks_url=f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json",
+        auth_issuer="https://tenant.example.auth0.com/", auth_audience="https://udagram.example/api",
+    )
+    yield settings, key, handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_remote_jwks_verifies_and_caches(remote_idp):
+    settings, key, handler = remote_idp
+    verifier = auth.TokenVerifier(settings)
+    assert not verifier.self_issued
+    claims = {"sub": "auth0|123", "iss": settings.auth_issuer, "aud": settings.auth_audience,
+              "exp": int(time.time()) + 600}
+    token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "idp-key-1"})
+    assert verifier.verify(token).id == "auth0|123"
+    assert verifier.verify(token).id == "auth0|123"
+    assert handler.hits == 1  # the JWKS is cached
+
+    with pytest.raises(auth.AuthError, match="unknown key"):
+        verifier.verify(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "rotated-away"}))
+    with pytest.raises(auth.AuthError, match="wrong audience"):
+        verifier.verify(jwt.encode(claims | {"aud": "udagram"}, key, algorithm="RS256", headers={"kid": "idp-key-1"}))
+    # a locally issued token is not trusted by an API configured for the remote issuer
+    with pytest.raises(auth.AuthError):
+        verifier.verify(auth.issue_token("alice", settings))
