@@ -70,9 +70,16 @@
   const clearMessages = () => $("messages").replaceChildren();
 
   // ---- API ------------------------------------------------------------------------------------
+  // The API's messages are terse ("only the owner may do this"): show them as sentences.
+  function sentence(text) {
+    const t = String(text || "").trim();
+    if (!t) return "Something went wrong.";
+    return t[0].toUpperCase() + t.slice(1) + (/[.!?]$/.test(t) ? "" : ".");
+  }
+
   class ApiError extends Error {
     constructor(message, code) {
-      super(message);
+      super(sentence(message));
       this.code = code || "ERROR";
     }
   }
@@ -126,10 +133,13 @@
     createGroup: `mutation CreateGroup($name: String!, $description: String!) {
       createGroup(input: { name: $name, description: $description }) {
         __typename ... on Group { ${GROUP_FIELDS} } ${ERROR_FIELDS} } }`,
-    createImage: `mutation CreateImage($groupId: ID!, $caption: String!, $contentType: String!, $contentLength: Int!) {
-      createImage(input: { groupId: $groupId, caption: $caption, contentType: $contentType, contentLength: $contentLength }) {
+    createImage: `mutation CreateImage($groupId: ID!, $caption: String!, $fileName: String,
+        $contentType: String!, $contentLength: Int!) {
+      createImage(input: { groupId: $groupId, caption: $caption, fileName: $fileName,
+                           contentType: $contentType, contentLength: $contentLength }) {
         __typename
         ... on ImageUpload { image { ${IMAGE_FIELDS} } upload { url fields expiresAt } }
+        ... on UploadTooLarge { maxBytes }
         ${ERROR_FIELDS} } }`,
     deleteImage: `mutation DeleteImage($id: ID!) {
       deleteImage(id: $id) { __typename ... on Deleted { id } ${ERROR_FIELDS} } }`,
@@ -458,6 +468,11 @@
     return null;
   }
 
+  function setMaxUploadBytes(bytes) {
+    state.maxUploadBytes = bytes;
+    $("upload-hint").textContent = `JPEG, PNG, WebP, GIF or BMP, up to ${formatBytes(bytes)}.`;
+  }
+
   function selectFile(file) {
     state.selectedFile = null;
     $("upload-chosen").textContent = "";
@@ -529,8 +544,11 @@
     let li = null;
     try {
       const data = await gql(Q.createImage, {
-        groupId: group.id, caption, contentType: contentTypeOf(file), contentLength: file.size,
+        groupId: group.id, caption, fileName: file.name.slice(0, 255),
+        contentType: contentTypeOf(file), contentLength: file.size,
       });
+      // The API's limit wins over the default this page assumed.
+      if (data.createImage && data.createImage.maxBytes) setMaxUploadBytes(data.createImage.maxBytes);
       const result = unwrap(data.createImage);
       image = result.image;
       // Show the picture at once, from the local file, with a progress bar.
@@ -797,7 +815,7 @@
   // ---- wiring -------------------------------------------------------------------------------------
   function start() {
     setToken(localStorage.getItem(TOKEN_KEY));
-    $("upload-hint").textContent = `JPEG, PNG, WebP, GIF or BMP, up to ${formatBytes(state.maxUploadBytes)}.`;
+    setMaxUploadBytes(DEFAULT_MAX_UPLOAD_BYTES);
     $("sign-in-form").addEventListener("submit", signIn);
     $("sign-out").addEventListener("click", signOut);
     $("create-group-form").addEventListener("submit", createGroup);

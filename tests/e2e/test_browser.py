@@ -1,0 +1,240 @@
+"""The web page in a real browser (Debian's headless Chromium driven by Playwright) against the
+real local stack (`local_stack`: S3/SQS/DynamoDB stand-ins, TorchServe, API and worker).
+
+Screenshots are written to test-artifacts/ (gitignored) and their paths printed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+# The flags that keep Chromium quiet on a closed network (see the team's browser notes).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+# ImageNet classes a photo of a cat may honestly get as its top class.
+CAT_CLASSES = ["tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx", "tiger"]
+CAT_TITLE = re.compile(r"^(?:%s) - \d{1,3}\.\d%%$" % "|".join(re.escape(c) for c in CAT_CLASSES))
+
+PROCESSING_TIMEOUT_MS = 120_000  # first inference on a busy 2-core machine can be slow
+
+
+def _base_url(stack) -> str:
+    return stack.api_url.rstrip("/")
+
+
+def _screenshot(page: Page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("Debian's `chromium` is not installed: run `make system-deps`")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    script_errors: list[str] = []
+    page.on("pageerror", lambda exc: script_errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not script_errors, f"JavaScript errors on the page: {script_errors}"
+
+
+@pytest.fixture(scope="session")
+def chelsea_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from PIL import Image
+    from skimage import data as skdata
+
+    path = tmp_path_factory.mktemp("images") / "chelsea.jpg"
+    Image.fromarray(skdata.chelsea()).save(path, "JPEG", quality=92)
+    return path
+
+
+def _token(base: str, user: str) -> str:
+    response = httpx.post(f"{base}/auth/local/token", json={"user": user}, timeout=30)
+    response.raise_for_status()
+    return response.json()["token"]
+
+
+def _graphql(base: str, query: str, variables: dict, token: str | None = None) -> dict:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.post(f"{base}/graphql", json={"query": query, "variables": variables}, headers=headers, timeout=30)
+    response.raise_for_status()
+    body = response.json()
+    assert not body.get("errors"), body
+    return body["data"]
+
+
+def test_sign_in_create_group_upload_watch_it_processed_and_delete(local_stack, page: Page, chelsea_jpeg: Path):
+    base = _base_url(local_stack)
+    user = f"alice-{uuid.uuid4().hex[:6]}"
+    group_name = f"Cats {uuid.uuid4().hex[:6]}"
+
+    page.goto(base + "/")
+    expect(page.get_by_role("heading", name="Groups", level=1)).to_be_visible()
+
+    # Sign in with a user name (local mode).
+    page.get_by_label("User name").fill(user)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_test_id("signed-in-user")).to_have_text(user)
+
+    # Create a group: the page opens it.
+    page.get_by_label("Name", exact=True).fill(group_name)
+    page.get_by_label("Description").fill("Pictures of <b>cats</b>")  # shown as text, not HTML
+    page.get_by_role("button", name="Create group").click()
+    expect(page.get_by_test_id("group-name-heading")).to_have_text(group_name)
+    expect(page.locator("#group-description-text")).to_have_text("Pictures of <b>cats</b>")
+
+    # Upload chelsea.jpg with the file picker.
+    page.get_by_test_id("upload-file").set_input_files(str(chelsea_jpeg))
+    expect(page.get_by_test_id("upload-chosen")).to_contain_text("chelsea.jpg")
+    page.get_by_label("Caption").fill("Chelsea on the rug")
+    page.get_by_role("button", name="Upload", exact=True).click()
+
+    cards = page.get_by_test_id("image-card")
+    expect(cards).to_have_count(1)
+    card = cards.first
+    # Without reloading, the worker's result arrives: the title becomes "<cat class> - 77.0%".
+    expect(card.get_by_test_id("image-card-title")).to_have_text(CAT_TITLE, timeout=PROCESSING_TIMEOUT_MS)
+    expect(card.get_by_test_id("image-card-status")).to_have_text("Done")
+    title = card.get_by_test_id("image-card-title").text_content()
+    image_id = card.get_attribute("data-id")
+
+    # The card now shows the processed picture: the worker's 1000 px wide rendering.
+    thumb = card.locator("img")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle())
+    assert thumb.evaluate("img => img.naturalWidth") == 1000
+    _screenshot(page, "group-with-processed-image")
+
+    # Open it: 5 predictions with bars, descending, the first one being the title's class.
+    card.get_by_role("link").click()
+    dialog = page.get_by_test_id("image-dialog")
+    expect(dialog).to_be_visible()
+    assert page.url.endswith(f"#/images/{image_id}")
+    expect(dialog.get_by_test_id("image-dialog-title")).to_have_text(title)
+    expect(dialog.get_by_test_id("image-dialog-caption")).to_have_text("Chelsea on the rug")
+    predictions = dialog.get_by_test_id("prediction")
+    expect(predictions).to_have_count(5)
+    labels = [p.locator(".label").text_content() for p in predictions.all()]
+    percents = [float(p.locator(".percent").text_content().rstrip("%")) for p in predictions.all()]
+    widths = [p.locator(".bar > span").evaluate("el => el.getBoundingClientRect().width") for p in predictions.all()]
+    assert title.startswith(labels[0] + " - ")
+    assert percents == sorted(percents, reverse=True) and 0 < sum(percents) <= 100.05
+    assert widths[0] > 0 and widths == sorted(widths, reverse=True)
+    expect(dialog.get_by_test_id("image-model-version")).not_to_be_empty()
+    _screenshot(page, "image-dialog")
+
+    # Escape closes the dialog (keyboard), back at the group's address.
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    assert re.search(r"#/groups/[0-9a-f]+$", page.url)
+
+    # Delete it (after confirming): gone from the page, and from the API.
+    card.get_by_role("link").click()
+    expect(dialog).to_be_visible()
+    page.once("dialog", lambda confirm: confirm.accept())
+    dialog.get_by_role("button", name="Delete image").click()
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_test_id("image-card")).to_have_count(0)
+    expect(page.get_by_test_id("info-message").last).to_contain_text("deleted")
+    gone = _graphql(base, "query($id: ID!) { image(id: $id) { id } }", {"id": image_id})
+    assert gone["image"] is None
+    page.reload()
+    expect(page.get_by_test_id("group-name-heading")).to_have_text(group_name)
+    expect(page.get_by_test_id("image-card")).to_have_count(0)
+    _screenshot(page, "after-delete")
+
+
+def test_anonymous_visitor_sees_groups_but_no_upload_or_create(local_stack, page: Page):
+    base = _base_url(local_stack)
+    token = _token(base, "bob")
+    name = f"Bob's dogs {uuid.uuid4().hex[:6]}"
+    created = _graphql(
+        base,
+        "mutation($n: String!) { createGroup(input: {name: $n, description: \"walks\"}) {"
+        " ... on Group { id } ... on Error { code message } } }",
+        {"n": name},
+        token,
+    )["createGroup"]
+    assert "id" in created, created
+
+    page.goto(base + "/")
+    card = page.get_by_test_id("group-card").filter(has_text=name)
+    expect(card).to_be_visible()
+    expect(page.get_by_test_id("sign-in-form")).to_be_visible()
+    expect(page.get_by_role("button", name="Create group")).to_have_count(0)
+    expect(page.get_by_test_id("create-group-form")).to_be_hidden()
+
+    card.get_by_role("link").click()
+    expect(page.get_by_test_id("group-name-heading")).to_have_text(name)
+    expect(page.get_by_text("No images in this group yet.")).to_be_visible()
+    expect(page.get_by_test_id("upload-form")).to_be_hidden()
+    expect(page.get_by_role("button", name="Upload", exact=True)).to_have_count(0)
+    expect(page.get_by_role("button", name="Delete group")).to_have_count(0)
+    _screenshot(page, "anonymous-group")
+
+
+def test_client_side_checks_and_phone_layout(local_stack, browser: Browser, tmp_path: Path):
+    """A file that is not an image is refused before anything is sent; the page fits a phone."""
+    base = _base_url(local_stack)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    try:
+        page.goto(base + "/")
+        page.get_by_label("User name").fill("carol")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_label("Name", exact=True).fill(f"Phone {uuid.uuid4().hex[:6]}")
+        page.get_by_role("button", name="Create group").click()
+        expect(page.get_by_test_id("upload-form")).to_be_visible()
+
+        sent: list[str] = []
+        page.on("request", lambda r: sent.append(r.post_data or "") if r.method == "POST" else None)
+        notes = tmp_path / "notes.txt"
+        notes.write_text("not a picture")
+        page.get_by_test_id("upload-file").set_input_files(str(notes))
+        expect(page.get_by_test_id("error-message").last).to_contain_text("not a supported image")
+        expect(page.get_by_role("button", name="Upload", exact=True)).to_be_disabled()
+        assert not any("createImage" in body for body in sent)
+
+        # Nothing is wider than the phone's screen.
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        _screenshot(page, "phone-group")
+    finally:
+        context.close()
