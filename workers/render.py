@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -17,6 +18,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from workers.errors import PoisonInput
+
+# `decode` enforces its own pixel limit (settings.max_image_pixels) with a readable error.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # EXIF orientations that swap width and height (rotated by 90 or 270 degrees).
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}

@@ -1,0 +1,89 @@
+"""Bad input and faults: the final record, objects and queues (including the DLQ)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.workers.conftest import (
+    create_image, dlq_messages, new_upload, processed_keys, queue_empty, record, send_body, upload,
+    wait_for, wait_status,
+)
+from tests.workers.images import bomb_png, jpeg
+from udagram import data
+from udagram.aws import client
+
+pytestmark = [pytest.mark.torchserve, pytest.mark.aws]
+
+
+def test_poison_inputs_end_failed_with_a_readable_error(make_settings, start_worker):
+    settings = make_settings(max_original_bytes=2_000_000)
+    cases = {
+        "garbage": (b"these bytes are not an image" * 10, "image/jpeg", "not an image"),
+        "truncated": (jpeg("chelsea")[:3000], "image/jpeg", "truncated"),
+        "empty": (b"", "image/jpeg", "empty"),
+        "bomb": (bomb_png(), "image/png", "too large"),
+        "too big": (b"\xff\xd8" + b"0" * 2_100_000, "image/jpeg", "limit"),
+    }
+    ids = {name: new_upload(settings, body, ctype) for name, (body, ctype, _) in cases.items()}
+    good = new_upload(settings, jpeg("coffee"))
+    start_worker(settings)
+    records = dict(zip(ids, wait_status(list(ids.values()))))
+    for name, (_, _, phrase) in cases.items():
+        rec = records[name]
+        assert rec.status == "FAILED", name
+        assert phrase in rec.error, (name, rec.error)
+        assert rec.processed_key is None and rec.lease_owner is None
+    assert wait_status([good])[0].status == "DONE"
+    assert processed_keys(settings) == [data.processed_key(good)]
+    wait_for(lambda: queue_empty(settings), 20, "queue drained")
+    assert dlq_messages(settings) == []
+
+
+def test_an_original_without_record_goes_to_the_dlq(settings, start_worker):
+    orphan = data.new_id()
+    upload(settings, orphan, jpeg("chelsea"))
+    start_worker(settings)
+    messages = wait_for(lambda: dlq_messages(settings), 30, "a DLQ message")
+    [msg] = messages
+    assert orphan in msg["Body"]
+    assert "no image record" in msg["MessageAttributes"]["reason"]["StringValue"]
+    wait_for(lambda: queue_empty(settings), 20, "queue drained")
+    assert processed_keys(settings) == []
+
+
+def test_garbage_messages_go_to_the_dlq_and_test_events_are_acknowledged(settings, start_worker):
+    send_body(settings, "this is not json")
+    send_body(settings, {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": settings.originals_bucket})
+    send_body(settings, {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                                      "s3": {"bucket": {"name": "x"}, "object": {"key": "cats/tom.jpg"}}}]})
+    start_worker(settings)
+    wait_for(lambda: queue_empty(settings), 30, "queue drained")
+    [msg] = dlq_messages(settings)
+    assert msg["Body"] == "this is not json"
+    assert "not JSON" in msg["MessageAttributes"]["reason"]["StringValue"]
+
+
+def test_deleted_image_is_acknowledged(settings, start_worker):
+    """The user deleted the image (record and object) before the worker got to it."""
+    image_id = create_image(settings)
+    key = upload(settings, image_id, jpeg("chelsea"))
+    data.ImageModel(image_id).delete()
+    client("s3", settings).delete_object(Bucket=settings.originals_bucket, Key=key)
+    start_worker(settings)
+    wait_for(lambda: queue_empty(settings), 30, "queue drained")
+    assert dlq_messages(settings) == [] and processed_keys(settings) == []
+
+
+def test_repeatedly_dying_deliveries_end_failed_after_max_attempts(make_settings, start_worker):
+    """An image whose deliveries keep getting abandoned (e.g. workers killed mid-image) is
+    retried a bounded number of times, then FAILED with a readable error."""
+    settings = make_settings(worker_max_attempts=2)
+    image_id = new_upload(settings, jpeg("chelsea"))
+    data.ImageModel(image_id).update(actions=[data.ImageModel.attempts.set(2),
+                                              data.ImageModel.error.set("worker killed")])
+    start_worker(settings)
+    [rec] = wait_status([image_id])
+    assert rec.status == "FAILED" and "gave up after 2 attempts" in rec.error and "worker killed" in rec.error
+    wait_for(lambda: queue_empty(settings), 20, "queue drained")
