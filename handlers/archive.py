@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,10 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from handlers.image_classifier import LABELS_FILE, META_FILE, optimise_for_cpu
-
-# TorchScript is deprecated upstream but still the fastest CPU path here; keep output readable.
-warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
+from handlers.image_classifier import LABELS_FILE, META_FILE, jit_warnings_silenced, optimise_for_cpu
 
 HANDLER_SOURCE = Path(__file__).with_name("image_classifier.py")
 MODEL_NAME = "classifier"
@@ -172,7 +168,7 @@ def read_labels(path: Path) -> list[str]:
 
 def trace(model: nn.Module, input_size: int) -> torch.jit.ScriptModule:
     example = torch.zeros(1, 3, input_size, input_size)
-    with torch.no_grad():
+    with torch.no_grad(), jit_warnings_silenced():
         traced = torch.jit.trace(model, example, check_trace=False)
     return traced
 
@@ -181,7 +177,8 @@ def verify_optimised(model: nn.Module, traced: torch.jit.ScriptModule, input_siz
     """Max |Δp| between eager and the served (frozen + optimised) form; raises if top-5 moves."""
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(3, 3, input_size, input_size, generator=generator)
-    served = optimise_for_cpu(torch.jit.load(_roundtrip(traced)))
+    with jit_warnings_silenced():
+        served = optimise_for_cpu(torch.jit.load(_roundtrip(traced)))
     with torch.inference_mode():
         expected = torch.softmax(model(inputs), dim=1)
         got = torch.softmax(served(inputs), dim=1)
@@ -195,7 +192,8 @@ def verify_optimised(model: nn.Module, traced: torch.jit.ScriptModule, input_siz
 def _roundtrip(traced: torch.jit.ScriptModule) -> Any:
     # Verify what the handler will actually load: the saved file, not the in-memory trace.
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
+    with jit_warnings_silenced():
+        torch.jit.save(traced, buffer)
     buffer.seek(0)
     return buffer
 
@@ -273,7 +271,8 @@ def _package(
     from model_archiver.model_packaging import generate_model_archive
 
     model_file = work / "model.pt"
-    torch.jit.save(traced, str(model_file))
+    with jit_warnings_silenced():
+        torch.jit.save(traced, str(model_file))
     meta_file = work / META_FILE
     meta_file.write_text(json.dumps(asdict(meta), indent=2))
     labels_file = work / LABELS_FILE

@@ -1,0 +1,327 @@
+"""Run TorchServe: effective config, command line, readiness, and a process wrapper.
+
+Used by `udagram model serve` (the local stack runs it under supervisord), by the test fixtures
+and by bench/serving.py, so all three start TorchServe the same way:
+
+- config: the repo's config.properties with ports and paths overridden from Settings, rendered
+  into a run directory (one per instance);
+- environment: its own TMPDIR (pid file, worker sockets and extracted models live there, so two
+  instances never collide) and LOG_LOCATION/METRICS_LOCATION (logs stay out of the cwd);
+- output to a file, never a pipe (the Java child inherits it and a pipe would hang the caller).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.properties"
+READY_TIMEOUT_S = 120.0
+
+
+class TorchServeError(RuntimeError):
+    """TorchServe did not start, or stopped while we waited for it."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str
+    inference_port: int
+    management_port: int
+    metrics_port: int
+    grpc_inference_port: int
+    grpc_management_port: int
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "Endpoints":
+        return cls(
+            host=settings.host,
+            inference_port=settings.torchserve_inference_port,
+            management_port=settings.torchserve_management_port,
+            metrics_port=settings.torchserve_metrics_port,
+            grpc_inference_port=settings.torchserve_grpc_inference_port,
+            grpc_management_port=settings.torchserve_grpc_management_port,
+        )
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{self.host}:{self.inference_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}"
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """key=value lines (TorchServe's own reading: '#' comments, first '=' splits)."""
+    properties: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            properties[key.strip()] = value.strip()
+    return properties
+
+
+def render_config(
+    endpoints: Endpoints,
+    run_dir: Path,
+    overrides: dict[str, str] | None = None,
+    template: Path = REPO_CONFIG,
+) -> Path:
+    """Write run_dir/config.properties: the repo config with this instance's ports."""
+    properties = read_properties(template)
+    properties.update(
+        {
+            "inference_address": endpoints.inference_url,
+            "management_address": endpoints.management_url,
+            "metrics_address": endpoints.metrics_url,
+            "grpc_inference_address": endpoints.host,
+            "grpc_management_address": endpoints.host,
+            "grpc_inference_port": str(endpoints.grpc_inference_port),
+            "grpc_management_port": str(endpoints.grpc_management_port),
+        }
+    )
+    properties.update(overrides or {})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / "config.properties"
+    lines = [f"# rendered from {template} by handlers/server.py; edit that file, not this one"]
+    lines += [f"{key}={value}" for key, value in properties.items()]
+    target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return target
+
+
+def torchserve_executable() -> str:
+    # Prefer the torchserve next to this interpreter (the venv), so `python -m` and tests agree.
+    sibling = Path(sys.executable).with_name("torchserve")
+    return str(sibling) if sibling.exists() else (shutil.which("torchserve") or "torchserve")
+
+
+def torchserve_command(config: Path, model_store: Path, models: dict[str, str]) -> list[str]:
+    """The foreground TorchServe command line loading `models` ({name: archive file}) at start."""
+    command = [
+        torchserve_executable(),
+        "--start",
+        "--foreground",
+        "--ncs",  # no config snapshots: what runs is what the command line and archives say
+        "--model-store",
+        str(Path(model_store).resolve()),
+        "--ts-config",
+        str(config),
+    ]
+    if models:
+        command += ["--models", *(f"{name}={archive}" for name, archive in models.items())]
+    return command
+
+
+def torchserve_env(run_dir: Path, log_dir: Path | None = None) -> dict[str, str]:
+    tmp = run_dir / "tmp"
+    logs = log_dir or run_dir / "logs"
+    tmp.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        {
+            "TMPDIR": str(tmp),
+            "TEMP": str(tmp),  # the launcher hands this to Java as java.io.tmpdir
+            "LOG_LOCATION": str(logs),
+            "METRICS_LOCATION": str(logs),
+            # Workers are started by Java with this interpreter; they must find the venv's ts.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
+    return env
+
+
+def model_status(management_url: str, model_name: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """GET /models/NAME/all: one description per registered version."""
+    response = httpx.get(f"{management_url}/models/{model_name}/all", timeout=timeout)
+    response.raise_for_status()
+    return response.json()
+
+
+def is_ready(management_url: str, model_name: str) -> bool:
+    try:
+        versions = model_status(management_url, model_name)
+    except (httpx.HTTPError, ValueError):
+        return False
+    return any(
+        worker.get("status") == "READY" for version in versions for worker in version.get("workers", [])
+    )
+
+
+def wait_until_ready(
+    management_url: str,
+    model_name: str,
+    timeout: float = READY_TIMEOUT_S,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Block until a worker of `model_name` is READY (/ping answers long before that)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise TorchServeError(f"TorchServe exited with code {process.returncode} before {model_name} was ready")
+        if is_ready(management_url, model_name):
+            return
+        time.sleep(0.25)
+    raise TorchServeError(f"{model_name} had no READY worker at {management_url} after {timeout:.0f} s")
+
+
+class TorchServeProcess:
+    """One TorchServe instance in its own run directory (config, TMPDIR, logs, stdout).
+
+    start() returns once the model has a READY worker; stop() ends the whole process group
+    (launcher, Java frontend, Python workers) and waits for it; restart() is stop() + start()
+    on the same ports, store and models.
+    """
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        model_store: Path,
+        run_dir: Path,
+        models: dict[str, str],
+        model_name: str = "classifier",
+        config_overrides: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.endpoints = endpoints
+        self.model_store = Path(model_store).resolve()
+        self.run_dir = Path(run_dir).resolve()
+        self.models = dict(models)
+        self.model_name = model_name
+        self.config_overrides = dict(config_overrides or {})
+        self.log_dir = Path(log_dir).resolve() if log_dir else self.run_dir / "logs"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def inference_url(self) -> str:
+        return self.endpoints.inference_url
+
+    @property
+    def management_url(self) -> str:
+        return self.endpoints.management_url
+
+    @property
+    def metrics_url(self) -> str:
+        return self.endpoints.metrics_url
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.run_dir / "torchserve.out"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start without waiting for readiness (the foreground CLI waits differently)."""
+        if self.is_running():
+            raise TorchServeError("this TorchServe instance is already running")
+        config = render_config(self.endpoints, self.run_dir, self.config_overrides)
+        command = torchserve_command(config, self.model_store, self.models)
+        with open(self.stdout_path, "ab") as out:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=torchserve_env(self.run_dir, self.log_dir),
+                cwd=self.run_dir,
+                start_new_session=True,  # its own process group: stop() can end Java and workers too
+            )
+        return self.process
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> "TorchServeProcess":
+        process = self.launch()
+        try:
+            wait_until_ready(self.management_url, self.model_name, timeout, process)
+        except TorchServeError as exc:
+            self.stop()
+            raise TorchServeError(f"{exc}; see {self.stdout_path} and {self.log_dir}") from exc
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the group, wait, then SIGKILL whatever is left (Java exits seconds after)."""
+        if self.process is None:
+            return
+        pgid = self.process.pid  # session leader: pgid == pid
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        if not _wait_group_gone(pgid, timeout):
+            _signal_group(pgid, signal.SIGKILL)
+            _wait_group_gone(pgid, 10.0)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def restart(self, timeout: float = READY_TIMEOUT_S) -> "TorchServeProcess":
+        self.stop()
+        return self.start(timeout)
+
+    def settings_overrides(self) -> dict[str, Any]:
+        """Settings fields pointing at this instance: `Settings(**ts.settings_overrides())`."""
+        return {
+            "host": self.endpoints.host,
+            "torchserve_inference_port": self.endpoints.inference_port,
+            "torchserve_management_port": self.endpoints.management_port,
+            "torchserve_metrics_port": self.endpoints.metrics_port,
+            "torchserve_grpc_inference_port": self.endpoints.grpc_inference_port,
+            "torchserve_grpc_management_port": self.endpoints.grpc_management_port,
+            "torchserve_inference_url": self.inference_url,
+            "torchserve_management_url": self.management_url,
+            "model_name": self.model_name,
+            "model_store": self.model_store,
+        }
+
+    def __enter__(self) -> "TorchServeProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid):
+            return True
+        time.sleep(0.1)
+    return not _group_alive(pgid)
