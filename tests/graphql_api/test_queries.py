@@ -156,3 +156,28 @@ def test_image_lookups_in_one_request_are_batched(api, monkeypatch):
     assert [got[f"i{n}"]["id"] for n in range(4)] == ids
     assert calls == [("ImageModel", ids), ("GroupModel", [group["id"]])] or \
         calls == [("GroupModel", [group["id"]]), ("ImageModel", ids)]
+
+
+def test_dynamodb_calls_per_page_are_bounded(api, monkeypatch):
+    from pynamodb.connection.base import Connection
+
+    groups = [api.create_group("alice", f"g{i}")["id"] for i in range(4)]
+    for gid in groups:
+        for _ in range(3):
+            api.create_image("alice", gid)
+    calls: list[str] = []
+    real = Connection.dispatch
+
+    def counting(self, operation_name, operation_kwargs):
+        calls.append(operation_name)
+        return real(self, operation_name, operation_kwargs)
+
+    monkeypatch.setattr(Connection, "dispatch", counting)
+    query = """{ groups(first: 4) { edges { node { id imageCount
+                 images(first: 2) { edges { node { id title imageUrl processedImageUrl } } pageInfo { hasNextPage } }
+               } } } }"""
+    page = api.gql(query)["groups"]["edges"]
+    assert [len(e["node"]["images"]["edges"]) for e in page] == [2, 2, 2, 2]
+    assert all(e["node"]["imageCount"] == 3 and e["node"]["images"]["pageInfo"]["hasNextPage"] for e in page)
+    # one Query for the groups page + one per group's image page; no per-item GetItem
+    assert calls == ["Query"] * 5
