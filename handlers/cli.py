@@ -1,5 +1,192 @@
-"""`udagram model ...` (filled in by the model-serving work)."""
+"""`udagram model ...`: build archives, serve them, and manage versions on a running TorchServe."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Optional
 
 import typer
 
-model_app = typer.Typer(no_args_is_help=True)
+model_app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+def _settings():  # noqa: ANN202 - imported lazily: `udagram token` must not pay for this module
+    from udagram.settings import get_settings
+
+    return get_settings()
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _client():  # noqa: ANN202
+    from handlers.management import ManagementClient
+
+    settings = _settings()
+    return ManagementClient(settings.torchserve_management_url, settings.model_name)
+
+
+# --- build and serve ---------------------------------------------------------------------------
+
+
+@model_app.command()
+def build(
+    arch: str = typer.Option("efficientnet_lite2", help="efficientnet_lite2 (packaged ImageNet weights) or efficientnet_b2"),
+    weights: Optional[Path] = typer.Option(None, help="efficientnet_b2 state_dict file (.pth)"),
+    labels: Optional[Path] = typer.Option(None, help="class names: JSON list/map or one per line (default: ImageNet)"),
+    version: str = typer.Option("1.0", help="archive version (file classifier-<version>.mar)"),
+    batch_size: int = typer.Option(4, help="TorchServe dynamic batch size"),
+    max_batch_delay: int = typer.Option(10, help="ms TorchServe waits to fill a batch"),
+    threads: int = typer.Option(0, help="torch threads per worker (0: all cores)"),
+    store: Optional[Path] = typer.Option(None, help="model store directory (default: settings.model_store)"),
+    force: bool = typer.Option(False, help="rebuild even if the archive exists"),
+) -> None:
+    """Write a classifier .mar archive into the model store (kept if it already exists)."""
+    from handlers.archive import ArchiveError, Batching, archive_info, archive_path, build_archive
+
+    model_store = store or _settings().model_store
+    existed = archive_path(model_store, version).exists()
+    try:
+        path = build_archive(
+            model_store,
+            arch=arch,  # type: ignore[arg-type]
+            version=version,
+            weights=weights,
+            labels=labels,
+            batching=Batching(batch_size=batch_size, max_batch_delay_ms=max_batch_delay),
+            torch_threads=threads,
+            force=force,
+        )
+    except ArchiveError as exc:
+        _fail(str(exc))
+        return
+    meta = archive_info(path)["meta"]
+    state = "kept (exists; --force rebuilds)" if existed and not force else "built"
+    typer.echo(f"{path} {state}: {meta['arch']}, {meta['num_classes']} classes, version {version}")
+
+
+@model_app.command()
+def serve() -> None:
+    """Run TorchServe in the foreground with the settings' ports (builds the default archive first).
+
+    Stops TorchServe on SIGTERM/SIGINT and exits when TorchServe exits (for supervisord)."""
+    from handlers.archive import archive_path, ensure_default_archive
+    from handlers.server import Endpoints, TorchServeProcess
+
+    settings = _settings()
+    version = settings.model_default_version
+    if version == "1.0":
+        archive = ensure_default_archive(settings)
+    else:
+        archive = archive_path(settings.model_store, version)
+        if not archive.exists():
+            _fail(f"{archive} not found: build it (udagram model build --version {version} ...) or unset "
+                  "UDAGRAM_MODEL_DEFAULT_VERSION")
+    log_dir = Path(os.environ.get("LOG_LOCATION") or settings.data_dir / "logs" / "torchserve")
+    server = TorchServeProcess(
+        Endpoints.from_settings(settings),
+        settings.model_store,
+        settings.data_dir / "torchserve",
+        {settings.model_name: archive.name},
+        model_name=settings.model_name,
+        log_dir=log_dir,
+    )
+
+    def shut_down(signum: int, _frame: FrameType | None) -> None:
+        server.stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, shut_down)
+    signal.signal(signal.SIGINT, shut_down)
+    process = server.launch()
+    typer.echo(
+        f"TorchServe starting: {settings.model_name} from {archive}; inference {server.inference_url}, "
+        f"management {server.management_url}, metrics {server.metrics_url}; logs in {log_dir}"
+    )
+    code = process.wait()
+    server.stop()  # Java may outlive the launcher: leave nothing behind
+    raise typer.Exit(code or 1)  # TorchServe is meant to run until stopped: its exit is a failure
+
+
+# --- versions on a running server --------------------------------------------------------------
+
+
+@model_app.command("list")
+def list_versions() -> None:
+    """Registered versions of the classifier: default, workers and their status, batching."""
+    from handlers.management import ManagementError
+
+    client = _client()
+    try:
+        versions = client.versions()
+    except ManagementError as exc:
+        _fail(str(exc))
+        return
+    if not versions:
+        _fail(f"no {client.model_name} model is registered at {client.base_url}")
+    typer.echo(f"{'VERSION':<10} {'DEFAULT':<8} {'WORKERS':<8} {'STATUS':<22} {'BATCH':<10} ARCHIVE")
+    for v in versions:
+        statuses = ",".join(v.worker_statuses) or "none"
+        typer.echo(
+            f"{v.version:<10} {'*' if v.is_default else '':<8} {f'{v.ready_workers}/{v.max_workers}':<8} "
+            f"{statuses:<22} {f'{v.batch_size}/{v.max_batch_delay_ms}ms':<10} {v.archive}"
+        )
+
+
+@model_app.command()
+def register(
+    archive: Path = typer.Argument(..., help=".mar file (copied into the model store if outside it)"),
+    workers: int = typer.Option(1, help="workers to start for this version"),
+) -> None:
+    """Register an archive as a new version (not the default until set-default)."""
+    from handlers.management import ManagementError, stage_archive
+
+    try:
+        name = stage_archive(archive, _settings().model_store)
+        version = _client().register(name, workers)
+    except ManagementError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"registered {name} as version {version.version} ({version.ready_workers} worker(s) READY)")
+
+
+@model_app.command("set-default")
+def set_default(version: str) -> None:
+    """Route /predictions/classifier to VERSION (roll out or roll back)."""
+    from handlers.management import ManagementError
+
+    try:
+        _client().set_default(version)
+    except ManagementError as exc:
+        _fail(str(exc))
+    typer.echo(f"default version is now {version}")
+
+
+@model_app.command()
+def scale(version: str, workers: int) -> None:
+    """Run WORKERS workers for VERSION (0 parks it without unregistering)."""
+    from handlers.management import ManagementError
+
+    try:
+        _client().scale(version, workers)
+    except ManagementError as exc:
+        _fail(str(exc))
+    typer.echo(f"version {version} now runs {workers} worker(s)")
+
+
+@model_app.command()
+def remove(version: str) -> None:
+    """Unregister VERSION (refused for the default version)."""
+    from handlers.management import ManagementError
+
+    try:
+        _client().remove(version)
+    except ManagementError as exc:
+        _fail(str(exc))
+    typer.echo(f"version {version} removed")
