@@ -29,6 +29,8 @@
   const GROUP_FIELDS = "id name description owner createdAt imageCount";
   const ERROR_FIELDS = "... on Error { code message }";
 
+  const DATE_FORMAT = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
   const $ = (id) => document.getElementById(id);
 
   const state = {
@@ -48,7 +50,7 @@
 
   // ---- messages -------------------------------------------------------------------------------
   function showMessage(text, kind = "error") {
-    const box = $("messages");
+    const box = $("image-dialog").open ? $("dialog-messages") : $("messages");
     const item = document.createElement("div");
     item.className = `message ${kind}`;
     item.setAttribute("role", kind === "error" ? "alert" : "status");
@@ -64,10 +66,9 @@
     item.append(p, close);
     box.append(item);
     while (box.children.length > 4) box.firstElementChild.remove();
-    if (kind !== "error") setTimeout(() => item.remove(), 6000);
+    if (kind !== "error") setTimeout(() => item.remove(), 5000);
   }
   const showError = (err) => showMessage(err && err.message ? err.message : String(err), "error");
-  const clearMessages = () => $("messages").replaceChildren();
 
   // ---- API ------------------------------------------------------------------------------------
   // The API's messages are terse ("only the owner may do this"): show them as sentences.
@@ -115,7 +116,8 @@
   function unwrap(result) {
     if (!result) throw new ApiError("The server gave no answer.", "EMPTY");
     if (typeof result.code === "string" && typeof result.message === "string") {
-      if (/UNAUTHENTICATED|NOT_SIGNED_IN|INVALID_TOKEN|TOKEN_EXPIRED/i.test(result.code)) handleSignedOut();
+      // A refused token (expired, or the server's key changed): sign out; the message says why.
+      if (result.code === "UNAUTHENTICATED" && state.token) setToken(null);
       throw new ApiError(result.message, result.code);
     }
     return result;
@@ -240,7 +242,7 @@
   function formatDate(iso) {
     if (!iso) return "";
     const d = new Date(iso);
-    return Number.isNaN(d.getTime()) ? String(iso) : d.toLocaleString();
+    return Number.isNaN(d.getTime()) ? String(iso) : DATE_FORMAT.format(d);
   }
   const percent = (p) => `${(Number(p) * 100).toFixed(1)}%`;
   const formatBytes = (n) => (n >= 1024 * 1024 ? `${(n / 1024 / 1024).toFixed(n % (1024 * 1024) ? 1 : 0)} MB` : `${Math.ceil(n / 1024)} KB`);
@@ -619,6 +621,7 @@
   function renderDialog(image, pictureChanged = true) {
     $("image-title").textContent = imageTitle(image);
     const pic = $("image-picture");
+    pic.onerror = () => pic.removeAttribute("src"); // no picture to show (e.g. not an image at all)
     const url = image.status === "DONE" ? image.processedImageUrl : state.previews.get(image.id) || image.imageUrl;
     if (pictureChanged || !pic.getAttribute("src")) {
       if (url) pic.src = url;
@@ -706,6 +709,7 @@
   function onDialogClosed() {
     const image = state.dialogImage;
     state.dialogImage = null;
+    $("dialog-messages").replaceChildren();
     if (image && parseRoute().name === "image") {
       location.hash = `#/groups/${encodeURIComponent(image.groupId)}`;
     }
