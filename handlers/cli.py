@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
+import threading
 from pathlib import Path
-from types import FrameType
 from typing import Optional
 
 import typer
@@ -98,20 +97,25 @@ def serve() -> None:
         log_dir=log_dir,
     )
 
-    def shut_down(signum: int, _frame: FrameType | None) -> None:
-        server.stop()
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, shut_down)
-    signal.signal(signal.SIGINT, shut_down)
+    # The handler only raises a flag: stopping from inside it would race the main thread's wait()
+    # on the same child (Popen's wait lock), so the loop below does the stopping.
+    stop_requested = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
+    signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
     process = server.launch()
     typer.echo(
         f"TorchServe starting: {settings.model_name} from {archive}; inference {server.inference_url}, "
         f"management {server.management_url}, metrics {server.metrics_url}; logs in {log_dir}"
     )
-    code = process.wait()
-    server.stop()  # Java may outlive the launcher: leave nothing behind
-    raise typer.Exit(code or 1)  # TorchServe is meant to run until stopped: its exit is a failure
+    while process.poll() is None and not stop_requested.wait(0.5):
+        pass
+    code = process.poll()
+    server.stop()  # also when TorchServe exited by itself: Java may outlive the launcher
+    if stop_requested.is_set():
+        typer.echo("TorchServe stopped")
+        return
+    typer.echo(f"TorchServe exited on its own (code {code}); see {log_dir}", err=True)
+    raise typer.Exit(code or 1)  # it is meant to run until stopped
 
 
 # --- versions on a running server --------------------------------------------------------------
