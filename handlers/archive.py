@@ -219,6 +219,7 @@ def build_archive(
     labels: Path | None = None,
     batching: Batching = Batching(),
     torch_threads: int = 0,
+    optimize: bool = True,
     force: bool = False,
 ) -> Path:
     """Write model_store/classifier-<version>.mar and return its path (kept if it exists)."""
@@ -243,6 +244,7 @@ def build_archive(
         **{
             **asdict(meta),
             "torch_threads": torch_threads,
+            "optimize": optimize,  # False only for the naive baseline in bench/serving.py
             "warmup_batch_size": batching.batch_size,
             "handler_sha256": handler_sha256(),
         }

@@ -1,0 +1,229 @@
+"""Serving speed, side by side in one run: raw model in-process vs TorchServe vs a naive TorchServe.
+
+    .venv/bin/python bench/serving.py [--seconds 20]
+
+(a) raw: decode + preprocess + forward in this process, batch 1, the worker's thread count,
+    for the served (trace + freeze + optimize_for_inference) model and for the eager model;
+(b) TorchServe with the served archive (batching from the archive) at 1, 4 and 8 concurrent
+    clients;
+(c) naive baseline: TorchServe, 1 worker, batch 1, no freeze/optimise (the plain trace), 8 clients.
+
+Each TorchServe instance runs on free loopback ports in its own temp dir and is stopped before
+the next one starts, so only one thing is measured at a time. Goals (issue 2): served@8 >= 0.9 x
+raw (served model) and >= 1.5 x naive@8. The machine may be shared: repeat and compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from handlers.archive import Batching, build_archive, lite2_model  # noqa: E402
+from handlers.image_classifier import (  # noqa: E402
+    Preprocessing,
+    image_to_input,
+    jit_warnings_silenced,
+    optimise_for_cpu,
+)
+from handlers.server import Endpoints, TorchServeProcess  # noqa: E402
+
+
+@dataclass
+class Result:
+    name: str
+    clients: int
+    images: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    errors: int = 0
+
+    @property
+    def per_second(self) -> float:
+        return self.images / self.seconds
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def photo() -> bytes:
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] * 1000
+
+
+def summarise(name: str, clients: int, latencies: list[float], seconds: float, errors: int = 0) -> Result:
+    return Result(name, clients, len(latencies), seconds, percentile(latencies, 0.5), percentile(latencies, 0.95), errors)
+
+
+# --- (a) raw, in this process ------------------------------------------------------------------
+
+
+def run_raw(name: str, model: Callable[[torch.Tensor], torch.Tensor], prep: Preprocessing, body: bytes, seconds: float) -> Result:
+    latencies: list[float] = []
+    with torch.inference_mode():
+        for _ in range(5):  # warm-up (JIT profiling runs)
+            model(image_to_input(body, prep).unsqueeze(0))
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            torch.softmax(model(image_to_input(body, prep).unsqueeze(0)), dim=1).topk(5)
+            latencies.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - started
+    return summarise(name, 1, latencies, elapsed)
+
+
+def raw_models(archive: Path, work: Path) -> tuple[Preprocessing, dict[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    with zipfile.ZipFile(archive) as mar:
+        meta = json.loads(mar.read("model_meta.json"))
+        mar.extract("model.pt", work)
+    # The same threads as the served worker (meta torch_threads 0 = every core we may use).
+    torch.set_num_threads(int(meta["torch_threads"]) or len(os.sched_getaffinity(0)))
+    with jit_warnings_silenced():
+        served = optimise_for_cpu(torch.jit.load(str(work / "model.pt")))
+    eager = lite2_model()[0]
+    return Preprocessing.from_meta(meta), {"raw served model (trace+freeze+optimize)": served, "raw eager model": eager}
+
+
+# --- (b), (c) TorchServe -----------------------------------------------------------------------
+
+
+def run_clients(url: str, body: bytes, clients: int, seconds: float, name: str) -> Result:
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    start = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def client(index: int) -> None:
+        with httpx.Client(timeout=120) as http:
+            http.post(url, content=body, headers={"Content-Type": "application/octet-stream"})  # connect + warm
+            start.wait()
+            while time.perf_counter() < deadline[0]:
+                t0 = time.perf_counter()
+                response = http.post(url, content=body, headers={"Content-Type": "application/octet-stream"})
+                if response.status_code == 200:
+                    latencies[index].append(time.perf_counter() - t0)
+                else:
+                    errors[index] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline[0] = float("inf")  # until everyone is connected; set for real right after the barrier
+    start.wait()
+    started = time.perf_counter()
+    deadline[0] = started + seconds
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return summarise(name, clients, [x for per in latencies for x in per], elapsed, sum(errors))
+
+
+def serve(store: Path, archive: Path, work: Path) -> TorchServeProcess:
+    endpoints = Endpoints("127.0.0.1", *(free_port() for _ in range(5)))
+    return TorchServeProcess(endpoints, store, work, {"classifier": archive.name}).start(timeout=300)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per configuration")
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "serving.json")
+    args = parser.parse_args()
+    body = photo()
+    results: list[Result] = []
+
+    with tempfile.TemporaryDirectory(prefix="udagram-bench-") as tmp:
+        work = Path(tmp)
+        store = work / "store"
+        print("building archives (served: optimised, batching; naive: plain trace, batch 1) ...", flush=True)
+        served_archive = build_archive(store, version="1.0")
+        naive_archive = build_archive(
+            store, version="naive", batching=Batching(batch_size=1, max_batch_delay_ms=0), optimize=False
+        )
+
+        prep, models = raw_models(served_archive, work)
+        for name, model in models.items():
+            results.append(run_raw(name, model, prep, body, args.seconds))
+            print(f"  {results[-1].name}: {results[-1].per_second:.1f} img/s", flush=True)
+        del models
+
+        for label, archive, client_counts in (
+            ("TorchServe served", served_archive, (1, 4, 8)),
+            ("TorchServe naive", naive_archive, (8,)),
+        ):
+            server = serve(store, archive, work / archive.stem)
+            try:
+                url = f"{server.inference_url}/predictions/classifier"
+                for clients in client_counts:
+                    results.append(run_clients(url, body, clients, args.seconds, label))
+                    print(f"  {label} @{clients}: {results[-1].per_second:.1f} img/s", flush=True)
+            finally:
+                server.stop()
+
+    report(results, args.json)
+
+
+def report(results: list[Result], json_path: Path) -> None:
+    print()
+    print(f"{'configuration':<44} {'clients':>7} {'img/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6}")
+    for r in results:
+        print(f"{r.name:<44} {r.clients:>7} {r.per_second:>7.1f} {r.p50_ms:>8.1f} {r.p95_ms:>8.1f} {r.errors:>6}")
+    raw = next(r for r in results if r.name.startswith("raw served"))
+    raw_eager = next(r for r in results if r.name == "raw eager model")
+    served8 = next(r for r in results if r.name == "TorchServe served" and r.clients == 8)
+    naive8 = next(r for r in results if r.name == "TorchServe naive")
+    vs_raw = served8.per_second / raw.per_second
+    vs_naive = served8.per_second / naive8.per_second
+    print()
+    print(f"served@8 / raw (served model, in-process): {vs_raw:.2f}  (goal >= 0.90) {'OK' if vs_raw >= 0.9 else 'MISSED'}")
+    print(f"served@8 / naive@8:                        {vs_naive:.2f}  (goal >= 1.50) {'OK' if vs_naive >= 1.5 else 'MISSED'}")
+    print(f"served@8 / raw eager model:                {served8.per_second / raw_eager.per_second:.2f}")
+    print(f"cores: {len(os.sched_getaffinity(0))}, load average now: {os.getloadavg()[0]:.2f} (shared machine: noisy)")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(
+        json.dumps(
+            {
+                "results": [asdict(r) | {"images_per_second": r.per_second} for r in results],
+                "served8_over_raw": vs_raw,
+                "served8_over_naive8": vs_naive,
+                "load_average": os.getloadavg(),
+            },
+            indent=2,
+        )
+    )
+    print(f"written {json_path}")
+
+
+if __name__ == "__main__":
+    main()
