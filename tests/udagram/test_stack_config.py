@@ -11,7 +11,7 @@ import pytest
 
 from udagram.settings import Settings
 from udagram.stack import control, seaweedfs, supervisor
-from udagram.stack.programs import programs
+from udagram.stack.programs import SERVICES, programs
 
 
 def local_settings(tmp_path: Path, **values) -> Settings:
@@ -37,10 +37,11 @@ def test_config_declares_every_program_stopped_as_a_group(tmp_path: Path) -> Non
         assert section["stopasgroup"] == section["killasgroup"] == "true"
         assert section["stdout_logfile"] == str(paths.logs / f"{program.name}.log")
         assert int(section["priority"]) == program.stage * 10
-    # storage before the services
+    # the event bridge listens before SeaweedFS starts; storage before the services
     stages = {p.name: p.stage for p in progs}
-    assert all(stages[n] == 1 for n in ("s3", "sqs", "dynamodb", "s3-events"))
-    assert all(stages[n] == 2 for n in ("torchserve", "api", "worker") if n in stages)
+    assert stages["s3-events"] < stages["s3"] < SERVICES
+    assert max(stages[n] for n in ("s3", "sqs", "dynamodb", "s3-events")) < SERVICES
+    assert all(stages[n] == SERVICES for n in ("torchserve", "api", "worker") if n in stages)
 
 
 def test_config_escapes_percent_signs(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         typer.echo("Stop it with `make down` (data is kept in " f"{settings.data_dir}/).")
 
     @app.command()
-    def down(timeout: float = typer.Option(120, help="Seconds to wait for the processes to stop.")) -> None:
+    def down(timeout: float = typer.Option(240, help="Seconds to wait for the processes to stop.")) -> None:
         """Stop every process of the stack (data is kept)."""
         from udagram.settings import get_settings
         from udagram.stack import control

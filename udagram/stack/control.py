@@ -2,9 +2,9 @@
 fixture both call these).
 
 `up`: refuse taken ports with a message naming the port and the variable that moves it, start
-supervisord in the background, start stage 1 (storage) and wait until it is healthy, create the
-resources (tables, buckets, queue + DLQ), start stage 2 (TorchServe, API, worker), wait until
-healthy. `down`: ask supervisord to stop everything, wait for it to exit, then kill whatever is
+supervisord in the background, start the storage stages (see `programs`) waiting until each is
+healthy, create the resources (tables, buckets, queue + DLQ), start TorchServe, the API and the
+worker, wait until healthy. `down`: ask supervisord to stop everything, wait for it to exit, then kill whatever is
 left of its session (e.g. a TorchServe Java child) and wait until no process remains.
 """
 
@@ -25,7 +25,7 @@ from typing import Callable, Mapping
 from udagram.settings import Settings
 from udagram.stack import seaweedfs, supervisor
 from udagram.stack.health import Unhealthy
-from udagram.stack.programs import DYNALITE, Port, Program, programs
+from udagram.stack.programs import DYNALITE, SERVICES, Port, Program, programs
 
 Say = Callable[[str], None]
 
@@ -172,31 +172,60 @@ def up(settings: Settings, env: Mapping[str, str] | None = None, timeout: float 
         say("supervisord is already running; starting what is stopped")
     for stage in sorted({program.stage for program in progs}):
         group = [program for program in progs if program.stage == stage]
+        if stage == SERVICES:
+            ensure_resources(settings)
+            say("  resources ready: tables, buckets, uploads queue + dead-letter queue")
         for program in group:
             if _state(proxy, program.name)["statename"] not in ("RUNNING", "STARTING"):
                 say(f"starting {program.title} ({program.name})")
                 proxy.supervisor.startProcess(program.name, False)
         _wait_healthy(settings, proxy, group, p, timeout, say)
-        if stage == 1:
-            ensure_resources(settings)
-            say("  resources ready: tables, buckets, uploads queue + dead-letter queue")
     return urls(settings)
 
 
-def session_members(sid: int) -> list[int]:
-    members = []
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name: state ppid pgrp session ... (starttime
+    is index 19), or None if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _all_stats() -> dict[int, list[str]]:
+    found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        # fields after the command: state ppid pgrp session ...
-        if int(fields[3]) == sid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and fields[0] != "Z":
+            found[int(entry.name)] = fields
+    return found
+
+
+def session_members(sid: int) -> list[int]:
+    return [pid for pid, fields in _all_stats().items() if int(fields[3]) == sid]
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """`root`'s live descendants and session members, as {pid: start time} (the start time tells
+    a survivor from a new process that reused its pid). Descendants include processes that left
+    the session, e.g. TorchServe's Java started in a new session by `udagram model serve`."""
+    stats = _all_stats()
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    found |= {pid for pid, fields in stats.items() if int(fields[3]) == root}
+    found.discard(root)
+    return {pid: stats[pid][19] for pid in found if pid in stats}
+
+
+def survivors(tree: dict[int, str]) -> list[int]:
+    """The processes of a `process_tree` snapshot still alive."""
+    return [pid for pid, started in tree.items() if (f := _stat(pid)) and f[0] != "Z" and f[19] == started]
 
 
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:
@@ -215,7 +244,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def down(settings: Settings, timeout: float = 120, say: Say = lambda _: None) -> bool:
+def down(settings: Settings, timeout: float = 240, say: Say = lambda _: None) -> bool:
     """Stop everything; returns False if the stack was not running. Raises StackError if a
     process survives SIGKILL."""
     p = supervisor.paths(settings)
@@ -223,6 +252,7 @@ def down(settings: Settings, timeout: float = 120, say: Say = lambda _: None) ->
     if pid is None:
         return False
     proxy = supervisor.rpc(p)
+    tree = process_tree(pid)
     say(f"stopping supervisord (pid {pid}) and its programs")
     try:
         proxy.supervisor.shutdown()
@@ -233,8 +263,9 @@ def down(settings: Settings, timeout: float = 120, say: Say = lambda _: None) ->
         say(f"supervisord still running after {timeout:.0f}s: killing it")
         os.kill(pid, signal.SIGKILL)
         _wait_gone([pid], 10)
-    # supervisord is a session leader: anything it spawned that is still alive is a straggler.
-    stragglers = session_members(pid)
+    # Anything it spawned that is still alive is a straggler: its session (supervisord is a
+    # session leader) and every descendant seen before the shutdown.
+    stragglers = sorted(set(survivors(tree)) | set(session_members(pid)))
     if stragglers:
         say(f"killing stragglers: {stragglers}")
         for straggler in stragglers:

@@ -1,8 +1,12 @@
 """The processes of the local stack: command, ports, start stage and health check of each.
 
-Stage 1 is storage (S3, SQS, DynamoDB stand-ins and the S3 event bridge); stage 2 (TorchServe,
-the API, the worker) starts once stage 1 is healthy and the resources exist. With
-`UDAGRAM_MODE=aws` only stage 2 runs, against the AWS services the standard AWS variables name.
+Stages start in order, each once the previous one is healthy:
+1. SQS and DynamoDB stand-ins and the S3 event bridge (listening before SeaweedFS starts, as its
+   filer drops the events it cannot deliver);
+2. SeaweedFS (S3);
+then the resources are created (tables, buckets, queues) and
+3. (`SERVICES`) TorchServe, the API and the worker start.
+With `UDAGRAM_MODE=aws` only stage 3 runs, against the AWS services the standard AWS variables name.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Callable
 from udagram.settings import Settings
 from udagram.stack import health, seaweedfs
 
+SERVICES = 3  # the stage of TorchServe, API and worker: resources are created before it
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DYNALITE = REPO_ROOT / "tools" / "node" / "node_modules" / "dynalite" / "cli.js"
 BIN = Path(sys.executable).parent
@@ -70,9 +75,9 @@ def storage(settings: Settings) -> list[Program]:
             name="s3",
             title="S3 (SeaweedFS)",
             command=seaweedfs.command(settings),
-            stage=1,
             ports=(Port(settings.s3_port, "S3 (SeaweedFS)", "UDAGRAM_S3_PORT"), *weed_ports),
             health=health.s3,
+            stage=2,
             directory=seaweedfs.workdir(settings),  # it reads notification.toml from here
         ),
         Program(
@@ -118,7 +123,7 @@ def services(settings: Settings) -> list[Program]:
                 name="torchserve",
                 title="TorchServe",
                 command=[udagram, "model", "serve"],
-                stage=2,
+                stage=SERVICES,
                 ports=(
                     Port(settings.torchserve_inference_port, "TorchServe inference", "UDAGRAM_TORCHSERVE_INFERENCE_PORT"),
                     Port(settings.torchserve_management_port, "TorchServe management",
@@ -136,7 +141,7 @@ def services(settings: Settings) -> list[Program]:
                     "LOG_LOCATION": str(settings.data_dir / "logs" / "torchserve"),
                     "METRICS_LOCATION": str(settings.data_dir / "logs" / "torchserve"),
                 },
-                stop_wait_seconds=40,  # Java exits seconds after its workers
+                stop_wait_seconds=90,  # `model serve` waits up to ~70 s for Java and its workers
             )
         )
     if _cli_has("api"):
@@ -145,7 +150,7 @@ def services(settings: Settings) -> list[Program]:
                 name="api",
                 title="GraphQL API and web page",
                 command=[udagram, "api"],
-                stage=2,
+                stage=SERVICES,
                 ports=(Port(settings.api_port, "API", "UDAGRAM_API_PORT"),),
                 health=health.api,
             )
@@ -156,7 +161,7 @@ def services(settings: Settings) -> list[Program]:
                 name="worker",
                 title="Worker",
                 command=[udagram, "worker"],
-                stage=2,
+                stage=SERVICES,
                 ports=(Port(settings.worker_metrics_port, "worker metrics", "UDAGRAM_WORKER_METRICS_PORT"),),
                 health=health.worker,
                 stop_wait_seconds=int(settings.worker_shutdown_grace_seconds) + 10,
