@@ -44,6 +44,15 @@ def _error_code(exc: ClientError) -> str:
     return exc.response.get("Error", {}).get("Code", "")
 
 
+def _page_origins(settings: Settings) -> list[str]:
+    """Where the web page runs: public_url, and on loopback its localhost twin too."""
+    origins = [settings.public_url]
+    for a, b in (("//127.0.0.1:", "//localhost:"), ("//localhost:", "//127.0.0.1:")):
+        if a in settings.public_url:
+            origins.append(settings.public_url.replace(a, b))
+    return origins
+
+
 def ensure_buckets(settings: Settings, s3: Any = None) -> None:
     s3 = s3 or client("s3", settings)
     for bucket in (settings.originals_bucket, settings.processed_bucket):
@@ -76,7 +85,7 @@ def ensure_buckets(settings: Settings, s3: Any = None) -> None:
             CORSConfiguration={
                 "CORSRules": [
                     {
-                        "AllowedOrigins": [settings.public_url],
+                        "AllowedOrigins": _page_origins(settings),
                         "AllowedMethods": ["POST", "GET", "HEAD"],
                         "AllowedHeaders": ["*"],
                         "ExposeHeaders": ["ETag"],

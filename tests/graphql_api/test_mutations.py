@@ -238,3 +238,27 @@ def test_reprocess_of_an_uploaded_image_whose_event_was_lost(api):
     assert _upload(result["upload"], b"bytes").status_code in (200, 201, 204)
     done = api.gql(REPROCESS, {"id": result["image"]["id"]}, user="alice")["reprocessImage"]
     assert done["status"] == "PROCESSING"
+
+
+def test_create_image_racing_a_group_deletion_leaves_nothing_behind(api, monkeypatch):
+    """The group passes the existence check, then is deleted before the counter is raised."""
+    from graphql_api.schema import mutations
+
+    group = api.create_group("alice")
+    api.gql(DELETE_GROUP, {"id": group["id"]}, user="alice")
+    monkeypatch.setattr(mutations.data.GroupModel, "get", classmethod(lambda cls, *a, **k: object()))
+    result = api.create_image("alice", group["id"])
+    assert result["__typename"] == "NotFound"
+    assert data.ImageModel.count() == 0 and data.GroupModel.count() == 0
+
+
+def test_delete_group_racing_a_new_image_is_refused(api, monkeypatch):
+    """An image arrives after the group's images were listed: the conditional delete refuses."""
+    from graphql_api.schema import mutations
+
+    group = api.create_group("alice")
+    late = api.create_image("bob", group["id"])["image"]["id"]
+    monkeypatch.setattr(mutations, "_group_images", lambda group_id: [])  # listed before it arrived
+    refused = api.gql(DELETE_GROUP, {"id": group["id"]}, user="alice")["deleteGroup"]
+    assert refused["__typename"] == "GroupNotEmpty" and "meanwhile" in refused["message"]
+    assert data.GroupModel.count() == 1 and data.ImageModel.get(late).group_id == group["id"]

@@ -42,3 +42,10 @@ def test_ensure_resources_on_seaweedfs_skips_notifications(aws_settings, seaweed
     assert result.bucket_notifications is False
     names = {b["Name"] for b in client("s3", settings).list_buckets()["Buckets"]}
     assert {settings.originals_bucket, settings.processed_bucket} <= names
+
+
+def test_originals_bucket_allows_the_web_page_to_post(aws_settings):
+    rules = client("s3", aws_settings).get_bucket_cors(Bucket=aws_settings.originals_bucket)["CORSRules"]
+    assert "POST" in rules[0]["AllowedMethods"]
+    assert aws_settings.public_url in rules[0]["AllowedOrigins"]
+    assert aws_settings.public_url.replace("127.0.0.1", "localhost") in rules[0]["AllowedOrigins"]
