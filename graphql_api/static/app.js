@@ -192,6 +192,7 @@
     $("signed-in").hidden = !signedIn;
     $("signed-in-user").textContent = state.user || "";
     $("create-group-form").hidden = !signedIn;
+    $("sign-in-hint").hidden = signedIn;
     $("upload-form").hidden = !signedIn || !state.group;
     renderGroupOwnerControls();
     if (state.dialogImage) renderDialog(state.dialogImage);
@@ -735,9 +736,9 @@
         renderGroupHeader(state.group);
         $("images-empty").hidden = $("images-list").children.length > 0;
       }
-      showMessage(`Image “${imageTitle(image)}” deleted.`, "info");
-      closeDialog();
+      closeDialog(); // first: a message shown while the dialog is open lives inside it
       location.hash = `#/groups/${encodeURIComponent(image.groupId)}`;
+      showMessage(`Image “${imageTitle(image)}” deleted.`, "info");
     } catch (e) {
       showError(e);
     } finally {

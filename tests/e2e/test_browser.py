@@ -161,6 +161,12 @@ def test_sign_in_create_group_upload_watch_it_processed_and_delete(local_stack, 
     expect(dialog.get_by_test_id("image-model-version")).not_to_be_empty()
     _screenshot(page, "image-dialog")
 
+    # Reprocess it (the owner may): queued again, and done again with a cat class.
+    dialog.get_by_role("button", name="Reprocess").click()
+    expect(dialog.get_by_test_id("dialog-messages")).to_contain_text("Queued for processing again")
+    expect(dialog.get_by_test_id("image-dialog-status")).to_have_text("Done", timeout=PROCESSING_TIMEOUT_MS)
+    expect(dialog.get_by_test_id("image-dialog-title")).to_have_text(CAT_TITLE)
+
     # Escape closes the dialog (keyboard), back at the group's address.
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
@@ -199,6 +205,7 @@ def test_anonymous_visitor_sees_groups_but_no_upload_or_create(local_stack, page
     card = page.get_by_test_id("group-card").filter(has_text=name)
     expect(card).to_be_visible()
     expect(page.get_by_test_id("sign-in-form")).to_be_visible()
+    expect(page.get_by_test_id("sign-in-hint")).to_be_visible()
     expect(page.get_by_role("button", name="Create group")).to_have_count(0)
     expect(page.get_by_test_id("create-group-form")).to_be_hidden()
 
@@ -211,11 +218,30 @@ def test_anonymous_visitor_sees_groups_but_no_upload_or_create(local_stack, page
     _screenshot(page, "anonymous-group")
 
 
-def test_client_side_checks_and_phone_layout(local_stack, browser: Browser, tmp_path: Path):
-    """A file that is not an image is refused before anything is sent; the page fits a phone."""
+def _drop_file(page: Page, path: Path, mime: str) -> None:
+    """Drag and drop a file on the drop zone (the events a real drop fires, with its DataTransfer)."""
+    page.evaluate(
+        """async ({bytes, name, mime}) => {
+            const file = new File([new Uint8Array(bytes)], name, {type: mime});
+            const transfer = new DataTransfer();
+            transfer.items.add(file);
+            const zone = document.querySelector('[data-testid="dropzone"]');
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                zone.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));
+            }
+        }""",
+        {"bytes": list(path.read_bytes()), "name": path.name, "mime": mime},
+    )
+
+
+def test_phone_layout_client_side_checks_and_drag_and_drop(local_stack, browser: Browser, tmp_path: Path):
+    """On a phone-sized screen: a file that is not an image is refused before anything is sent;
+    an image dropped on the drop zone is uploaded and processed; nothing is wider than the screen."""
     base = _base_url(local_stack)
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     page = context.new_page()
+    script_errors: list[str] = []
+    page.on("pageerror", lambda exc: script_errors.append(str(exc)))
     try:
         page.goto(base + "/")
         page.get_by_label("User name").fill("carol")
@@ -233,8 +259,24 @@ def test_client_side_checks_and_phone_layout(local_stack, browser: Browser, tmp_
         expect(page.get_by_role("button", name="Upload", exact=True)).to_be_disabled()
         assert not any("createImage" in body for body in sent)
 
+        # Drag and drop a PNG: it is uploaded and processed like a picked file.
+        from PIL import Image
+        from skimage import data as skdata
+
+        png = tmp_path / "rocket.png"
+        Image.fromarray(skdata.rocket()).save(png)
+        _drop_file(page, png, "image/png")
+        expect(page.get_by_test_id("upload-chosen")).to_contain_text("rocket.png")
+        page.get_by_role("button", name="Upload", exact=True).click()
+        card = page.get_by_test_id("image-card")
+        expect(card).to_have_count(1)
+        expect(card.get_by_test_id("image-card-status")).to_have_text("Done", timeout=PROCESSING_TIMEOUT_MS)
+        expect(card.get_by_test_id("image-card-title")).to_have_text(re.compile(r".+ - \d{1,3}\.\d%$"))
+        assert any("createImage" in body and "image/png" in body for body in sent)
+
         # Nothing is wider than the phone's screen.
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         _screenshot(page, "phone-group")
     finally:
         context.close()
+    assert not script_errors, f"JavaScript errors on the page: {script_errors}"
