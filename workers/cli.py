@@ -52,7 +52,14 @@ def worker(
         except Exception:  # reconciliation is a safety net; the queue still works without it
             log.exception("reconciliation failed")
     consumer.run()
-    raise typer.Exit(0)
+    # Everything is durable or handed back by now; threads still busy with a released image
+    # would only be refused at their final write, so don't wait for them.
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def reprocess(

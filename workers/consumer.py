@@ -47,6 +47,7 @@ class InFlight:
     receive_count: int
     leases: dict[str, str] = field(default_factory=dict)  # image_id -> token being held now
     done: bool = False
+    released: bool = False  # handed back at shutdown: the handler must not touch it any more
 
 
 class CircuitBreaker:
@@ -128,6 +129,8 @@ class Consumer:
             time.sleep(0.1)
         with self.lock:
             left = list(self.in_flight.values())
+            for item in left:
+                item.released = True
         for item in left:  # still running: hand them back to the queue now
             for image_id, token in list(item.leases.items()):
                 self.processor.release(image_id, token, count_attempt=False)
@@ -201,8 +204,8 @@ class Consumer:
             item.done = True
             with self.lock:
                 self.in_flight.pop(item.message_id, None)
+                self.handled += 1
             metrics.IN_FLIGHT.dec()
-            self.handled += 1
 
     def _handle(self, message: dict[str, Any], item: InFlight) -> None:
         items = parse_body(message.get("Body", ""))
@@ -226,6 +229,9 @@ class Consumer:
             if self.stopping.is_set() and retry_after is None and task is not tasks[-1]:
                 retry_after = 0.0  # shutting down between records: hand the rest back
                 break
+        with self.lock:
+            if item.released:  # shutdown handed it back already; another worker owns it now
+                return
         if retry_after is None:
             self._delete(item)
         else:

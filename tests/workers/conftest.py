@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -28,23 +27,12 @@ FAST = dict(
 )
 
 
-def ts_inference_url(torchserve) -> str:
-    """The inference URL of the `torchserve` fixture."""
-    for name in ("inference_url", "url"):
-        value = getattr(torchserve, name, None)
-        if isinstance(value, str):
-            return value
-    if isinstance(torchserve, str):
-        return torchserve
-    if isinstance(torchserve, Settings):
-        return torchserve.torchserve_inference_url
-    raise TypeError(f"unknown torchserve fixture value {torchserve!r}")
-
-
 @pytest.fixture
 def make_settings(aws_settings: Settings, torchserve) -> Callable[..., Settings]:
-    def make(**overrides) -> Settings:
-        values = dict(FAST, torchserve_inference_url=ts_inference_url(torchserve))
+    """Settings on the moto server and the session's TorchServe (`torchserve=` another one)."""
+
+    def make(torchserve=torchserve, **overrides) -> Settings:
+        values = dict(FAST, **torchserve.settings_overrides())
         values.update(overrides)
         settings = aws_settings.model_copy(update=values)
         resources.ensure_queues(settings)  # converge the queue's visibility timeout
@@ -188,16 +176,3 @@ def s3_event_body(settings: Settings, key: str, etag: str, size: int = 1) -> str
                "object": {"key": key, "size": size, "eTag": etag, "sequencer": "00"}},
     }]})
 
-
-# TEMPORARY: until tests/fixtures/torchserve.py lands.
-@pytest.fixture(scope="session")
-def torchserve(tmp_path_factory):
-    from handlers.archive import build_archive
-    from tests.workers.ts_tmp import TS
-
-    store = Path("/tmp/w4/store")
-    build_archive(store)
-    ts = TS(tmp_path_factory.mktemp("ts"), store)
-    ts.start()
-    yield ts
-    ts.stop()

@@ -130,7 +130,9 @@ def test_sigkill_mid_image_loses_nothing(settings, spawn):
     assert dlq_messages(settings) == []
 
 
-def test_torchserve_outage_mid_run_loses_nothing(settings, start_worker, torchserve):
+def test_torchserve_outage_mid_run_loses_nothing(make_settings, start_worker, torchserve_factory):
+    torchserve = torchserve_factory()
+    settings = make_settings(torchserve=torchserve)
     first = [new_upload(settings, jpeg("chelsea")) for _ in range(3)]
     worker = start_worker(settings)
     wait_status(first)

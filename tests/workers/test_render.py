@@ -10,6 +10,8 @@ from tests.workers.images import bomb_png, encode, jpeg, noise, photo
 from workers import render
 from workers.errors import PoisonInput
 
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+
 LINES = ["Labrador retriever - 77.0%", "golden retriever - 10.2%", "kuvasz - 3.1%", "tennis ball - 1.0%",
          "Great Pyrenees - 0.5%"]
 W = 1000
