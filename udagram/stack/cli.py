@@ -13,6 +13,15 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _quiet_library_logs() -> None:
+    """Resource creation logs at info level; `up` prints its own progress instead."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def up(
@@ -23,6 +32,7 @@ def register(app: typer.Typer) -> None:
         from udagram.stack import control, supervisor
 
         settings = get_settings()
+        _quiet_library_logs()
         try:
             found = control.up(settings, timeout=timeout, say=_say)
         except control.StackError as exc:

@@ -201,7 +201,10 @@ def make_server(settings: Settings, bridge: Bridge | None = None) -> ThreadingHT
 def main() -> None:
     import signal
 
+    from workers.logs import configure  # the project's structlog set-up (JSON lines on stderr)
+
     settings = get_settings()
+    configure(settings)
     server = make_server(settings)
     # supervisord stops programs with SIGTERM: shut the server down cleanly and exit 0.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
