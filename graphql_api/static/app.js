@@ -46,6 +46,7 @@
     previews: new Map(), // image id -> object URL of the local file just uploaded
     lastFocus: null,
     selectedFile: null,
+    uploadsInFlight: 0,
   };
 
   // ---- messages -------------------------------------------------------------------------------
@@ -545,6 +546,7 @@
     button.disabled = true;
     let image = null;
     let li = null;
+    state.uploadsInFlight += 1;
     try {
       const data = await gql(Q.createImage, {
         groupId: group.id, caption, fileName: file.name.slice(0, 255),
@@ -577,8 +579,10 @@
       delete li.dataset.uploading;
       updateImageCard(li, { ...image, status: "PROCESSING" });
       group.imageCount = (group.imageCount || 0) + 1;
-      renderGroupHeader(group);
-      startPolling(image.id);
+      if (state.group === group) {
+        renderGroupHeader(group);
+        startPolling(image.id); // watched while its group is on screen
+      }
     } catch (e) {
       showError(e);
       if (image) {
@@ -589,6 +593,7 @@
         gql(Q.deleteImage, { id: image.id }).catch(() => {});
       }
     } finally {
+      state.uploadsInFlight -= 1;
       button.disabled = !state.selectedFile;
     }
   }
@@ -844,6 +849,10 @@
     setInterval(() => {
       if (state.token && state.tokenExpiresAt && state.tokenExpiresAt <= Date.now()) handleSignedOut();
     }, 30000);
+    // Leaving the page would cut an upload short: ask first.
+    window.addEventListener("beforeunload", (e) => {
+      if (state.uploadsInFlight > 0) e.preventDefault();
+    });
     window.addEventListener("hashchange", route);
     route();
   }

@@ -280,3 +280,34 @@ def test_phone_layout_client_side_checks_and_drag_and_drop(local_stack, browser:
     finally:
         context.close()
     assert not script_errors, f"JavaScript errors on the page: {script_errors}"
+
+
+def test_group_images_newest_first_with_load_more(local_stack, page: Page):
+    """13 images (records only, never uploaded) show newest first, 12 per page, then "load more"."""
+    base = _base_url(local_stack)
+    token = _token(base, "dora")
+    group = _graphql(
+        base,
+        'mutation($n: String!) { createGroup(input: {name: $n}) { ... on Group { id } ... on Error { message } } }',
+        {"n": f"Many {uuid.uuid4().hex[:6]}"},
+        token,
+    )["createGroup"]
+    for i in range(13):
+        created = _graphql(
+            base,
+            "mutation($g: ID!, $c: String!) { createImage(input: {groupId: $g, caption: $c,"
+            ' contentType: "image/jpeg", contentLength: 1000}) { __typename ... on Error { message } } }',
+            {"g": group["id"], "c": f"photo {i}"},
+            token,
+        )["createImage"]
+        assert created["__typename"] == "ImageUpload", created
+
+    page.goto(f"{base}/#/groups/{group['id']}")
+    cards = page.get_by_test_id("image-card")
+    expect(cards).to_have_count(12)
+    expect(cards.first.get_by_test_id("image-card-title")).to_have_text("photo 12")
+    expect(cards.first.get_by_test_id("image-card-status")).to_have_text("Awaiting upload")
+    page.get_by_role("button", name="Load more images").click()
+    expect(cards).to_have_count(13)
+    expect(cards.last.get_by_test_id("image-card-title")).to_have_text("photo 0")
+    expect(page.get_by_role("button", name="Load more images")).to_be_hidden()
