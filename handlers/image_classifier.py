@@ -36,6 +36,11 @@ logger = logging.getLogger(__name__)
 META_FILE = "model_meta.json"
 LABELS_FILE = "index_to_name.json"
 TOP_K = 5
+# Only what uploads may be (the API allows these types); fewer decoders, less attack surface.
+# (Camera MPO files open through the JPEG opener.)
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+Image.init()  # registers every plugin: Image.open(formats=...) cannot name unloaded ones
+MAX_ASPECT_RATIO = 4.0  # longer strips are centre-cropped first (the model only sees the centre)
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000: any phone photo passes, a 30000x30000 bomb does not
 
 INTERPOLATIONS = {
@@ -106,9 +111,9 @@ def payload_bytes(row: Any) -> bytes:
 def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
     """Bytes -> upright RGB PIL image, refusing decompression bombs before decoding pixels."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageInputError(400, "undecodable_image", f"not a decodable image: {exc}") from exc
+        raise ImageInputError(400, "undecodable_image", "not a JPEG, PNG, WebP, GIF or BMP image") from exc
     except Image.DecompressionBombError as exc:  # Pillow's own check, at twice its pixel limit
         raise _too_large(exc) from exc
     width, height = image.size
@@ -119,7 +124,7 @@ def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
             "image_too_large",
             f"image is {width}x{height} = {width * height} pixels; the limit is {prep.max_pixels}",
         )
-    if image.format == "JPEG":
+    if image.format in ("JPEG", "MPO"):
         # Let libjpeg decode at a reduced scale when the image is much bigger than we need.
         image.draft("RGB", (prep.resize_size, prep.resize_size))
     try:
@@ -173,6 +178,7 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
 
 def resize_and_crop(image: Image.Image, prep: Preprocessing) -> Image.Image:
     """Resize the short side to resize_size, then centre-crop input_size (torchvision's rounding)."""
+    image = limit_aspect_ratio(image)
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_short = prep.resize_size
@@ -184,6 +190,22 @@ def resize_and_crop(image: Image.Image, prep: Preprocessing) -> Image.Image:
     left = int(round((size[0] - crop) / 2.0))
     top = int(round((size[1] - crop) / 2.0))
     return image.crop((left, top, left + crop, top + crop))
+
+
+def limit_aspect_ratio(image: Image.Image) -> Image.Image:
+    """Centre-crop the long side to MAX_ASPECT_RATIO x the short side.
+
+    Otherwise a 1 x 10,000,000 strip (legal under the pixel limit) would be resized to
+    292 x 2.9 billion pixels before the centre crop. Ordinary photos are untouched."""
+    width, height = image.size
+    if max(width, height) <= MAX_ASPECT_RATIO * min(width, height):
+        return image
+    keep = max(1, int(MAX_ASPECT_RATIO * min(width, height)))
+    if width > height:
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return image.crop((0, top, width, top + keep))
 
 
 def to_tensor(image: Image.Image, prep: Preprocessing) -> torch.Tensor:

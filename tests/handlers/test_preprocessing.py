@@ -131,6 +131,16 @@ def test_every_size_becomes_the_model_input(size: tuple[int, int]) -> None:
     assert tensor.abs().max() < 1e-6  # 127 is the Lite normalisation's zero
 
 
+def test_an_extreme_strip_is_cropped_before_resizing() -> None:
+    strip = Image.new("L", (3_000_000, 1), 127)  # 3 MP: under the pixel limit
+    tensor = image_to_input(encode(strip, "PNG"), LITE)  # naive resize: 292 x 876M pixels
+    assert tensor.shape == (3, 260, 260)
+
+
+def test_other_formats_are_refused() -> None:
+    assert refusal(encode(halves(), "TIFF")).code == "undecodable_image"
+
+
 def test_resize_and_crop_matches_torchvision() -> None:
     image = decode_image(chelsea_jpeg(), LITE)
     reference = transforms.Compose(
