@@ -124,3 +124,20 @@ def command(settings: Settings) -> list[str]:
 
 def health_url(settings: Settings) -> str:
     return f"http://{settings.host}:{settings.s3_port}/healthz"
+
+
+def main() -> None:
+    """`python -m udagram.stack.seaweedfs`: write the config files and become `weed mini` (the
+    containers run SeaweedFS this way; the local stack starts the same command under supervisord)."""
+    import os
+
+    from udagram.settings import get_settings
+
+    settings = get_settings()
+    os.chdir(prepare(settings, notifications=True))
+    args = command(settings)
+    os.execv(args[0], args)
+
+
+if __name__ == "__main__":
+    main()

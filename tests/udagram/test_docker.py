@@ -1,0 +1,169 @@
+"""docker/: static checks of the Dockerfiles and compose file (no Docker engine runs here).
+
+What can be checked without building: compose parses and is consistent (every build points at
+an existing Dockerfile with its own .dockerignore, every environment variable is one the
+settings read, every command and health check names something that exists), and every COPY
+source exists and is let through by the Dockerfile's .dockerignore.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from udagram.settings import Settings
+from udagram.stack import health
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = REPO / "docker"
+COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
+BIN = Path(sys.executable).parent
+
+
+def settings_env_names() -> set[str]:
+    names = set()
+    for name, info in Settings.model_fields.items():
+        names.add(f"UDAGRAM_{name.upper()}")
+        alias = info.validation_alias
+        if alias is not None:
+            names |= {c for c in getattr(alias, "choices", [alias]) if isinstance(c, str)}
+    return names
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    found = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            found.append((keyword.upper(), rest.strip()))
+    return found
+
+
+def exec_form(text: str) -> list[str]:
+    return yaml.safe_load(text)  # JSON arrays are YAML
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's .dockerignore semantics (last matching pattern wins, ! re-includes)."""
+    result = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        if pattern == "**" or fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern + "/*") \
+                or path.startswith(pattern + "/"):
+            result = not negate
+    return result
+
+
+def check_command(command: list[str]) -> None:
+    """The command exists in the project's images: a udagram subcommand, a module, a script."""
+    from udagram.stack.programs import _cli_has
+
+    if command[0] == "udagram":
+        assert _cli_has(*command[1:]), f"no `{shlex.join(command)}` command"
+    elif command[:2] == ["python", "-m"]:
+        assert importlib.util.find_spec(command[2]) is not None, f"no module {command[2]}"
+    elif command[:2] == ["python", "-c"]:
+        compile(command[2], "<healthcheck>", "exec")
+        for name in re.findall(r"health\.(\w+)\(", command[2]):
+            assert callable(getattr(health, name, None)), f"no health check {name}"
+    elif command[0] == "node":
+        assert command[1] in ("-e", "node_modules/dynalite/cli.js")
+    else:
+        assert (BIN / command[0]).exists() or shutil.which(command[0]), f"no executable {command[0]}"
+
+
+def test_every_service_builds_from_an_existing_dockerfile_or_shares_an_image() -> None:
+    services = COMPOSE["services"]
+    assert {"s3", "s3-events", "sqs", "dynamodb", "model-server", "api", "worker"} <= set(services)
+    built = {}
+    for name, service in services.items():
+        build = service.get("build")
+        assert build, f"{name} has no build"
+        dockerfile = (DOCKER / build["context"] / build["dockerfile"]).resolve()
+        assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+        assert (REPO / build["context"].replace("..", ".")).resolve() == REPO
+        assert Path(f"{dockerfile}.dockerignore").is_file(), f"{dockerfile} has no .dockerignore"
+        built.setdefault(service["image"], set()).add(dockerfile)
+    assert all(len(files) == 1 for files in built.values()), built  # one Dockerfile per image tag
+    assert {p.name for files in built.values() for p in files} == {p.name for p in DOCKERFILES}
+
+
+def test_every_environment_variable_is_read_by_the_settings() -> None:
+    known = settings_env_names()
+    for name, service in COMPOSE["services"].items():
+        unknown = set(service.get("environment") or {}) - known
+        assert not unknown, f"{name}: {unknown} are not settings"
+    # and the values configure what they claim: the environment gives one consistent Settings
+    env = COMPOSE["services"]["api"]["environment"]
+    settings = Settings(**{n.removeprefix("UDAGRAM_").lower(): v for n, v in env.items() if n.startswith("UDAGRAM_")})
+    assert settings.mode == "local" and settings.host == "127.0.0.1"
+    assert env["AWS_ENDPOINT_URL_S3"] == f"http://127.0.0.1:{settings.s3_port}"
+    assert env["AWS_ENDPOINT_URL_SQS"] == f"http://127.0.0.1:{settings.sqs_port}"
+    assert env["AWS_ENDPOINT_URL_DYNAMODB"] == f"http://127.0.0.1:{settings.dynamodb_port}"
+
+
+def test_every_command_and_health_check_exists() -> None:
+    for name, service in COMPOSE["services"].items():
+        if "command" in service:
+            check_command(service["command"])
+        if "healthcheck" in service:
+            test = service["healthcheck"]["test"]
+            assert test[0] == "CMD"
+            check_command(test[1:])
+    for dockerfile in DOCKERFILES:
+        for keyword, rest in instructions(dockerfile):
+            if keyword == "CMD" and rest.startswith("["):
+                command = exec_form(rest)
+                if dockerfile.name == "dynalite.Dockerfile":
+                    assert command[:4] == ["--host", "127.0.0.1", "--port", "4567"]
+                else:
+                    check_command(command)
+            if keyword == "HEALTHCHECK":
+                check_command(exec_form(rest[rest.index("CMD") + 3:].strip()))
+
+
+def test_services_that_need_ordering_wait_for_health() -> None:
+    services = COMPOSE["services"]
+    for name, service in services.items():
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert dependency in services
+            if condition["condition"] == "service_healthy":
+                dep = services[dependency]
+                has_check = "healthcheck" in dep or any(
+                    k == "HEALTHCHECK" for k, _ in instructions(DOCKER / dep["build"]["dockerfile"].split("/")[-1]))
+                assert has_check, f"{name} waits for {dependency}'s health, which has no check"
+    assert "s3-events" in services["s3"]["depends_on"]  # the bridge listens before SeaweedFS starts
+
+
+def test_everything_on_loopback() -> None:
+    for name, service in COMPOSE["services"].items():
+        assert service["network_mode"] == "host", name
+        assert "ports" not in service, name
+    assert COMPOSE["services"]["sqs"]["command"][1:3] == ["-H", "127.0.0.1"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_copy_sources_exist_and_reach_the_build(dockerfile: Path) -> None:
+    patterns = [line.strip() for line in Path(f"{dockerfile}.dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    copies = [rest for keyword, rest in instructions(dockerfile) if keyword == "COPY"]
+    assert copies
+    for rest in copies:
+        parts = [p for p in shlex.split(rest) if not p.startswith("--")]
+        for source in parts[:-1]:
+            path = REPO / source
+            assert path.exists(), f"{dockerfile.name}: COPY source {source} missing"
+            assert not ignored(source.rstrip("/"), patterns), f"{dockerfile.name}: {source} is in .dockerignore"
+    assert instructions(dockerfile)[0][0] == "FROM"
