@@ -1,7 +1,7 @@
 """The web page in a real browser (Debian's headless Chromium driven by Playwright) against the
 real local stack (`local_stack`: S3/SQS/DynamoDB stand-ins, TorchServe, API and worker).
 
-Screenshots are written to test-artifacts/ (gitignored) and their paths printed.
+Screenshots are written to test-artifacts/ (gitignored); the run's summary lists their paths.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
+from tests.e2e.conftest import failed
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
 # The flags that keep Chromium quiet on a closed network (see the team's browser notes).
 CHROMIUM_ARGS = [
@@ -42,14 +42,6 @@ def _base_url(stack) -> str:
     return stack.api_url.rstrip("/")
 
 
-def _screenshot(page: Page, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    print(f"screenshot: {path}")
-    return path
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     executable = shutil.which("chromium")
@@ -64,7 +56,8 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
+def page(browser: Browser, request: pytest.FixtureRequest, screenshot) -> Iterator[Page]:
+    """A desktop-sized page; on failure its last state is saved as failed-<test>.png."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(20_000)
     page = context.new_page()
@@ -72,6 +65,8 @@ def page(browser: Browser) -> Iterator[Page]:
     page.on("pageerror", lambda exc: script_errors.append(str(exc)))
     try:
         yield page
+        if failed(request):
+            screenshot(page, f"failed-{request.node.name}")
     finally:
         context.close()
     assert not script_errors, f"JavaScript errors on the page: {script_errors}"
@@ -102,7 +97,9 @@ def _graphql(base: str, query: str, variables: dict, token: str | None = None) -
     return body["data"]
 
 
-def test_sign_in_create_group_upload_watch_it_processed_and_delete(local_stack, page: Page, chelsea_jpeg: Path):
+def test_sign_in_create_group_upload_watch_it_processed_and_delete(
+    local_stack, page: Page, chelsea_jpeg: Path, screenshot
+):
     base = _base_url(local_stack)
     user = f"alice-{uuid.uuid4().hex[:6]}"
     group_name = f"Cats {uuid.uuid4().hex[:6]}"
@@ -141,7 +138,7 @@ def test_sign_in_create_group_upload_watch_it_processed_and_delete(local_stack, 
     thumb = card.locator("img")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle())
     assert thumb.evaluate("img => img.naturalWidth") == 1000
-    _screenshot(page, "group-with-processed-image")
+    screenshot(page, "group-with-processed-image")
 
     # Open it: 5 predictions with bars, descending, the first one being the title's class.
     card.get_by_role("link").click()
@@ -159,7 +156,7 @@ def test_sign_in_create_group_upload_watch_it_processed_and_delete(local_stack, 
     assert percents == sorted(percents, reverse=True) and 0 < sum(percents) <= 100.05
     assert widths[0] > 0 and widths == sorted(widths, reverse=True)
     expect(dialog.get_by_test_id("image-model-version")).not_to_be_empty()
-    _screenshot(page, "image-dialog")
+    screenshot(page, "image-dialog")
 
     # Reprocess it (the owner may): queued again, and done again with a cat class.
     dialog.get_by_role("button", name="Reprocess").click()
@@ -185,10 +182,10 @@ def test_sign_in_create_group_upload_watch_it_processed_and_delete(local_stack, 
     page.reload()
     expect(page.get_by_test_id("group-name-heading")).to_have_text(group_name)
     expect(page.get_by_test_id("image-card")).to_have_count(0)
-    _screenshot(page, "after-delete")
+    screenshot(page, "after-delete")
 
 
-def test_anonymous_visitor_sees_groups_but_no_upload_or_create(local_stack, page: Page):
+def test_anonymous_visitor_sees_groups_but_no_upload_or_create(local_stack, page: Page, screenshot):
     base = _base_url(local_stack)
     token = _token(base, "bob")
     name = f"Bob's dogs {uuid.uuid4().hex[:6]}"
@@ -215,7 +212,7 @@ def test_anonymous_visitor_sees_groups_but_no_upload_or_create(local_stack, page
     expect(page.get_by_test_id("upload-form")).to_be_hidden()
     expect(page.get_by_role("button", name="Upload", exact=True)).to_have_count(0)
     expect(page.get_by_role("button", name="Delete group")).to_have_count(0)
-    _screenshot(page, "anonymous-group")
+    screenshot(page, "anonymous-group")
 
 
 def _drop_file(page: Page, path: Path, mime: str) -> None:
@@ -234,7 +231,9 @@ def _drop_file(page: Page, path: Path, mime: str) -> None:
     )
 
 
-def test_phone_layout_client_side_checks_and_drag_and_drop(local_stack, browser: Browser, tmp_path: Path):
+def test_phone_layout_client_side_checks_and_drag_and_drop(
+    local_stack, browser: Browser, tmp_path: Path, screenshot
+):
     """On a phone-sized screen: a file that is not an image is refused before anything is sent;
     an image dropped on the drop zone is uploaded and processed; nothing is wider than the screen."""
     base = _base_url(local_stack)
@@ -276,7 +275,7 @@ def test_phone_layout_client_side_checks_and_drag_and_drop(local_stack, browser:
 
         # Nothing is wider than the phone's screen.
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-        _screenshot(page, "phone-group")
+        screenshot(page, "phone-group")
     finally:
         context.close()
     assert not script_errors, f"JavaScript errors on the page: {script_errors}"
