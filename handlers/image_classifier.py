@@ -96,8 +96,16 @@ class Preprocessing:
 def payload_bytes(row: Any) -> bytes:
     """The raw image bytes of one TorchServe request row (`data` or `body`)."""
     payload = row.get("data", row.get("body")) if isinstance(row, dict) else row
+    if payload is None and isinstance(row, dict):
+        # multipart upload under another field name (curl -F file=@cat.jpg)
+        payload = next((v for v in row.values() if isinstance(v, (bytes, bytearray)) and v), None)
     if payload is None or (isinstance(payload, (bytes, bytearray, str)) and len(payload) == 0):
-        raise ImageInputError(400, "empty_input", "the request body is empty; send the image bytes")
+        raise ImageInputError(
+            400,
+            "empty_input",
+            "the request body is empty (form-encoded bodies arrive empty); "
+            "send the image bytes with Content-Type: application/octet-stream",
+        )
     if isinstance(payload, (bytes, bytearray)):
         return bytes(payload)
     # JSON or text bodies arrive already parsed: they are not images.

@@ -208,6 +208,7 @@ def test_a_json_body_is_not_an_image() -> None:
     assert caught.value.code == "unsupported_input"
 
 
-def test_bytes_arrive_from_data_or_body() -> None:
+def test_bytes_arrive_from_data_or_body_or_a_form_field() -> None:
     assert payload_bytes({"data": bytearray(b"abc")}) == b"abc"
     assert payload_bytes({"body": b"xyz"}) == b"xyz"
+    assert payload_bytes({"file": bytearray(b"jpg")}) == b"jpg"

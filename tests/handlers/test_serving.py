@@ -120,6 +120,20 @@ def test_bad_inputs_in_a_batch_get_their_own_errors(torchserve: TorchServeProces
     assert after.status_code == 200 and after.json()["top5"][0] in CAT_CLASSES
 
 
+@pytest.mark.parametrize(
+    "how",
+    ["image/jpeg", "application/octet-stream", "multipart"],
+)
+def test_the_ways_clients_send_an_image(torchserve: TorchServeProcess, how: str) -> None:
+    url = torchserve.inference_url + "/predictions/classifier"
+    if how == "multipart":
+        response = httpx.post(url, files={"file": ("cat.jpg", chelsea_jpeg(), "image/jpeg")}, timeout=120)
+    else:
+        response = httpx.post(url, content=chelsea_jpeg(), headers={"Content-Type": how}, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json()["top5"][0] in CAT_CLASSES
+
+
 def test_json_body_is_refused_not_crashed(torchserve: TorchServeProcess) -> None:
     response = httpx.post(
         torchserve.inference_url + "/predictions/classifier", json={"url": "http://x/cat.jpg"}, timeout=60
