@@ -140,13 +140,21 @@ def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.seek(0)  # GIF / animated WebP: the first frame
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
+            return to_rgb(upright(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_large(exc) from exc
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         # Truncated or corrupt data only shows up while decoding.
         raise ImageInputError(400, "undecodable_image", f"the image data is corrupt: {exc}") from exc
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block leaves the picture as stored, not refused."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - malformed metadata in an otherwise fine image
+        logger.warning("ignoring unreadable EXIF orientation", exc_info=True)
+        return image
 
 
 def _too_large(exc: Exception) -> ImageInputError:
