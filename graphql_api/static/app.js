@@ -42,7 +42,9 @@
     groups: { ids: new Set(), cursor: null },
     group: null, // the group on screen, with its image paging
     dialogImage: null,
-    pollers: new Map(), // image id -> timer
+    watched: new Map(), // image id -> { started, delay, due } while waiting for the worker
+    pollTimer: null,
+    polling: false,
     previews: new Map(), // image id -> object URL of the local file just uploaded
     lastFocus: null,
     selectedFile: null,
@@ -355,8 +357,7 @@
     li.querySelector(".card-title").textContent = imageTitle(image);
     setBadge(li.querySelector(".badge"), image.status);
     li.querySelector(".error-text").textContent = image.status === "FAILED" ? image.error || "Processing failed." : "";
-    const img = li.querySelector("img");
-    img.alt = imageTitle(image);
+    const img = li.querySelector("img"); // decorative: the card's title names it
     // Presigned URLs change on each read: swap the picture only when it should change, not on
     // every poll, so it does not flicker.
     if (first || previous !== image.status) {
@@ -368,7 +369,7 @@
   async function loadGroup(id, seq, more = false) {
     const current = state.group;
     const data = await gql(Q.group, { id, first: PAGE_SIZE, after: more && current ? current.cursor : null });
-    if (seq !== state.routeSeq && !more) return null;
+    if (more ? state.group !== current : seq !== state.routeSeq) return null; // another view by now
     const group = data.group;
     if (!group) throw new ApiError("This group does not exist (it may have been deleted).", "NOT_FOUND");
     const list = $("images-list");
@@ -410,37 +411,68 @@
     }
   }
 
-  // ---- polling an image until the worker is done -----------------------------------------------
+  // ---- watching images until the worker is done ------------------------------------------------
+  // One loop polls every watched image in a single aliased query (one batch on the API side),
+  // each image on its own back-off: every second at first, then less often, up to 10 s.
+  const POLL_BATCH = 20; // stays under the API's alias limit
+
   function startPolling(id) {
-    if (state.pollers.has(id)) return;
-    const started = Date.now();
-    let delay = POLL_FIRST_MS;
-    const tick = async () => {
-      let image = null;
-      try {
-        image = (await gql(Q.image, { id })).image;
-      } catch (e) {
-        // A transient failure (network, server restart): keep trying, with back-off.
-      }
-      if (!state.pollers.has(id)) return; // stopped meanwhile
-      if (image === null && delay > POLL_FIRST_MS && !cardFor(id)) return stopPolling(id);
-      if (image) applyImageUpdate(image);
-      if ((image && FINAL_STATUSES.has(image.status)) || Date.now() - started > POLL_GIVE_UP_MS) {
-        return stopPolling(id);
-      }
-      delay = Math.min(Math.round(delay * 1.25), POLL_MAX_MS);
-      state.pollers.set(id, setTimeout(tick, delay));
-    };
-    state.pollers.set(id, setTimeout(tick, delay));
+    if (state.watched.has(id)) return;
+    const now = Date.now();
+    state.watched.set(id, { started: now, delay: POLL_FIRST_MS, due: now + POLL_FIRST_MS });
+    schedulePoll();
   }
 
   function stopPolling(id) {
-    clearTimeout(state.pollers.get(id));
-    state.pollers.delete(id);
+    state.watched.delete(id);
   }
 
   function stopAllPolling() {
-    for (const id of [...state.pollers.keys()]) stopPolling(id);
+    state.watched.clear();
+  }
+
+  function schedulePoll() {
+    if (state.pollTimer || state.polling || state.watched.size === 0) return;
+    const next = Math.min(...[...state.watched.values()].map((w) => w.due));
+    state.pollTimer = setTimeout(pollDue, Math.max(0, next - Date.now()));
+  }
+
+  function pollQuery(n) {
+    const vars = Array.from({ length: n }, (_, i) => `$id${i}: ID!`).join(", ");
+    const fields = Array.from({ length: n }, (_, i) => `i${i}: image(id: $id${i}) { ...ImageFields }`).join(" ");
+    return `query Poll(${vars}) { ${fields} } fragment ImageFields on Image { ${IMAGE_FIELDS} }`;
+  }
+
+  async function pollDue() {
+    state.pollTimer = null;
+    state.polling = true;
+    try {
+      const now = Date.now();
+      const due = [...state.watched.entries()].filter(([, w]) => w.due <= now).slice(0, POLL_BATCH).map(([id]) => id);
+      if (due.length === 0) return;
+      let answer = null;
+      try {
+        answer = await gql(pollQuery(due.length), Object.fromEntries(due.map((id, i) => [`id${i}`, id])));
+      } catch (e) {
+        // A transient failure (network, server restart): keep watching, with back-off.
+      }
+      due.forEach((id, i) => {
+        const w = state.watched.get(id);
+        if (!w) return; // no longer watched (the view changed meanwhile)
+        const image = answer ? answer[`i${i}`] : undefined;
+        if (image) applyImageUpdate(image);
+        const finished = image === null || (image && FINAL_STATUSES.has(image.status)); // null: deleted
+        if (finished || Date.now() - w.started > POLL_GIVE_UP_MS) {
+          state.watched.delete(id);
+          return;
+        }
+        w.delay = Math.min(Math.round(w.delay * 1.25), POLL_MAX_MS);
+        w.due = Date.now() + w.delay;
+      });
+    } finally {
+      state.polling = false;
+      schedulePoll();
+    }
   }
 
   function applyImageUpdate(image) {
