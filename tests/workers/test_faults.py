@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -87,3 +88,28 @@ def test_repeatedly_dying_deliveries_end_failed_after_max_attempts(make_settings
     [rec] = wait_status([image_id])
     assert rec.status == "FAILED" and "gave up after 2 attempts" in rec.error and "worker killed" in rec.error
     wait_for(lambda: queue_empty(settings), 20, "queue drained")
+
+
+def test_heartbeat_keeps_a_slow_image_from_being_delivered_twice(make_settings, start_worker, monkeypatch):
+    """Processing takes longer than the visibility timeout: the heartbeat extends the message
+    and the lease, so nobody else receives it and it is processed exactly once."""
+    from workers.classifier import Classifier
+
+    settings = make_settings(worker_visibility_timeout_seconds=2)
+    real_predict = Classifier._predict_once
+    calls: list[str] = []
+
+    def slow_predict(self, image, version=None):
+        calls.append("predict")
+        time.sleep(6)  # three visibility timeouts
+        return real_predict(self, image, version)
+
+    monkeypatch.setattr(Classifier, "_predict_once", slow_predict)
+    image_id = new_upload(settings, jpeg("chelsea"))
+    start_worker(settings)
+    [rec] = wait_status([image_id])
+    assert rec.status == "DONE"
+    wait_for(lambda: queue_empty(settings), 20, "queue drained")
+    time.sleep(2.5)  # a redelivery would show up now
+    assert calls == ["predict"]
+    assert queue_empty(settings) and record(image_id).processed_at == rec.processed_at
