@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -313,3 +314,52 @@ def test_group_images_newest_first_with_load_more(local_stack, page: Page):
     expect(cards).to_have_count(13)
     expect(cards.last.get_by_test_id("image-card-title")).to_have_text("photo 0")
     expect(page.get_by_role("button", name="Load more images")).to_be_hidden()
+
+
+def test_errors_are_shown_and_a_refused_upload_leaves_nothing(local_stack, page: Page, chelsea_jpeg: Path):
+    """The API unreachable, and the storage server refusing an upload (as S3 does when a
+    presigned POST has expired): each gives a clear message, and the refused image's record is
+    removed again."""
+    base = _base_url(local_stack)
+    page.goto(base + "/")
+    page.get_by_label("User name").fill("ivan")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_test_id("signed-in-user")).to_have_text("ivan")
+
+    # The API cannot be reached: a network error message, and the form keeps what was typed.
+    page.route("**/graphql", lambda route: route.abort("connectionrefused"))
+    page.get_by_label("Name", exact=True).fill("Unlucky")
+    page.get_by_role("button", name="Create group").click()
+    expect(page.get_by_test_id("error-message").last).to_contain_text("Cannot reach the server")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("Unlucky")
+    page.unroute("**/graphql")
+    page.get_by_role("button", name="Create group").click()
+    expect(page.get_by_test_id("group-name-heading")).to_have_text("Unlucky")
+    group_id = page.url.rsplit("/", 1)[-1]
+
+    # The storage server refuses the upload with S3's XML error.
+    refusal = (
+        '<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+        "<Message>Request has expired</Message></Error>"
+    )
+    storage = re.compile(r"^(?!%s).*" % re.escape(base))  # every POST that is not to the API
+    page.route(
+        storage,
+        lambda route: route.fulfill(status=403, body=refusal, content_type="application/xml",
+                                    headers={"Access-Control-Allow-Origin": "*"})
+        if route.request.method == "POST" else route.continue_(),
+    )
+    page.get_by_test_id("upload-file").set_input_files(str(chelsea_jpeg))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    expect(page.get_by_test_id("error-message").last).to_contain_text("Upload failed")
+    expect(page.get_by_test_id("error-message").last).to_contain_text("refused the upload")
+    expect(page.get_by_test_id("image-card")).to_have_count(0)
+
+    def group_now() -> dict:
+        query = "query($id: ID!) { group(id: $id) { imageCount images { edges { node { id } } } } }"
+        return _graphql(base, query, {"id": group_id})["group"]
+
+    deadline = time.monotonic() + 30
+    while group_now()["images"]["edges"] and time.monotonic() < deadline:  # the page cleans up in the background
+        time.sleep(0.5)
+    assert group_now() == {"imageCount": 0, "images": {"edges": []}}
