@@ -238,34 +238,34 @@ class Processor:
         return Result(Outcome.DONE, lines[0])
 
     def _download(self, bucket: str, key: str) -> tuple[bytes, str | None]:
+        """One GET whose headers are checked before the body is read: the size cap applies
+        before any byte is downloaded (as a HEAD first would, one request fewer), and the read
+        itself is capped too in case the server's length was wrong."""
         cap = self.settings.max_original_bytes
         try:
-            head = self.s3.head_object(Bucket=bucket, Key=key)
+            response = self.s3.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
                 raise PoisonInput(f"the original upload {key} does not exist") from None
-            raise _s3_transient(exc, "HEAD of the original failed") from exc
+            raise _s3_transient(exc, "download of the original failed") from exc
         except BotoCoreError as exc:
-            raise _s3_transient(exc, "HEAD of the original failed") from exc
-        size = head.get("ContentLength", 0)
-        etag = normalise_etag(head.get("ETag"))
-        if size == 0:
-            raise _with_etag(PoisonInput("the file is empty (0 bytes)"), etag)
-        if size > cap:
-            raise _with_etag(PoisonInput(f"the file is {size} bytes, above the {cap} byte limit"), etag)
+            raise _s3_transient(exc, "download of the original failed") from exc
+        body = response["Body"]
+        size = response.get("ContentLength", 0)
+        etag = normalise_etag(response.get("ETag"))
         try:
-            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
-            payload = body.read(cap + 1)
+            if size == 0:
+                raise _with_etag(PoisonInput("the file is empty (0 bytes)"), etag)
+            if size > cap:
+                raise _with_etag(PoisonInput(f"the file is {size} bytes, above the {cap} byte limit"), etag)
+            try:
+                payload = body.read(cap + 1)
+            except BotoCoreError as exc:
+                raise _s3_transient(exc, "download of the original failed") from exc
+        finally:
             body.close()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NotFound"):
-                raise PoisonInput(f"the original upload {key} does not exist") from None
-            raise _s3_transient(exc, "download of the original failed") from exc
-        except BotoCoreError as exc:
-            raise _s3_transient(exc, "download of the original failed") from exc
-        if len(payload) > cap:  # replaced by a larger object since the HEAD
+        if len(payload) > cap:
             raise _with_etag(PoisonInput(f"the file is larger than the {cap} byte limit"), etag)
         return payload, etag
 
