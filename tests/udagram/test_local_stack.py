@@ -123,6 +123,8 @@ def test_an_upload_sends_an_s3_shaped_event_to_the_queue(local_stack: LocalStack
     settings = local_stack.settings
     proxy = supervisor.rpc(supervisor.paths(settings))
     proxy.supervisor.stopProcess("worker", True)
+    # A long poll the worker left open in the SQS server would still take (and hide) the message.
+    time.sleep(settings.worker_poll_seconds + 1)
     try:
         sqs = client("sqs", settings)
         queue_url = sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
@@ -187,3 +189,31 @@ def test_data_survives_down_and_up(local_stack: LocalStack) -> None:
     assert s3.get_object(Bucket=settings.processed_bucket, Key="persistence-check.txt")["Body"].read() == b"still here"
     assert {o["Key"] for o in s3.list_objects_v2(Bucket=settings.originals_bucket).get("Contents", [])} >= originals
     assert {o["Key"] for o in s3.list_objects_v2(Bucket=settings.processed_bucket).get("Contents", [])} >= processed
+
+
+def test_down_cleans_up_after_supervisord_was_killed(local_stack: LocalStack) -> None:
+    """supervisord killed -9 leaves its programs orphaned: `down` still finds and stops them all,
+    and `up` afterwards starts cleanly on the same ports."""
+    import os
+    import signal
+
+    settings = local_stack.settings
+    pid = supervisor.running_pid(supervisor.paths(settings))
+    assert pid is not None
+    tree = control.process_tree(pid)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while supervisor.running_pid(supervisor.paths(settings)) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    orphans = control.survivors(tree)
+    assert orphans, "the programs should outlive a killed supervisord"
+    assert set(orphans) <= set(control.marked(settings.data_dir))
+    # up refuses, naming the ports and the way out
+    with pytest.raises(control.PortInUse, match="udagram down"):
+        control.up(settings, env=local_stack.env)
+
+    result = subprocess.run([UDAGRAM, "down"], env=local_stack.env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert control.survivors(tree) == [] and control.marked(settings.data_dir) == []
+    local_stack.up()
+    assert all(s.ok for s in control.status(settings) or [])

@@ -30,6 +30,10 @@ from udagram.stack.programs import DYNALITE, SERVICES, Port, Program, programs
 Say = Callable[[str], None]
 
 
+# Set in the environment of every process of a stack (not a setting): `down` finds them by it.
+STACK_MARKER = "UDAGRAM_STACK_DATA_DIR"
+
+
 class StackError(RuntimeError):
     """A failure `udagram up/down` reports as a message (no traceback)."""
 
@@ -62,7 +66,10 @@ def port_message(host: str, taken: list[Port]) -> str:
 def check_ports(settings: Settings, progs: list[Program]) -> None:
     taken = [port for program in progs for port in program.ports if port_taken(settings.host, port.port)]
     if taken:
-        raise PortInUse(port_message(settings.host, taken))
+        message = port_message(settings.host, taken)
+        if marked(settings.data_dir):
+            message += "\nprocesses of a previous stack in this data dir are still running: `udagram down` stops them"
+        raise PortInUse(message)
 
 
 def urls(settings: Settings) -> dict[str, str]:
@@ -157,6 +164,7 @@ def up(settings: Settings, env: Mapping[str, str] | None = None, timeout: float 
     settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
     env = dict(os.environ if env is None else env)
     env["UDAGRAM_DATA_DIR"] = str(settings.data_dir)  # absolute: programs run in other directories
+    env[STACK_MARKER] = str(settings.data_dir)
     env["UDAGRAM_MODEL_STORE"] = str(Path(settings.model_store).resolve())
     env.setdefault("PYTHONUNBUFFERED", "1")
     progs = programs(settings)
@@ -244,12 +252,43 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+def marked(data_dir: Path) -> list[int]:
+    """Live processes started by a stack in `data_dir`, found by the STACK_MARKER variable every
+    process of the stack inherits (finds orphans of a supervisord that was killed -9)."""
+    needle = f"{STACK_MARKER}={data_dir.resolve()}".encode() + b"\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes() and not _zombie(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _kill(pids: list[int], say: Say) -> None:
+    say(f"killing stragglers: {pids}")
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    left = _wait_gone(pids, 15)
+    if left:
+        raise StackError(f"processes {left} survived SIGKILL")
+
+
 def down(settings: Settings, timeout: float = 240, say: Say = lambda _: None) -> bool:
-    """Stop everything; returns False if the stack was not running. Raises StackError if a
-    process survives SIGKILL."""
+    """Stop everything; returns False if the stack was not running (orphans of a killed
+    supervisord are still killed). Raises StackError if a process survives SIGKILL."""
     p = supervisor.paths(settings)
     pid = supervisor.running_pid(p)
     if pid is None:
+        orphans = marked(settings.data_dir)
+        if orphans:
+            say("supervisord is gone but processes of this stack are left")
+            _kill(orphans, say)
         return False
     proxy = supervisor.rpc(p)
     tree = process_tree(pid)
@@ -264,18 +303,10 @@ def down(settings: Settings, timeout: float = 240, say: Say = lambda _: None) ->
         os.kill(pid, signal.SIGKILL)
         _wait_gone([pid], 10)
     # Anything it spawned that is still alive is a straggler: its session (supervisord is a
-    # session leader) and every descendant seen before the shutdown.
-    stragglers = sorted(set(survivors(tree)) | set(session_members(pid)))
+    # session leader), every descendant seen before the shutdown, anything carrying the marker.
+    stragglers = sorted(set(survivors(tree)) | set(session_members(pid)) | set(marked(settings.data_dir)))
     if stragglers:
-        say(f"killing stragglers: {stragglers}")
-        for straggler in stragglers:
-            try:
-                os.kill(straggler, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        left = _wait_gone(stragglers, 15)
-        if left:
-            raise StackError(f"processes {left} survived SIGKILL")
+        _kill(stragglers, say)
     return True
 
 

@@ -146,9 +146,11 @@ class Bridge:
     def handle(self, event: dict[str, Any]) -> dict | None:
         """Forward one filer event; returns the record sent (None if the event is not an upload)."""
         record = s3_record(event, bucket=self.settings.originals_bucket, region=self.settings.aws_region)
-        if record is not None:
-            self.sqs.send_message(QueueUrl=self.queue_url(), MessageBody=json.dumps({"Records": [record]}))
-            log.info("s3 event forwarded", key=record["s3"]["object"]["key"], etag=record["s3"]["object"]["eTag"])
+        if record is None:
+            log.debug("filer event ignored", event_type=event.get("event_type"), path=event.get("key"))
+            return None
+        self.sqs.send_message(QueueUrl=self.queue_url(), MessageBody=json.dumps({"Records": [record]}))
+        log.info("s3 event forwarded", key=record["s3"]["object"]["key"], etag=record["s3"]["object"]["eTag"])
         return record
 
 
