@@ -198,6 +198,7 @@
     $("sign-in-hint").hidden = signedIn;
     $("upload-form").hidden = !signedIn || !state.group;
     renderGroupOwnerControls();
+    for (const li of $("images-list").children) renderRetry(li);
     if (state.dialogImage) renderDialog(state.dialogImage);
   }
 
@@ -351,9 +352,17 @@
     return $("images-list").querySelector(`li[data-id="${CSS.escape(id)}"]`);
   }
 
+  // Per-image retry, right on a failed card, for its owner.
+  function renderRetry(li) {
+    li.querySelector(".retry").hidden = !(li.dataset.status === "FAILED" && state.user && li.dataset.owner === state.user);
+  }
+
   function updateImageCard(li, image, first = false) {
     const previous = li.dataset.status;
     li.dataset.status = image.status;
+    li.dataset.owner = image.owner;
+    li.querySelector(".retry").setAttribute("aria-label", `Retry ${imageTitle(image)}`);
+    renderRetry(li);
     li.querySelector(".card-title").textContent = imageTitle(image);
     setBadge(li.querySelector(".badge"), image.status);
     li.querySelector(".error-text").textContent = image.status === "FAILED" ? image.error || "Processing failed." : "";
@@ -783,13 +792,12 @@
     }
   }
 
-  async function reprocessImage() {
-    const image = state.dialogImage;
-    if (!image) return;
-    const button = $("reprocess-image");
+  // Queue an image again (owner only): from the dialog, or the "Retry" button of a failed card.
+  async function reprocessImage(id, button) {
+    if (!id) return;
     button.disabled = true;
     try {
-      const updated = unwrap((await gql(Q.reprocessImage, { id: image.id })).reprocessImage);
+      const updated = unwrap((await gql(Q.reprocessImage, { id })).reprocessImage);
       applyImageUpdate(updated);
       showMessage("Queued for processing again.", "info");
       startPolling(updated.id);
@@ -865,7 +873,12 @@
     $("upload-file").addEventListener("change", (e) => selectFile(e.target.files[0] || null));
     $("delete-group").addEventListener("click", deleteGroup);
     $("delete-image").addEventListener("click", deleteImage);
-    $("reprocess-image").addEventListener("click", reprocessImage);
+    $("reprocess-image").addEventListener("click", (e) =>
+      reprocessImage(state.dialogImage && state.dialogImage.id, e.currentTarget));
+    $("images-list").addEventListener("click", (e) => {
+      const retry = e.target.closest("button.retry");
+      if (retry) reprocessImage(retry.closest("li").dataset.id, retry);
+    });
     $("image-close").addEventListener("click", closeDialogAndReturn);
     const dialog = $("image-dialog");
     dialog.addEventListener("close", onDialogClosed);

@@ -316,10 +316,12 @@ def test_group_images_newest_first_with_load_more(local_stack, page: Page):
     expect(page.get_by_role("button", name="Load more images")).to_be_hidden()
 
 
-def test_errors_are_shown_and_a_refused_upload_leaves_nothing(local_stack, page: Page, chelsea_jpeg: Path):
-    """The API unreachable, and the storage server refusing an upload (as S3 does when a
-    presigned POST has expired): each gives a clear message, and the refused image's record is
-    removed again."""
+def test_errors_are_shown_and_a_refused_upload_leaves_nothing(
+    local_stack, page: Page, chelsea_jpeg: Path, tmp_path: Path, screenshot
+):
+    """The API unreachable, the storage server refusing an upload (as S3 does when a presigned
+    POST has expired), and a file the worker cannot read: each gives a clear message; the refused
+    image's record is removed again; the failed one can be retried from its card."""
     base = _base_url(local_stack)
     page.goto(base + "/")
     page.get_by_label("User name").fill("ivan")
@@ -363,3 +365,19 @@ def test_errors_are_shown_and_a_refused_upload_leaves_nothing(local_stack, page:
     while group_now()["images"]["edges"] and time.monotonic() < deadline:  # the page cleans up in the background
         time.sleep(0.5)
     assert group_now() == {"imageCount": 0, "images": {"edges": []}}
+
+    # A file that is not an image but claims to be one passes the page's checks (type by name) and
+    # fails in the worker: the card shows FAILED with the reason, and offers a retry to its owner.
+    page.unroute(storage)
+    fake = tmp_path / "holiday.jpg"
+    fake.write_bytes(b"this is not a JPEG at all" * 40)
+    page.get_by_test_id("upload-file").set_input_files(str(fake))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    card = page.get_by_test_id("image-card")
+    expect(card.get_by_test_id("image-card-status")).to_have_text("Failed", timeout=PROCESSING_TIMEOUT_MS)
+    expect(card.get_by_test_id("image-card-error")).not_to_be_empty()
+    expect(card.get_by_test_id("image-card-title")).to_have_text("holiday.jpg")
+    screenshot(page, "failed-image-card")
+    card.get_by_role("button", name="Retry holiday.jpg").click()
+    expect(page.get_by_test_id("info-message").last).to_contain_text("Queued for processing again")
+    expect(card.get_by_test_id("image-card-status")).to_have_text("Failed", timeout=PROCESSING_TIMEOUT_MS)
