@@ -49,6 +49,23 @@ def wanted(record: ImageModel, model_label: str | None) -> bool:
     return not (model_label and record.status == ImageStatus.DONE.value and record.model_version == model_label)
 
 
+def check_model_version(settings: Settings, version: str) -> str | None:
+    """Why re-running through `version` cannot work (not registered, server down), or None.
+    Checked up front: the worker treats a missing model as "not registered yet" and would wait."""
+    import httpx
+
+    url = f"{settings.torchserve_management_url}/models/{settings.model_name}/{version}"
+    try:
+        r = httpx.get(url, timeout=10)
+    except httpx.HTTPError as exc:
+        return f"cannot reach TorchServe's management API at {settings.torchserve_management_url}: {exc}"
+    if r.status_code == 404:
+        return f"model {settings.model_name} has no version {version!r} registered (see `udagram model list`)"
+    if r.status_code != 200:
+        return f"TorchServe answered {r.status_code} for {url}: {r.text[:200]}"
+    return None
+
+
 def queue_depth(sqs, url: str) -> int:
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
     return int(attrs.get("ApproximateNumberOfMessages", "0"))
@@ -60,6 +77,11 @@ def run(*, images: list[str], groups: list[str], all_images: bool, model_version
     data.configure(settings)
     console = Console(stderr=True)
     label = f"{settings.model_name} {model_version}" if model_version else None
+    if model_version:
+        problem = check_model_version(settings, model_version)
+        if problem:
+            console.print(f"[red]{problem}[/red]")
+            return 2
     ids = [r.id for r in select(images, groups, all_images) if wanted(r, label)]
     if not ids:
         console.print("nothing to re-run")

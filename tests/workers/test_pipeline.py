@@ -185,7 +185,8 @@ def test_reprocess_command_reruns_with_progress_and_skips_up_to_date(settings, s
     start_worker(settings)
     before = {r.id: r for r in wait_status(ids)}
     version = before[ids[0]].model_version.split(" ", 1)[1]
-    env = {"UDAGRAM_QUEUE_NAME": settings.queue_name, "UDAGRAM_IMAGES_TABLE": settings.images_table,
+    env = {"UDAGRAM_TORCHSERVE_MANAGEMENT_URL": settings.torchserve_management_url,
+           "UDAGRAM_QUEUE_NAME": settings.queue_name, "UDAGRAM_IMAGES_TABLE": settings.images_table,
            "UDAGRAM_GROUPS_TABLE": settings.groups_table, "AWS_ENDPOINT_URL": settings.sqs_endpoint_url,
            "UDAGRAM_MODE": "local"}
     from udagram.settings import get_settings
@@ -196,6 +197,8 @@ def test_reprocess_command_reruns_with_progress_and_skips_up_to_date(settings, s
         runner = CliRunner()
         same = runner.invoke(app, ["reprocess", "--all", "--model-version", version])
         assert same.exit_code == 0 and "nothing to re-run" in same.output
+        unknown = runner.invoke(app, ["reprocess", "--all", "--model-version", "9.9"])
+        assert unknown.exit_code == 2 and "no version '9.9'" in unknown.output
         rerun = runner.invoke(app, ["reprocess", "--group", "a" * 32, "--max-outstanding", "1"])
         assert rerun.exit_code == 0, rerun.output
         assert "re-ran 3 images" in rerun.output
