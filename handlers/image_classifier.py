@@ -295,7 +295,7 @@ class ImageClassifier(BaseHandler):
         self._warm_up(int(self.meta.get("warmup_batch_size", 1)))
         self.initialized = True
         logger.info(
-            "classifier %s %s ready: %s, %d classes, %d threads",
+            "model %s version %s ready: %s, %d classes, %d torch threads",
             self.model_name,
             self.model_version,
             self.meta.get("arch"),

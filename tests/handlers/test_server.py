@@ -1,0 +1,86 @@
+"""TorchServeProcess: the stop/restart other tests rely on (outage simulation) really works."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from handlers.server import Endpoints, TorchServeProcess, read_properties, render_config
+from tests.handlers.images import coffee_jpeg
+
+pytestmark = pytest.mark.torchserve
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    members.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return members
+
+
+def espresso(ts: TorchServeProcess) -> bool:
+    response = httpx.post(
+        ts.inference_url + "/predictions/classifier",
+        content=coffee_jpeg(),
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=180,  # a worker that is (re)loading the model on a busy machine
+    )
+    return response.status_code == 200 and response.json()["top5"][0] == "espresso"
+
+
+def test_stop_leaves_nothing_and_start_serves_again(torchserve_factory: Callable[..., TorchServeProcess]) -> None:
+    ts = torchserve_factory()
+    assert espresso(ts)
+    pgid = ts.pid
+    assert pgid is not None and len(group_members(pgid)) >= 3  # launcher, Java, Python worker
+
+    ts.stop()
+    assert not ts.is_running()
+    assert group_members(pgid) == []
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(ts.inference_url + "/ping", timeout=5)
+
+    ts.start()  # same ports, same model
+    assert espresso(ts)
+
+
+def test_a_killed_worker_is_replaced_and_the_server_keeps_answering(torchserve: TorchServeProcess) -> None:
+    ts = torchserve  # the shared one: it is whole again when this test ends
+    old_pid = worker_pid(ts)
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and worker_pid(ts) in (old_pid, None):
+        time.sleep(0.5)
+    assert worker_pid(ts) not in (old_pid, None), "TorchServe did not replace the killed worker"
+    assert espresso(ts)
+
+
+def worker_pid(ts: TorchServeProcess) -> int | None:
+    """The pid of the READY worker, if there is one."""
+    workers = httpx.get(ts.management_url + "/models/classifier", timeout=10).json()[0]["workers"]
+    ready = [int(w["pid"]) for w in workers if w["status"] == "READY" and w.get("pid")]
+    return ready[0] if ready else None
+
+
+def test_rendered_config_overrides_ports_and_keeps_the_rest(tmp_path: Path) -> None:
+    endpoints = Endpoints("127.0.0.1", 1111, 2222, 3333, 4444, 5555)
+    config = read_properties(render_config(endpoints, tmp_path, {"job_queue_size": "7"}))
+    assert config["inference_address"] == "http://127.0.0.1:1111"
+    assert config["management_address"] == "http://127.0.0.1:2222"
+    assert config["metrics_address"] == "http://127.0.0.1:3333"
+    assert (config["grpc_inference_port"], config["grpc_management_port"]) == ("4444", "5555")
+    assert config["job_queue_size"] == "7"
+    assert config["metrics_mode"] == "prometheus"
+    assert config["disable_token_authorization"] == "true"
+    assert "-Xmx512m" in config["vmargs"]
