@@ -110,7 +110,9 @@
     }
     if (!response.ok || !body || !body.data) {
       if (response.status === 401) handleSignedOut();
-      throw new ApiError(`The server answered ${response.status} ${response.statusText || ""}`.trim() + ".", `HTTP_${response.status}`);
+      // e.g. 413 {"error": "request body too large: ..."} from the API's body limit
+      const detail = body && typeof body.error === "string" ? body.error : null;
+      throw new ApiError(detail || `The server answered ${response.status} ${response.statusText || ""}`.trim(), `HTTP_${response.status}`);
     }
     return body.data;
   }
@@ -492,6 +494,11 @@
       state.dialogImage = image;
       renderDialog(image, changed);
     }
+    if (image.status === "DONE" && state.previews.has(image.id)) {
+      // The processed picture has replaced the local preview everywhere: free it.
+      URL.revokeObjectURL(state.previews.get(image.id));
+      state.previews.delete(image.id);
+    }
   }
 
   // ---- upload -----------------------------------------------------------------------------------
@@ -630,6 +637,8 @@
         // Nothing half-made stays behind: drop the record whose upload failed.
         li && li.remove();
         group.ids.delete(image.id);
+        if (state.previews.has(image.id)) URL.revokeObjectURL(state.previews.get(image.id));
+        state.previews.delete(image.id);
         $("images-empty").hidden = $("images-list").children.length > 0;
         gql(Q.deleteImage, { id: image.id }).catch(() => {});
       }
@@ -757,6 +766,7 @@
     const image = state.dialogImage;
     state.dialogImage = null;
     $("dialog-messages").replaceChildren();
+    if (state.group) document.title = `${state.group.name} · Udagram`;
     if (image && parseRoute().name === "image") {
       location.hash = `#/groups/${encodeURIComponent(image.groupId)}`;
     }
