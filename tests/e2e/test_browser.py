@@ -381,3 +381,33 @@ def test_errors_are_shown_and_a_refused_upload_leaves_nothing(
     card.get_by_role("button", name="Retry holiday.jpg").click()
     expect(page.get_by_test_id("info-message").last).to_contain_text("Queued for processing again")
     expect(card.get_by_test_id("image-card-status")).to_have_text("Failed", timeout=PROCESSING_TIMEOUT_MS)
+
+
+def test_groups_newest_first_with_load_more(local_stack, page: Page):
+    """Groups show newest first, 12 per page; "Load more groups" brings the rest, without repeats."""
+    base = _base_url(local_stack)
+    token = _token(base, "emil")
+    tag = uuid.uuid4().hex[:6]
+    for i in range(13):
+        _graphql(
+            base,
+            'mutation($n: String!) { createGroup(input: {name: $n}) { ... on Group { id } } }',
+            {"n": f"Batch {tag} #{i:02d}"},
+            token,
+        )
+
+    page.goto(base + "/")
+    cards = page.get_by_test_id("group-card")
+    expect(cards).to_have_count(12)
+    # The newest 12 of them, newest first (other tests' groups are older).
+    names = [c.get_by_test_id("group-card-name").text_content() for c in cards.all()]
+    assert names == [f"Batch {tag} #{i:02d}" for i in range(12, 0, -1)]
+    more = page.get_by_role("button", name="Load more groups")
+    while more.is_visible():
+        count = cards.count()
+        more.click()
+        expect(cards).not_to_have_count(count)
+    all_names = [c.get_by_test_id("group-card-name").text_content() for c in cards.all()]
+    assert f"Batch {tag} #00" in all_names
+    ids = [c.get_attribute("data-id") for c in cards.all()]
+    assert len(ids) == len(set(ids)) >= 13
