@@ -222,7 +222,7 @@
         throw new ApiError("Cannot reach the server. Check your connection and try again.", "NETWORK");
       }
       const body = await response.json().catch(() => null);
-      if (response.status === 404) {
+      if (response.status === 404 || response.status === 405) { // no such route outside local mode
         throw new ApiError("Signing in with a user name is only available when the API runs in local mode.", "NOT_LOCAL");
       }
       if (!response.ok || !body || !body.token) {
