@@ -4,8 +4,8 @@ fixture both call these).
 `up`: refuse taken ports with a message naming the port and the variable that moves it, start
 supervisord in the background, start the storage stages (see `programs`) waiting until each is
 healthy, create the resources (tables, buckets, queue + DLQ), start TorchServe, the API and the
-worker, wait until healthy. `down`: ask supervisord to stop everything, wait for it to exit, then kill whatever is
-left of its session (e.g. a TorchServe Java child) and wait until no process remains.
+worker, wait until healthy. `down`: ask supervisord to stop everything, wait for it to exit,
+then kill whatever of the stack is left (e.g. TorchServe's Java) and wait until none remains.
 """
 
 from __future__ import annotations
@@ -88,7 +88,22 @@ def urls(settings: Settings) -> dict[str, str]:
 
 
 def _state(proxy, name: str) -> dict:
-    return proxy.supervisor.getProcessInfo(name)
+    try:
+        return proxy.supervisor.getProcessInfo(name)
+    except xmlrpc.client.Fault as exc:
+        raise StackError(f"the running supervisord does not know {name!r} ({exc.faultString}): it was started "
+                         "with another set of programs; run `udagram down` then `udagram up`") from None
+
+
+def check_health(program: Program, settings: Settings) -> str:
+    """"healthy", or why not."""
+    try:
+        program.health(settings)
+    except Unhealthy as exc:
+        return str(exc)
+    except Exception as exc:  # an unexpected answer is a failed check, not a crash of `up`/`status`
+        return f"{type(exc).__name__}: {exc}"
+    return "healthy"
 
 
 def _wait_healthy(settings: Settings, proxy, group: list[Program], p: supervisor.Paths, timeout: float,
@@ -99,15 +114,15 @@ def _wait_healthy(settings: Settings, proxy, group: list[Program], p: supervisor
     while pending:
         for name, program in list(pending.items()):
             info = _state(proxy, name)
-            if info["statename"] in ("FATAL", "EXITED", "STOPPED"):
+            # EXITED/BACKOFF are retried by supervisord (autorestart); FATAL means it gave up.
+            if info["statename"] in ("FATAL", "STOPPED"):
                 raise StackError(
                     f"{program.title} ({name}) is {info['statename']}: {info.get('spawnerr') or 'it exited'}\n"
                     f"last lines of {p.log(name)}:\n{supervisor.tail(p.log(name))}"
                 )
-            try:
-                program.health(settings)
-            except Unhealthy as exc:
-                reasons[name] = str(exc)
+            result = check_health(program, settings)
+            if result != "healthy":
+                reasons[name] = result
                 continue
             say(f"  {program.title}: healthy")
             del pending[name]
@@ -335,11 +350,7 @@ def status(settings: Settings) -> list[ProcessStatus] | None:
 
     def check(program: Program) -> ProcessStatus:
         info = infos[program.name]
-        try:
-            program.health(settings)
-            result = "healthy"
-        except Unhealthy as exc:
-            result = str(exc)
+        result = check_health(program, settings)
         return ProcessStatus(program.name, program.title, info["statename"], info["pid"] or None, result)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
