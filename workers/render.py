@@ -149,7 +149,7 @@ def panel_layout(width: int, height: int, lines: list[str]) -> tuple[int, PanelB
     return size, box
 
 
-def draw_overlay(img: Image.Image, lines: list[str]) -> tuple[Image.Image, PanelBox]:
+def draw_overlay(img: Image.Image, lines: list[str], in_place: bool = False) -> tuple[Image.Image, PanelBox]:
     """The lines in white (dark drop shadow) on a semi-transparent dark panel, top left.
     Only the panel's region is composited (the rest of the image is left untouched)."""
     size, box = panel_layout(img.width, img.height, lines)
@@ -166,7 +166,7 @@ def draw_overlay(img: Image.Image, lines: list[str]) -> tuple[Image.Image, Panel
         xy = (pad, pad + i * line_h)
         draw.text((xy[0] + shadow, xy[1] + shadow), text, font=font, fill=(0, 0, 0, 255))
         draw.text(xy, text, font=font, fill=(255, 255, 255, 255))
-    out = img.copy()
+    out = img if in_place else img.copy()
     patch = Image.alpha_composite(out.crop(region).convert("RGBA"), layer)
     out.paste(patch if out.mode == "RGBA" else patch.convert(out.mode), region[:2])
     return out, box
@@ -177,8 +177,8 @@ def resize_to_width(img: Image.Image, width: int) -> Image.Image:
     height = max(1, round(h * width / w))
     if (w, h) == (width, height):
         return img
-    if width > w:  # upscaling a small image: bicubic is as good as Lanczos here, and cheaper
-        return img.resize((width, height), Image.Resampling.BICUBIC)
+    if width > w:  # upscaling a small image: bilinear is smooth enough there and 3x cheaper than Lanczos
+        return img.resize((width, height), Image.Resampling.BILINEAR)
     return img.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
@@ -194,7 +194,7 @@ class Rendered:
 def render(decoded: Decoded, lines: list[str], width: int) -> Rendered:
     """Processed image: `width` px wide, the prediction lines on a panel; PNG when transparent."""
     img = resize_to_width(decoded.image, width)
-    img, _ = draw_overlay(img, lines)
+    img, _ = draw_overlay(img, lines, in_place=img is not decoded.image)
     out = io.BytesIO()
     if decoded.has_alpha:
         img.save(out, "PNG", compress_level=3)
