@@ -171,6 +171,12 @@ def test_sign_in_create_group_upload_watch_it_processed_and_delete(
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
     assert re.search(r"#/groups/[0-9a-f]+$", page.url)
+    # ... and the keyboard focus is back on the card that opened it; Enter opens it again.
+    assert card.get_by_role("link").evaluate("link => link === document.activeElement")
+    page.keyboard.press("Enter")
+    expect(dialog).to_be_visible()
+    page.get_by_role("button", name="Close").click()
+    expect(dialog).to_be_hidden()
 
     # Delete it (after confirming): gone from the page, and from the API.
     card.get_by_role("link").click()
