@@ -91,15 +91,6 @@ def _token(base: str, user: str) -> str:
     return response.json()["token"]
 
 
-def _graphql(base: str, query: str, variables: dict, token: str | None = None) -> dict:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = httpx.post(f"{base}/graphql", json={"query": query, "variables": variables}, headers=headers, timeout=30)
-    response.raise_for_status()
-    body = response.json()
-    assert not body.get("errors"), body
-    return body["data"]
-
-
 def test_sign_in_create_group_upload_watch_it_processed_and_delete(
     local_stack, page: Page, chelsea_jpeg: Path, screenshot
 ):
@@ -186,7 +177,7 @@ def test_sign_in_create_group_upload_watch_it_processed_and_delete(
     expect(dialog).to_be_hidden()
     expect(page.get_by_test_id("image-card")).to_have_count(0)
     expect(page.get_by_test_id("info-message").last).to_contain_text("deleted")
-    gone = _graphql(base, "query($id: ID!) { image(id: $id) { id } }", {"id": image_id})
+    gone = local_stack.graphql("query($id: ID!) { image(id: $id) { id } }", {"id": image_id})
     assert gone["image"] is None
     page.reload()
     expect(page.get_by_test_id("group-name-heading")).to_have_text(group_name)
@@ -198,9 +189,8 @@ def test_anonymous_visitor_sees_groups_but_no_upload_or_create(local_stack, page
     base = _base_url(local_stack)
     token = _token(base, "bob")
     name = f"Bob's dogs {uuid.uuid4().hex[:6]}"
-    created = _graphql(
-        base,
-        "mutation($n: String!) { createGroup(input: {name: $n, description: \"walks\"}) {"
+    created = local_stack.graphql(
+        'mutation($n: String!) { createGroup(input: {name: $n, description: "walks"}) {'
         " ... on Group { id } ... on Error { code message } } }",
         {"n": name},
         token,
@@ -295,15 +285,13 @@ def test_group_images_newest_first_with_load_more(local_stack, page: Page):
     """13 images (records only, never uploaded) show newest first, 12 per page, then "load more"."""
     base = _base_url(local_stack)
     token = _token(base, "dora")
-    group = _graphql(
-        base,
-        'mutation($n: String!) { createGroup(input: {name: $n}) { ... on Group { id } ... on Error { message } } }',
+    group = local_stack.graphql(
+        "mutation($n: String!) { createGroup(input: {name: $n}) { ... on Group { id } ... on Error { message } } }",
         {"n": f"Many {uuid.uuid4().hex[:6]}"},
         token,
     )["createGroup"]
     for i in range(13):
-        created = _graphql(
-            base,
+        created = local_stack.graphql(
             "mutation($g: ID!, $c: String!) { createImage(input: {groupId: $g, caption: $c,"
             ' contentType: "image/jpeg", contentLength: 1000}) { __typename ... on Error { message } } }',
             {"g": group["id"], "c": f"photo {i}"},
@@ -365,7 +353,7 @@ def test_errors_are_shown_and_a_refused_upload_leaves_nothing(
 
     def group_now() -> dict:
         query = "query($id: ID!) { group(id: $id) { imageCount images { edges { node { id } } } } }"
-        return _graphql(base, query, {"id": group_id})["group"]
+        return local_stack.graphql(query, {"id": group_id})["group"]
 
     deadline = time.monotonic() + 30
     while group_now()["images"]["edges"] and time.monotonic() < deadline:  # the page cleans up in the background
@@ -395,9 +383,8 @@ def test_groups_newest_first_with_load_more(local_stack, page: Page):
     token = _token(base, "emil")
     tag = uuid.uuid4().hex[:6]
     for i in range(13):
-        _graphql(
-            base,
-            'mutation($n: String!) { createGroup(input: {name: $n}) { ... on Group { id } } }',
+        local_stack.graphql(
+            "mutation($n: String!) { createGroup(input: {name: $n}) { ... on Group { id } } }",
             {"n": f"Batch {tag} #{i:02d}"},
             token,
         )
