@@ -163,7 +163,7 @@ def test_sign_in_create_group_upload_watch_it_processed_and_delete(
     expect(dialog).to_be_hidden()
     assert re.search(r"#/groups/[0-9a-f]+$", page.url)
     # ... and the keyboard focus is back on the card that opened it; Enter opens it again.
-    assert card.get_by_role("link").evaluate("link => link === document.activeElement")
+    expect(card.get_by_role("link")).to_be_focused()  # (restored by the dialog's "close" event)
     page.keyboard.press("Enter")
     expect(dialog).to_be_visible()
     page.get_by_role("button", name="Close").click()
