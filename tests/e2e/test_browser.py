@@ -138,7 +138,7 @@ def test_sign_in_create_group_upload_watch_it_processed_and_delete(
     card.get_by_role("link").click()
     dialog = page.get_by_test_id("image-dialog")
     expect(dialog).to_be_visible()
-    assert page.url.endswith(f"#/images/{image_id}")
+    expect(page).to_have_url(re.compile(f"#/images/{image_id}$"))
     expect(dialog.get_by_test_id("image-dialog-title")).to_have_text(title)
     expect(dialog.get_by_test_id("image-dialog-caption")).to_have_text("Chelsea on the rug")
     predictions = dialog.get_by_test_id("prediction")
@@ -161,7 +161,7 @@ def test_sign_in_create_group_upload_watch_it_processed_and_delete(
     # Escape closes the dialog (keyboard), back at the group's address.
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
-    assert re.search(r"#/groups/[0-9a-f]+$", page.url)
+    expect(page).to_have_url(re.compile(r"#/groups/[0-9a-f]{32}$"))  # set by the dialog's (async) close event
     # ... and the keyboard focus is back on the card that opened it; Enter opens it again.
     expect(card.get_by_role("link")).to_be_focused()  # (restored by the dialog's "close" event)
     page.keyboard.press("Enter")
