@@ -78,7 +78,7 @@ def new_image(settings: Settings) -> str:
     image_id = data.new_id()
     now = data.utcnow()
     data.ImageModel(image_id, group_id="b" * 32, created_key=data.created_key(now, image_id), owner="bench",
-                    status_changed_at=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), content_type="image/jpeg",
+                    status_changed_at=now.isoformat(), content_type="image/jpeg",
                     content_length=0, original_key=data.original_key(image_id, "image/jpeg"),
                     created_at=now).save()
     return image_id

@@ -10,7 +10,8 @@
   maxReceiveCount it is instead re-sent as a fresh message (with DelaySeconds) and the old one
   deleted, so waiting out an outage never pushes a good image to the dead-letter queue.
 - TorchServe down opens a circuit breaker: receiving stops (so receive counts stop growing) until
-  a probe prediction succeeds.
+  a probe prediction succeeds (every 1 s, backing off to 5 s); the messages that met the outage
+  wait only `worker_retry_base_seconds`, so work resumes within seconds of TorchServe's return.
 - Garbage bodies and originals with no image record are moved to the DLQ at once, with the reason
   as a message attribute; nothing else is sent there by the worker (SQS redrive handles messages
   whose worker keeps dying).
@@ -101,8 +102,8 @@ class Consumer:
         self.in_flight: dict[str, InFlight] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.circuit = CircuitBreaker(self.processor.classifier, max(0.5, settings.worker_retry_base_seconds / 2),
-                                      max(5.0, settings.worker_retry_max_seconds / 10))
+        # Probing is one tiny prediction: cheap enough to do every few seconds.
+        self.circuit = CircuitBreaker(self.processor.classifier, base=1.0, cap=5.0)
         self.heartbeat_seconds = max(1.0, settings.worker_visibility_timeout_seconds / 3)
         self.handled = 0  # messages finished (deleted, released or dead-lettered): for tests/bench
 
@@ -269,7 +270,9 @@ class Consumer:
             self.processor.release(task.image_id, token, count_attempt=False)
             self.circuit.trip(str(exc))
             metrics.RETRIES.labels("model_server").inc()
-            return self._backoff_seconds(item)
+            # No exponential back-off here: while the circuit is open nothing is received, so the
+            # message just waits, visible, and flows again within seconds of TorchServe's return.
+            return float(self.settings.worker_retry_base_seconds)
         except TransientError as exc:
             self.processor.release(task.image_id, token, count_attempt=False)
             metrics.RETRIES.labels("transient").inc()

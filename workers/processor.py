@@ -56,7 +56,7 @@ class Result:
 
 
 def _iso() -> str:
-    return data.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return data.utcnow().isoformat()  # same format as the API writes
 
 
 def _conditional_failed(exc: PynamoDBException) -> bool:

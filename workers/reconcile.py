@@ -39,7 +39,7 @@ def stranded_images(settings: Settings, s3: Any = None) -> Iterator[str]:
         if _exists(s3, settings.originals_bucket, image.original_key):
             yield image.id
     cutoff = (data.utcnow() - timedelta(seconds=settings.worker_stale_processing_seconds))
-    cutoff_key = cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    cutoff_key = cutoff.isoformat()  # the format the API and the worker write
     now = time.time()
     for image in ImageModel.by_status.query(ImageStatus.PROCESSING.value,
                                             ImageModel.status_changed_at < cutoff_key):

@@ -124,6 +124,6 @@ def _finished(ids: list[str], since) -> int:
     for r in ImageModel.batch_get(ids):
         if r.status == ImageStatus.DONE.value and r.processed_at and r.processed_at >= since:
             n += 1
-        elif r.status == ImageStatus.FAILED.value and r.status_changed_at >= since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"):
+        elif r.status == ImageStatus.FAILED.value and r.status_changed_at >= since.isoformat():
             n += 1
     return n
