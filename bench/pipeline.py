@@ -285,6 +285,11 @@ def main() -> None:
         print("| process | CPU ms / image |\n|---|---|")
         for name, seconds in cpu.items():
             print(f"| {name} | {seconds * 1000 / args.burst:.1f} |")
+        total = sum(cpu.values())
+        print(f"| all | {total * 1000 / args.burst:.1f} |")
+        print(f"\nWith every process on the same {os.cpu_count()} cores, the burst cannot beat "
+              f"{os.cpu_count() / total * args.burst:.1f} images/s (CPU-bound ceiling); TorchServe's share of "
+              f"the CPU per image is {cpu['TorchServe'] / total:.2f}.")
         print(f"\n## Idle latency, upload -> DONE ({len(latencies)} sequential uploads)\n")
         print(f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms (goal p50 <= 500 ms)")
     finally:
