@@ -371,7 +371,7 @@ def test_errors_are_shown_and_a_refused_upload_leaves_nothing(
     expect(card.get_by_test_id("image-card-status")).to_have_text("Failed", timeout=PROCESSING_TIMEOUT_MS)
     expect(card.get_by_test_id("image-card-error")).not_to_be_empty()
     expect(card.get_by_test_id("image-card-title")).to_have_text("holiday.jpg")
-    screenshot(page, "failed-image-card")
+    screenshot(page, "image-card-with-worker-error")
     card.get_by_role("button", name="Retry holiday.jpg").click()
     expect(page.get_by_test_id("info-message").last).to_contain_text("Queued for processing again")
     expect(card.get_by_test_id("image-card-status")).to_have_text("Failed", timeout=PROCESSING_TIMEOUT_MS)
