@@ -96,7 +96,12 @@ def test_roll_out_version_2_and_roll_back(
         run(cli, "scale", "2.0", "2")
         v2 = next(v for v in client.versions() if v.version == "2.0")
         assert (v2.max_workers, v2.ready_workers) == (2, 2)
+        run(cli, "scale", "2.0", "0")  # parked, still registered
+        v2 = next(v for v in client.versions() if v.version == "2.0")
+        assert (v2.max_workers, v2.ready_workers) == (0, 0)
         run(cli, "scale", "2.0", "1")
+        v2 = next(v for v in client.versions() if v.version == "2.0")
+        assert (v2.max_workers, v2.ready_workers) == (1, 1)
 
         # Roll out.
         run(cli, "set-default", "2.0")
