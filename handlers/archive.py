@@ -127,8 +127,8 @@ def b2_model(weights: Path, labels_file: Path | None) -> tuple[nn.Module, ModelM
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ArchiveError(f"{weights} does not fit torchvision's efficientnet_b2: {str(exc)[:300]}") from exc
-    # torchvision's B2 recipe: bicubic resize to 288 (short side), crop 288; at 260 px (the size
-    # the issue fixes) we keep its resize/crop ratio.
+    # 260 px input (B2's native resolution) with the usual 0.89 crop ratio: resize 292, crop 260.
+    # (torchvision evaluates its own ImageNet checkpoint at 288/288; it works at 260 too.)
     meta = ModelMeta("efficientnet_b2", 260, 292, "bicubic", IMAGENET_MEAN, IMAGENET_STD, num_classes)
     return model.eval(), meta, labels
 
