@@ -113,3 +113,25 @@ def test_heartbeat_keeps_a_slow_image_from_being_delivered_twice(make_settings, 
     time.sleep(2.5)  # a redelivery would show up now
     assert calls == ["predict"]
     assert queue_empty(settings) and record(image_id).processed_at == rec.processed_at
+
+
+def test_s3_outage_is_retried_without_burning_the_image(settings, start_worker):
+    """S3 unreachable: the lease is given back without counting the try, the message comes back
+    after a back-off, and once S3 answers again the image is DONE; nothing in the DLQ."""
+    from tests.fixtures.ports import free_port
+    from workers import metrics
+
+    dead = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    before = metrics.RETRIES.labels("transient")._value.get()
+    worker = start_worker(settings)
+    good_s3 = worker.consumer.processor.s3
+    worker.consumer.processor.s3 = client("s3", dead)
+    image_id = new_upload(settings, jpeg("chelsea"))
+    wait_for(lambda: metrics.RETRIES.labels("transient")._value.get() >= before + 2, 60, "two failed tries")
+    rec = record(image_id)
+    assert rec.status == "PROCESSING" and rec.attempts == 0 and rec.lease_owner is None
+    worker.consumer.processor.s3 = good_s3
+    [done] = wait_status([image_id])
+    assert done.status == "DONE" and done.attempts == 0
+    wait_for(lambda: queue_empty(settings), 30, "queue drained")
+    assert dlq_messages(settings) == []
