@@ -152,6 +152,13 @@ def test_sign_in_create_group_upload_watch_it_processed_and_delete(
     expect(dialog.get_by_test_id("image-model-version")).not_to_be_empty()
     screenshot(page, "image-dialog")
 
+    # The image's address opens it directly (a shared link), over its group.
+    page.reload()
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_test_id("image-dialog-title")).to_have_text(title)
+    expect(predictions).to_have_count(5)
+    expect(page.get_by_test_id("group-name-heading")).to_have_text(group_name)
+
     # Reprocess it (the owner may): queued again, and done again with a cat class.
     dialog.get_by_role("button", name="Reprocess").click()
     expect(dialog.get_by_test_id("dialog-messages")).to_contain_text("Queued for processing again")
