@@ -1,5 +1,6 @@
-"""structlog set-up: one JSON object per line; `image_id` is bound (contextvars) while an image
-is handled, so every line about it carries it."""
+"""structlog set-up: one JSON object per line on stderr; `image_id` is bound (contextvars) while
+an image is handled, so every line about it carries it. Standard-library loggers (botocore,
+urllib3, httpx...) go through the same renderer."""
 
 from __future__ import annotations
 
@@ -16,16 +17,23 @@ def configure(settings: Settings) -> None:
     level = level if isinstance(level, int) else logging.INFO
     renderer = (structlog.processors.JSONRenderer() if settings.log_format == "json"
                 else structlog.dev.ConsoleRenderer(colors=False))
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(level, logging.WARNING))  # libraries: warnings and errors only
