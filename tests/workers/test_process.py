@@ -86,12 +86,12 @@ def test_worker_process_metrics_logs_and_sigterm(settings, spawn):
     worker = spawn(settings)
     wait_status(ids)
     assert all(record(i).status == "DONE" for i in ids)
-    def metrics_text() -> str:
-        return httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).text
+    def metrics_after_three() -> str | None:
+        text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).text
+        return text if "udagram_worker_images_processed_total 3.0" in text else None
 
     # The counter moves just after the record's final write.
-    metrics = wait_for(lambda: (m := metrics_text()) if "udagram_worker_images_processed_total 3.0" in m else None,
-                       10, "the processed counter")
+    metrics = wait_for(metrics_after_three, 10, "the processed counter")
     assert 'udagram_worker_stage_seconds_count{stage="predict"} 3.0' in metrics
     assert "udagram_worker_in_flight" in metrics
     worker.proc.send_signal(signal.SIGTERM)
