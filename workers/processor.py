@@ -229,6 +229,7 @@ class Processor:
                 )
             except UpdateError as exc:
                 if _conditional_failed(exc):
+                    self._drop_if_deleted(record.id, out_key)
                     raise LeaseLost("another worker took over the image before the final write") from exc
                 raise TransientError(f"DynamoDB final update failed: {exc}") from exc
             except PynamoDBException as exc:
@@ -268,6 +269,22 @@ class Processor:
         if len(payload) > cap:
             raise _with_etag(PoisonInput(f"the file is larger than the {cap} byte limit"), etag)
         return payload, etag
+
+    def _drop_if_deleted(self, image_id: str, out_key: str) -> None:
+        """The owner deleted the image while it was processed: remove the processed copy just
+        uploaded, which the API's delete could not know about."""
+        try:
+            ImageModel.get(image_id, consistent_read=True)
+            return
+        except DoesNotExist:
+            pass
+        except PynamoDBException:
+            return  # unknown: leave it (an orphan object is harmless, a lost one is not)
+        try:
+            self.s3.delete_object(Bucket=self.settings.processed_bucket, Key=out_key)
+            log.info("image deleted during processing: processed copy removed", key=out_key)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("could not remove the processed copy of a deleted image", key=out_key, error=str(exc))
 
     def fail(self, image_id: str, token: str, error: str, etag: str | None) -> None:
         M = ImageModel

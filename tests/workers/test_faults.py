@@ -135,3 +135,26 @@ def test_s3_outage_is_retried_without_burning_the_image(settings, start_worker):
     assert done.status == "DONE" and done.attempts == 0
     wait_for(lambda: queue_empty(settings), 30, "queue drained")
     assert dlq_messages(settings) == []
+
+
+def test_image_deleted_while_processing_leaves_nothing_behind(settings, start_worker, monkeypatch):
+    from workers.classifier import Classifier
+
+    image_id = create_image(settings)
+    real_predict = Classifier._predict_once
+
+    def predict_then_owner_deletes(self, image, version=None):
+        answer = real_predict(self, image, version)
+        data.ImageModel(image_id).delete()  # the API's deleteImage, mid-processing
+        return answer
+
+    monkeypatch.setattr(Classifier, "_predict_once", predict_then_owner_deletes)
+    worker = start_worker(settings)
+    key = upload(settings, image_id, jpeg("chelsea"))
+    wait_for(lambda: queue_empty(settings), 60, "the message acknowledged")
+    client("s3", settings).delete_object(Bucket=settings.originals_bucket, Key=key)
+    assert processed_keys(settings) == []
+    assert dlq_messages(settings) == []
+    with pytest.raises(data.ImageModel.DoesNotExist):
+        record(image_id)
+    worker.stop()
