@@ -114,10 +114,17 @@ def test_two_workers_and_duplicated_events_converge(settings, start_worker):
     for i in ids:
         for _ in range(2):
             send_body(settings, s3_event_body(settings, data.original_key(i, "image/jpeg"), etags[i]))
+    from workers import metrics
+
+    processed_before = metrics.PROCESSED._value.get()
+    skipped_before = metrics.SKIPPED.labels("up_to_date")._value.get()
     start_worker(settings)
     start_worker(settings)
     records = wait_status(ids)
     wait_for(lambda: queue_empty(settings), 60, "all deliveries acknowledged")
+    # 12 deliveries (S3's own event + 2 copies each): 4 processed, 8 recognised as duplicates.
+    assert metrics.PROCESSED._value.get() - processed_before == 4
+    assert metrics.SKIPPED.labels("up_to_date")._value.get() - skipped_before == 8
     for rec in records:
         expected = direct_prediction(settings, bodies[rec.id])
         assert rec.status == "DONE" and rec.lease_owner is None
