@@ -19,6 +19,7 @@ def worker(
 ) -> None:
     """Run the image worker in the foreground (SQS -> TorchServe -> processed image); SIGTERM stops it."""
     import signal
+    import threading
 
     import structlog
     from prometheus_client import start_http_server
@@ -32,18 +33,32 @@ def worker(
     settings = get_settings()
     logs.configure(settings)
     log = structlog.get_logger("workers")
-    resources.ensure_resources(settings)
-    data.configure(settings)
-    port = metrics_port if metrics_port is not None else settings.worker_metrics_port
-    start_http_server(port, addr=settings.host)
-    consumer = Consumer(settings)
+    stop_requested = threading.Event()
+    consumer: Consumer | None = None
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal received", signal=signal.Signals(signum).name)
-        consumer.stop()
+        stop_requested.set()
+        if consumer is not None:
+            consumer.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # S3/SQS/DynamoDB may still be starting (the local stack starts everything at once): wait.
+    while True:
+        try:
+            resources.ensure_resources(settings)
+            data.configure(settings)
+            consumer = Consumer(settings)
+            break
+        except Exception as exc:  # noqa: BLE001 - any failure here means "not reachable yet"
+            log.warning("AWS services not ready; retrying", error=f"{type(exc).__name__}: {exc}")
+            if stop_requested.wait(2.0):
+                raise typer.Exit(0)
+    if stop_requested.is_set():
+        raise typer.Exit(0)
+    port = metrics_port if metrics_port is not None else settings.worker_metrics_port
+    start_http_server(port, addr=settings.host)
     log.info("worker started", queue=settings.queue_name, concurrency=settings.worker_concurrency,
              metrics=f"http://{settings.host}:{port}/metrics", torchserve=settings.torchserve_inference_url)
     if settings.worker_reconcile_on_start if reconcile_on_start is None else reconcile_on_start:
