@@ -156,3 +156,18 @@ def test_torchserve_outage_mid_run_loses_nothing(make_settings, start_worker, to
     wait_for(lambda: queue_empty(settings), 30, "queue drained")
     assert dlq_messages(settings) == []
     worker.stop()
+
+
+def test_worker_waits_for_unreachable_services_and_exits_0_on_sigterm(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = Settings(mode="local", data_dir=tmp_path, s3_endpoint_url=dead, sqs_endpoint_url=dead,
+                        dynamodb_endpoint_url=dead)
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: any(l.get("event") == "AWS services not ready; retrying" for l in worker.lines()),
+                 60, "the worker to report unreachable services")
+        assert worker.proc.poll() is None  # still waiting, not crashed
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(timeout=30) == 0
+    finally:
+        worker.kill()
