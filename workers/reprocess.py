@@ -120,8 +120,10 @@ def run(*, images: list[str], groups: list[str], all_images: bool, model_version
 
 
 def _finished(ids: list[str], since) -> int:
-    n = 0
-    for r in ImageModel.batch_get(ids):
+    """Images done with since the re-run started (DONE or FAILED again, or deleted meanwhile)."""
+    records = list(ImageModel.batch_get(ids))
+    n = len(ids) - len(records)  # deleted by their owner during the re-run
+    for r in records:
         if r.status == ImageStatus.DONE.value and r.processed_at and r.processed_at >= since:
             n += 1
         elif r.status == ImageStatus.FAILED.value and r.status_changed_at >= since.isoformat():
