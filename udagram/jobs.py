@@ -15,8 +15,13 @@ from udagram.settings import Settings, get_settings
 REPROCESS_SOURCE = "udagram:reprocess"
 
 
-def reprocess_record(image_id: str, model_version: str | None = None) -> dict[str, Any]:
-    return {"eventSource": REPROCESS_SOURCE, "imageId": image_id, "modelVersion": model_version}
+def reprocess_record(image_id: str, model_version: str | None = None, pending_only: bool = False) -> dict[str, Any]:
+    """`pending_only`: process only if the image is still AWAITING_UPLOAD or PROCESSING (the
+    worker's start-up reconciliation), so an image finished meanwhile is not redone."""
+    record: dict[str, Any] = {"eventSource": REPROCESS_SOURCE, "imageId": image_id, "modelVersion": model_version}
+    if pending_only:
+        record["pendingOnly"] = True
+    return record
 
 
 def queue_url(settings: Settings | None = None, sqs: Any = None) -> str:
@@ -30,6 +35,7 @@ def enqueue_reprocess(
     model_version: str | None = None,
     settings: Settings | None = None,
     sqs: Any = None,
+    pending_only: bool = False,
 ) -> int:
     """Queue re-runs of the given images (in SQS batches of 10); returns how many were sent."""
     settings = settings or get_settings()
@@ -49,7 +55,7 @@ def enqueue_reprocess(
         batch.clear()
 
     for image_id in image_ids:
-        body = json.dumps({"Records": [reprocess_record(image_id, model_version)]})
+        body = json.dumps({"Records": [reprocess_record(image_id, model_version, pending_only)]})
         batch.append({"Id": str(len(batch)), "MessageBody": body})
         if len(batch) == 10:
             flush()

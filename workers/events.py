@@ -33,6 +33,7 @@ class ImageTask:
     etag: str | None = None  # without quotes
     sequencer: str | None = None
     model_version: str | None = None  # re-run with this TorchServe version
+    pending_only: bool = False  # reconciliation: only if still AWAITING_UPLOAD / PROCESSING
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ def parse_record(record: Any) -> Item:
         if not isinstance(image_id, str) or not data.is_valid_id(image_id):
             return Garbage(f"re-run record with invalid imageId {image_id!r}")
         version = record.get("modelVersion")
-        return ImageTask(image_id=image_id, source="reprocess", model_version=version or None)
+        return ImageTask(image_id=image_id, source="reprocess", model_version=version or None,
+                         pending_only=bool(record.get("pendingOnly")))
     if source == "aws:s3":
         return _parse_s3(record)
     return Garbage(f"unknown eventSource {source!r}")

@@ -87,6 +87,8 @@ class Processor:
         if task.source == "s3" and task.etag:
             cond &= ~(M.status.is_in(ImageStatus.DONE.value, ImageStatus.FAILED.value)
                       & (M.source_etag == task.etag))
+        if task.pending_only:
+            cond &= M.status.is_in(ImageStatus.AWAITING_UPLOAD.value, ImageStatus.PROCESSING.value)
         if task.model_version:
             cond &= ~((M.status == ImageStatus.DONE.value)
                       & (M.model_version == self.version_label(task.model_version)))

@@ -51,6 +51,6 @@ def reconcile(settings: Settings, s3: Any = None, sqs: Any = None) -> int:
     """Queue re-runs for stranded images; returns how many."""
     ids = list(stranded_images(settings, s3))
     if ids:
-        jobs.enqueue_reprocess(ids, settings=settings, sqs=sqs)
+        jobs.enqueue_reprocess(ids, settings=settings, sqs=sqs, pending_only=True)
     log.info("reconciled on start", requeued=len(ids))
     return len(ids)

@@ -50,3 +50,8 @@ def test_several_records_in_one_body():
     body["Records"].append(jobs.reprocess_record(other))
     items = parse_body(json.dumps(body))
     assert [i.image_id for i in items] == [ID, other]
+
+
+def test_reconciliation_rerun_is_pending_only():
+    body = json.dumps({"Records": [jobs.reprocess_record(ID, pending_only=True)]})
+    assert parse_body(body) == [ImageTask(image_id=ID, source="reprocess", pending_only=True)]

@@ -181,6 +181,10 @@ def test_reconciliation_requeues_lost_events_and_stale_processing(settings, star
     assert lost_rec.status == "DONE" and stale_rec.status == "DONE"
     assert record(never_uploaded).status == "AWAITING_UPLOAD"
     wait_for(lambda: queue_empty(settings), 20, "queue drained")
+    # A reconciliation re-run that arrives after the image got DONE another way changes nothing.
+    jobs.enqueue_reprocess([lost], settings=settings, pending_only=True)
+    wait_for(lambda: queue_empty(settings), 20, "late re-run acknowledged")
+    assert record(lost).processed_at == lost_rec.processed_at
 
 
 def test_reprocess_command_reruns_with_progress_and_skips_up_to_date(settings, start_worker, monkeypatch):

@@ -31,7 +31,7 @@ def worker_env(settings: Settings, **extra: object) -> dict[str, str]:
               "images_table", "groups_table", "torchserve_inference_url", "worker_poll_seconds",
               "worker_visibility_timeout_seconds", "worker_retry_base_seconds", "worker_retry_max_seconds",
               "worker_concurrency", "worker_shutdown_grace_seconds", "worker_stale_processing_seconds",
-              "queue_max_receive_count", "worker_max_attempts"]
+              "queue_max_receive_count", "worker_max_attempts", "worker_reconcile_on_start"]
     for name in fields:
         env[f"UDAGRAM_{name.upper()}"] = str(getattr(settings, name))
     env.update({"AWS_ENDPOINT_URL_S3": settings.s3_endpoint_url, "AWS_ENDPOINT_URL_SQS": settings.sqs_endpoint_url,
