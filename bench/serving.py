@@ -33,6 +33,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from handlers.server import WORKER_ENV, Endpoints, TorchServeProcess  # noqa: E402
+
+# The in-process baseline runs with the environment the served workers get (set before torch loads).
+for _key, _value in WORKER_ENV.items():
+    os.environ.setdefault(_key, _value)
+
 import httpx  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -44,7 +50,6 @@ from handlers.image_classifier import (  # noqa: E402
     jit_warnings_silenced,
     optimise_for_cpu,
 )
-from handlers.server import Endpoints, TorchServeProcess  # noqa: E402
 
 
 @dataclass
