@@ -132,7 +132,11 @@ def torchserve_command(config: Path, model_store: Path, models: dict[str, str]) 
     return command
 
 
-def torchserve_env(run_dir: Path, log_dir: Path | None = None) -> dict[str, str]:
+def torchserve_env(
+    run_dir: Path, log_dir: Path | None = None, worker_env: dict[str, str | None] | None = None
+) -> dict[str, str]:
+    """Environment of one instance. worker_env: None = WORKER_ENV unless the operator set those
+    variables; otherwise exactly these values (None removes a variable)."""
     tmp = run_dir / "tmp"
     logs = log_dir or run_dir / "logs"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -148,8 +152,15 @@ def torchserve_env(run_dir: Path, log_dir: Path | None = None) -> dict[str, str]
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         }
     )
-    for key, value in WORKER_ENV.items():
-        env.setdefault(key, value)  # an operator's explicit choice wins
+    if worker_env is None:
+        for key, value in WORKER_ENV.items():
+            env.setdefault(key, value)  # an operator's explicit choice wins
+    else:
+        for key, maybe in worker_env.items():
+            if maybe is None:
+                env.pop(key, None)
+            else:
+                env[key] = maybe
     return env
 
 
@@ -204,6 +215,7 @@ class TorchServeProcess:
         model_name: str = "classifier",
         config_overrides: dict[str, str] | None = None,
         log_dir: Path | None = None,
+        worker_env: dict[str, str | None] | None = None,  # see torchserve_env
     ) -> None:
         self.endpoints = endpoints
         self.model_store = Path(model_store).resolve()
@@ -212,6 +224,7 @@ class TorchServeProcess:
         self.model_name = model_name
         self.config_overrides = dict(config_overrides or {})
         self.log_dir = Path(log_dir).resolve() if log_dir else self.run_dir / "logs"
+        self.worker_env = worker_env
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -249,7 +262,7 @@ class TorchServeProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=torchserve_env(self.run_dir, self.log_dir),
+                env=torchserve_env(self.run_dir, self.log_dir, self.worker_env),
                 cwd=self.run_dir,
                 start_new_session=True,  # its own process group: stop() can end Java and workers too
             )
