@@ -67,7 +67,10 @@ def decode(data: bytes, *, width: int, classifier_short_side: int, max_pixels: i
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise PoisonInput(f"image too large to decode safely: {exc}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        # Pillow's own message names an in-memory buffer object: useless to the person reading it.
+        raise PoisonInput("not an image this service can read (JPEG, PNG, WebP, GIF or BMP)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise PoisonInput(f"not an image this service can read ({type(exc).__name__}: {exc})") from None
     fmt = img.format or "unknown"
     if img.width <= 0 or img.height <= 0:

@@ -35,6 +35,7 @@ def test_poison_inputs_end_failed_with_a_readable_error(make_settings, start_wor
         rec = records[name]
         assert rec.status == "FAILED", name
         assert phrase in rec.error, (name, rec.error)
+        assert " at 0x" not in rec.error, rec.error  # no Python object reprs shown to users
         assert rec.processed_key is None and rec.lease_owner is None
     assert wait_status([good])[0].status == "DONE"
     assert processed_keys(settings) == [data.processed_key(good)]

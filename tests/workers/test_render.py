@@ -130,3 +130,9 @@ def test_classifier_input_small_original_sent_as_is_and_large_downscaled():
 
 def test_format_prediction():
     assert render.format_prediction("Labrador retriever", 0.77) == "Labrador retriever - 77.0%"
+
+
+def test_an_unreadable_file_gets_a_message_a_person_can_read():
+    with pytest.raises(PoisonInput) as err:
+        render.decode(b"<html>not a picture</html>", width=1000, classifier_short_side=584, max_pixels=10**8)
+    assert str(err.value) == "not an image this service can read (JPEG, PNG, WebP, GIF or BMP)"
