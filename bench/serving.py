@@ -192,6 +192,7 @@ def main() -> None:
         defaults = {key: None for key in WORKER_ENV}  # TorchServe's own environment
         for label, archive, worker_env, client_counts in (
             ("TorchServe served", served_archive, None, (1, 4, 8)),
+            ("TorchServe served, spinning OpenMP", served_archive, defaults, (8,)),
             ("TorchServe naive", naive_archive, defaults, (8,)),
             ("TorchServe naive + passive OpenMP", naive_archive, None, (8,)),
         ):
