@@ -183,7 +183,8 @@ def main() -> None:
         print("building archives (served: optimised, batching; naive: plain trace, batch 1) ...", flush=True)
         served_archive = build_archive(store, version="1.0")
         naive_archive = build_archive(
-            store, version="naive", batching=Batching(batch_size=1, max_batch_delay_ms=0), optimize=False
+            store, version="naive", batching=Batching(batch_size=1, max_batch_delay_ms=0, workers=1), torch_threads=0,
+            optimize=False
         )
         prep, models = raw_models(served_archive, work)
 

@@ -40,9 +40,10 @@ def build(
     weights: Optional[Path] = typer.Option(None, help="efficientnet_b2 state_dict file (.pth)"),
     labels: Optional[Path] = typer.Option(None, help="class names: JSON list/map or one per line (default: ImageNet)"),
     version: str = typer.Option("1.0", help="archive version (file classifier-<version>.mar)"),
-    batch_size: int = typer.Option(4, help="TorchServe dynamic batch size"),
-    max_batch_delay: int = typer.Option(10, help="ms TorchServe waits to fill a batch"),
-    threads: int = typer.Option(0, help="torch threads per worker (0: all cores)"),
+    batch_size: int = typer.Option(2, help="TorchServe dynamic batch size"),
+    max_batch_delay: int = typer.Option(5, help="ms TorchServe waits to fill a batch"),
+    workers: int = typer.Option(0, help="model workers (0: one per core)"),
+    threads: int = typer.Option(1, help="torch threads per worker (0: all cores)"),
     store: Optional[Path] = typer.Option(None, help="model store directory (default: settings.model_store)"),
     force: bool = typer.Option(False, help="rebuild even if the archive exists"),
 ) -> None:
@@ -58,7 +59,8 @@ def build(
             version=version,
             weights=weights,
             labels=labels,
-            batching=Batching(batch_size=batch_size, max_batch_delay_ms=max_batch_delay),
+            batching=Batching(batch_size=batch_size, max_batch_delay_ms=max_batch_delay,
+                              **({"workers": workers} if workers > 0 else {})),
             torch_threads=threads,
             force=force,
         )
