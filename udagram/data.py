@@ -67,6 +67,12 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def sortable_time(moment: datetime | None = None) -> str:
+    """`status_changed_at` values: fixed-width ISO time (always with microseconds), so the
+    by_status index range key sorts and compares chronologically as a string."""
+    return (moment or utcnow()).isoformat(timespec="microseconds")
+
+
 def created_key(created_at: datetime, item_id: str) -> str:
     return f"{created_at.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}#{item_id}"
 

@@ -55,10 +55,6 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _iso() -> str:
-    return data.utcnow().isoformat()  # same format as the API writes
-
-
 def _conditional_failed(exc: PynamoDBException) -> bool:
     return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
 
@@ -97,7 +93,7 @@ class Processor:
             record.update(
                 actions=[
                     M.status.set(ImageStatus.PROCESSING.value),
-                    M.status_changed_at.set(_iso()),
+                    M.status_changed_at.set(data.sortable_time()),
                     M.lease_owner.set(token),
                     M.lease_expires_at.set(now + self.lease_seconds),
                     M.attempts.add(1),
@@ -214,7 +210,7 @@ class Processor:
                 M(record.id).update(
                     actions=[
                         M.status.set(ImageStatus.DONE.value),
-                        M.status_changed_at.set(_iso()),
+                        M.status_changed_at.set(data.sortable_time()),
                         M.title.set(lines[0]),
                         M.predictions.set([PredictionAttr(label=lbl, probability=p)
                                            for lbl, p in zip(prediction.labels, prediction.probabilities)]),
@@ -292,7 +288,7 @@ class Processor:
         M = ImageModel
         actions = [
             M.status.set(ImageStatus.FAILED.value),
-            M.status_changed_at.set(_iso()),
+            M.status_changed_at.set(data.sortable_time()),
             M.error.set(error[:1000]),
             M.lease_owner.remove(),
             M.lease_expires_at.remove(),

@@ -38,8 +38,7 @@ def stranded_images(settings: Settings, s3: Any = None) -> Iterator[str]:
     for image in ImageModel.by_status.query(ImageStatus.AWAITING_UPLOAD.value):
         if _exists(s3, settings.originals_bucket, image.original_key):
             yield image.id
-    cutoff = (data.utcnow() - timedelta(seconds=settings.worker_stale_processing_seconds))
-    cutoff_key = cutoff.isoformat()  # the format the API and the worker write
+    cutoff_key = data.sortable_time(data.utcnow() - timedelta(seconds=settings.worker_stale_processing_seconds))
     now = time.time()
     for image in ImageModel.by_status.query(ImageStatus.PROCESSING.value,
                                             ImageModel.status_changed_at < cutoff_key):

@@ -125,7 +125,7 @@ def _create_image(context: Context, user: AuthUser, group_id: str, caption: str,
         file_name=file_name,
         title=caption or file_name,
         status=data.ImageStatus.AWAITING_UPLOAD.value,
-        status_changed_at=now.isoformat(),
+        status_changed_at=data.sortable_time(now),
         content_type=content_type,
         content_length=content_length,
         original_key=data.original_key(image_id, content_type),
@@ -218,7 +218,7 @@ def _reprocess_image(context: Context, user: AuthUser, image_id: str) -> Image |
         model.update(
             actions=[
                 data.ImageModel.status.set(data.ImageStatus.PROCESSING.value),
-                data.ImageModel.status_changed_at.set(data.utcnow().isoformat()),
+                data.ImageModel.status_changed_at.set(data.sortable_time()),
                 data.ImageModel.error.remove(),
                 data.ImageModel.attempts.set(0),  # a re-run asked for by the owner gets fresh tries
             ],
