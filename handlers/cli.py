@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -123,17 +125,23 @@ def serve() -> None:
 # --- versions on a running server --------------------------------------------------------------
 
 
+@contextmanager
+def _management_errors() -> Iterator[None]:
+    """A refused or failed management call: its one-line message, exit 1."""
+    from handlers.management import ManagementError
+
+    try:
+        yield
+    except ManagementError as exc:
+        _fail(str(exc))
+
+
 @model_app.command("list")
 def list_versions() -> None:
     """Registered versions of the classifier: default, workers and their status, batching."""
-    from handlers.management import ManagementError
-
     client = _client()
-    try:
+    with _management_errors():
         versions = client.versions()
-    except ManagementError as exc:
-        _fail(str(exc))
-        return
     if not versions:
         _fail(f"no {client.model_name} model is registered at {client.base_url}")
     typer.echo(f"{'VERSION':<10} {'DEFAULT':<8} {'WORKERS':<8} {'STATUS':<22} {'BATCH':<10} ARCHIVE")
@@ -151,48 +159,33 @@ def register(
     workers: int = typer.Option(1, help="workers to start for this version"),
 ) -> None:
     """Register an archive as a new version (not the default until set-default)."""
-    from handlers.management import ManagementError, stage_archive
+    from handlers.management import stage_archive
 
-    try:
+    with _management_errors():
         name = stage_archive(archive, _settings().model_store)
         version = _client().register(name, workers)
-    except ManagementError as exc:
-        _fail(str(exc))
-        return
     typer.echo(f"registered {name} as version {version.version} ({version.ready_workers} worker(s) READY)")
 
 
 @model_app.command("set-default")
 def set_default(version: str) -> None:
     """Route /predictions/classifier to VERSION (roll out or roll back)."""
-    from handlers.management import ManagementError
-
-    try:
+    with _management_errors():
         _client().set_default(version)
-    except ManagementError as exc:
-        _fail(str(exc))
     typer.echo(f"default version is now {version}")
 
 
 @model_app.command()
 def scale(version: str, workers: int) -> None:
     """Run WORKERS workers for VERSION (0 parks it without unregistering)."""
-    from handlers.management import ManagementError
-
-    try:
+    with _management_errors():
         _client().scale(version, workers)
-    except ManagementError as exc:
-        _fail(str(exc))
     typer.echo(f"version {version} now runs {workers} worker(s)")
 
 
 @model_app.command()
 def remove(version: str) -> None:
     """Unregister VERSION (refused for the default version)."""
-    from handlers.management import ManagementError
-
-    try:
+    with _management_errors():
         _client().remove(version)
-    except ManagementError as exc:
-        _fail(str(exc))
     typer.echo(f"version {version} removed")
