@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from handlers.server import WORKER_ENV, Endpoints, TorchServeProcess  # noqa: E402
+from tests.fixtures.ports import free_port  # noqa: E402
 
 # The in-process baseline runs with the environment the served workers get (set before torch loads).
 for _key, _value in WORKER_ENV.items():
@@ -67,14 +68,6 @@ class Result:
     @property
     def per_second(self) -> float:
         return self.images / self.seconds
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def photo() -> bytes:
