@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import stat
@@ -12,84 +11,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from graphql_api import auth
 from tests.graphql_api.conftest import CREATE_GROUP
+from tests.graphql_api.tokens import FORGED, forged
 from udagram.settings import Settings
 
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return Settings(mode="local", data_dir=tmp_path, api_port=8765)
-
-
-def _b64(obj) -> str:
-    raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _claims(settings: Settings, **overrides):
-    now = int(time.time())
-    claims = {"sub": "alice", "iss": settings.auth_issuer, "aud": settings.auth_audience,
-              "iat": now, "exp": now + 600}
-    claims.update(overrides)
-    return {k: v for k, v in claims.items() if v is not None}
-
-
-def _signed(settings: Settings, **overrides) -> str:
-    key = auth.local_key(settings)
-    return jwt.encode(_claims(settings, **overrides), key.private_key, algorithm="RS256", headers={"kid": key.kid})
-
-
-def _forged(settings: Settings, case: str) -> str:
-    key = auth.local_key(settings)
-    if case == "alg none":
-        return f"{_b64({'alg': 'none', 'typ': 'JWT', 'kid': key.kid})}.{_b64(_claims(settings))}."
-    if case == "HS256 with the public key":
-        import hashlib
-        import hmac
-
-        pem = key.private_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        signing_input = f"{_b64({'alg': 'HS256', 'typ': 'JWT', 'kid': key.kid})}.{_b64(_claims(settings))}"
-        signature = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
-        return f"{signing_input}.{_b64(signature)}"
-    if case == "expired":
-        return _signed(settings, iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)
-    if case == "wrong audience":
-        return _signed(settings, aud="someone-else")
-    if case == "wrong issuer":
-        return _signed(settings, iss="https://evil.example/")
-    if case == "unknown kid":
-        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        return jwt.encode(_claims(settings), other, algorithm="RS256", headers={"kid": "not-our-key"})
-    if case == "right kid, other key":
-        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        return jwt.encode(_claims(settings), other, algorithm="RS256", headers={"kid": key.kid})
-    if case == "no sub":
-        return _signed(settings, sub=None)
-    if case == "no exp":
-        return _signed(settings, exp=None)
-    if case == "garbage":
-        return "garbage.token.here"
-    raise AssertionError(case)
-
-
-FORGED = {
-    "alg none": "algorithm must be RS256",
-    "HS256 with the public key": "algorithm must be RS256",
-    "expired": "token expired",
-    "wrong audience": "wrong audience",
-    "wrong issuer": "wrong issuer",
-    "unknown kid": "unknown key",
-    "right kid, other key": "signature is invalid",
-    "no sub": "'sub'",
-    "no exp": "'exp'",
-    "garbage": "malformed token",
-}
 
 
 def test_issued_token_verifies_and_key_file_is_private(settings):
@@ -107,7 +40,7 @@ def test_issued_token_verifies_and_key_file_is_private(settings):
 def test_forged_tokens_are_refused(settings, case):
     verifier = auth.TokenVerifier(settings)
     with pytest.raises(auth.AuthError) as refused:
-        verifier.verify(_forged(settings, case))
+        verifier.verify(forged(settings, case))
     assert FORGED[case] in str(refused.value)
 
 
@@ -120,7 +53,7 @@ def test_bad_user_names_get_no_token(settings, user):
 @pytest.mark.parametrize("case", ["alg none", "HS256 with the public key", "expired", "wrong audience",
                                   "wrong issuer", "unknown kid", "garbage"])
 def test_forged_tokens_cannot_write_through_the_api(api, case):
-    token = _forged(api.settings, case)
+    token = forged(api.settings, case)
     result = api.gql(CREATE_GROUP, {"input": {"name": "pwned"}}, token=token)["createGroup"]
     assert result["__typename"] == "NotAuthenticated"
     assert FORGED[case] in result["message"]
