@@ -4,11 +4,12 @@
 
 (a) raw: decode + preprocess + forward in this process, batch 1, the worker's thread count,
     for the served (trace + freeze + optimize_for_inference) model and for the eager model;
-(b) TorchServe with the served archive (batching from the archive) at 1, 4 and 8 concurrent
-    clients;
-(c) naive baseline: TorchServe, 1 worker, batch 1, no freeze/optimise (the plain trace), TorchServe's
-    default environment, 8 clients; and the same with our OpenMP setting (passive waiting), to
-    separate that effect from batching + freeze/optimise.
+(b) TorchServe with the served archive (batching from the archive) at 1, 4, 8 and 16
+    concurrent clients;
+(c) naive baseline (bench/naive): TorchServe's eager mode (model file + state_dict), batch 1,
+    the worker count of config.properties (1), torch's default threads, TorchServe's default
+    environment (spinning OpenMP), at the same client counts; and two variants at 8 clients to
+    separate the effects: the served archive with spinning OpenMP, the naive one with passive.
 
 Each TorchServe instance runs on free loopback ports in its own temp dir and is stopped before
 the next one starts. Raw and served measurements alternate in rounds (`--rounds`) so that both
@@ -29,7 +30,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +47,8 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from handlers.archive import Batching, build_archive, lite2_model  # noqa: E402
+from bench.naive import build_naive_archive  # noqa: E402
+from handlers.archive import build_archive, lite2_model  # noqa: E402
 from handlers.image_classifier import (  # noqa: E402
     Preprocessing,
     image_to_input,
@@ -64,6 +66,7 @@ class Result:
     p50_ms: float
     p95_ms: float
     errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
     def per_second(self) -> float:
@@ -84,7 +87,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarise(name: str, clients: int, latencies: list[float], seconds: float, errors: int = 0) -> Result:
-    return Result(name, clients, len(latencies), seconds, percentile(latencies, 0.5), percentile(latencies, 0.95), errors)
+    return Result(name, clients, len(latencies), seconds, percentile(latencies, 0.5), percentile(latencies, 0.95), errors,
+                  [round(x * 1000, 2) for x in latencies])
 
 
 # --- (a) raw, in this process ------------------------------------------------------------------
@@ -157,52 +161,62 @@ def serve(store: Path, archive: Path, work: Path, worker_env: dict[str, str | No
     return instance.start(timeout=300)
 
 
+SERVED = "TorchServe served"
+NAIVE = "TorchServe naive"
+RAW_SERVED = "raw served model (trace+freeze+optimize)"
+RAW_EAGER = "raw eager model"
+CLIENTS = (1, 4, 8, 16)
+
+
+def run(seconds: float, rounds: int, say: Callable[[str], None] = print, clients: tuple[int, ...] = CLIENTS) -> list[Result]:
+    """Every configuration, side by side; raw and TorchServe runs alternate in rounds."""
+    body = photo()
+    results: list[Result] = []
+
+    def record(result: Result) -> None:
+        results.append(result)
+        say(f"  {result.name} @{result.clients}: {result.per_second:.1f} img/s, p50 {result.p50_ms:.0f} ms")
+
+    with tempfile.TemporaryDirectory(prefix="udagram-bench-") as tmp:
+        work = Path(tmp)
+        store = work / "store"
+        say("building archives (served: the default archive; naive: eager, batch 1, default settings) ...")
+        served_archive = build_archive(store, version="1.0")
+        naive_archive = build_naive_archive(store)
+        prep, models = raw_models(served_archive, work)
+
+        # Raw and served rounds alternate while the (idle between requests) server is up, so
+        # both see the same background load; each configuration keeps its best round.
+        defaults = {key: None for key in WORKER_ENV}  # TorchServe's own environment
+        for label, archive, worker_env, client_counts, with_raw in (
+            (SERVED, served_archive, None, clients, True),
+            (NAIVE, naive_archive, defaults, clients, True),
+            ("TorchServe served, spinning OpenMP", served_archive, defaults, (8,), False),
+            ("TorchServe naive + passive OpenMP", naive_archive, None, (8,), False),
+        ):
+            say(f"starting {label} ...")
+            server = serve(store, archive, work / f"{archive.stem}-{len(results)}", worker_env)
+            try:
+                url = f"{server.inference_url}/predictions/classifier"
+                for round_number in range(rounds):
+                    say(f"{label}, round {round_number + 1}/{rounds}")
+                    if with_raw:
+                        for name, model in models.items():
+                            record(run_raw(name, model, prep, body, seconds))
+                    for count in client_counts:
+                        record(run_clients(url, body, count, seconds, label))
+            finally:
+                server.stop()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per configuration and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the machine may be shared)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "serving.json")
     args = parser.parse_args()
-    body = photo()
-    results: list[Result] = []
-
-    def record(result: Result) -> None:
-        results.append(result)
-        print(f"  {result.name} @{result.clients}: {result.per_second:.1f} img/s", flush=True)
-
-    with tempfile.TemporaryDirectory(prefix="udagram-bench-") as tmp:
-        work = Path(tmp)
-        store = work / "store"
-        print("building archives (served: optimised, batching; naive: plain trace, batch 1) ...", flush=True)
-        served_archive = build_archive(store, version="1.0")
-        naive_archive = build_archive(
-            store, version="naive", batching=Batching(batch_size=1, max_batch_delay_ms=0, workers=1), torch_threads=0,
-            optimize=False
-        )
-        prep, models = raw_models(served_archive, work)
-
-        # Raw and served rounds alternate while the (idle between requests) server is up, so
-        # both see the same background load; each configuration keeps its best round.
-        defaults = {key: None for key in WORKER_ENV}  # TorchServe's own environment
-        for label, archive, worker_env, client_counts in (
-            ("TorchServe served", served_archive, None, (1, 4, 8)),
-            ("TorchServe served, spinning OpenMP", served_archive, defaults, (8,)),
-            ("TorchServe naive", naive_archive, defaults, (8,)),
-            ("TorchServe naive + passive OpenMP", naive_archive, None, (8,)),
-        ):
-            server = serve(store, archive, work / f"{archive.stem}-{len(results)}", worker_env)
-            try:
-                url = f"{server.inference_url}/predictions/classifier"
-                for round_number in range(args.rounds):
-                    print(f"{label}, round {round_number + 1}/{args.rounds}", flush=True)
-                    for name, model in models.items():
-                        record(run_raw(name, model, prep, body, args.seconds))
-                    for clients in client_counts:
-                        record(run_clients(url, body, clients, args.seconds, label))
-            finally:
-                server.stop()
-
-    report(results, args.json)
+    report(run(args.seconds, args.rounds), args.json)
 
 
 def best_rounds(results: list[Result]) -> list[tuple[Result, float]]:
@@ -216,43 +230,47 @@ def best_rounds(results: list[Result]) -> list[tuple[Result, float]]:
     ]
 
 
+def summary(results: list[Result]) -> dict:
+    """Best round per configuration, the goal ratios (issue 2) and every round's samples."""
+    rows = []
+    best: dict[tuple[str, int], Result] = {}
+    for r, median in best_rounds(results):
+        best[(r.name, r.clients)] = r
+        row = {k: v for k, v in asdict(r).items() if k != "latencies_ms"}
+        rows.append(row | {"images_per_second": r.per_second, "median_images_per_second": median})
+
+    def ratio(a: tuple[str, int], b: tuple[str, int]) -> float | None:
+        return best[a].per_second / best[b].per_second if a in best and b in best else None
+
+    return {
+        "table": rows,
+        "ratios": {
+            "served8_over_raw": ratio((SERVED, 8), (RAW_SERVED, 1)),
+            "served8_over_naive8": ratio((SERVED, 8), (NAIVE, 8)),
+            "served8_over_naive8_passive_openmp": ratio((SERVED, 8), ("TorchServe naive + passive OpenMP", 8)),
+            "served8_over_raw_eager": ratio((SERVED, 8), (RAW_EAGER, 1)),
+            "served8_over_served8_spinning_openmp": ratio((SERVED, 8), ("TorchServe served, spinning OpenMP", 8)),
+        },
+        "rounds": [asdict(r) | {"images_per_second": r.per_second} for r in results],
+    }
+
+
 def report(results: list[Result], json_path: Path) -> None:
-    summary = best_rounds(results)
+    result = summary(results)
     print()
     print(f"{'configuration':<42} {'clients':>7} {'img/s':>7} {'median':>7} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6}")
-    for r, median in summary:
+    for r in result["table"]:
         print(
-            f"{r.name:<42} {r.clients:>7} {r.per_second:>7.1f} {median:>7.1f} {r.p50_ms:>8.1f} {r.p95_ms:>8.1f} "
-            f"{r.errors:>6}"
+            f"{r['name']:<42} {r['clients']:>7} {r['images_per_second']:>7.1f} {r['median_images_per_second']:>7.1f} "
+            f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['errors']:>6}"
         )
-    best = {(r.name, r.clients): r.per_second for r, _ in summary}
-    raw = best[("raw served model (trace+freeze+optimize)", 1)]
-    raw_eager = best[("raw eager model", 1)]
-    served8 = best[("TorchServe served", 8)]
-    naive8 = best[("TorchServe naive", 8)]
-    naive8_passive = best[("TorchServe naive + passive OpenMP", 8)]
-    vs_raw = served8 / raw
-    vs_naive = served8 / naive8
-    print("(img/s and latencies: best round; median: over rounds)")
-    print()
-    print(f"served@8 / raw (served model, in-process): {vs_raw:.2f}  (goal >= 0.90) {'OK' if vs_raw >= 0.9 else 'MISSED'}")
-    print(f"served@8 / naive@8:                        {vs_naive:.2f}  (goal >= 1.50) {'OK' if vs_naive >= 1.5 else 'MISSED'}")
-    print(f"served@8 / naive@8 with passive OpenMP:    {served8 / naive8_passive:.2f}  (batching + freeze/optimise alone)")
-    print(f"served@8 / raw eager model:                {served8 / raw_eager:.2f}")
+    print("(img/s and latencies: best round; median: over rounds)\n")
+    for name, value in result["ratios"].items():
+        print(f"{name:<40} {value:.2f}" if value is not None else f"{name:<40} -")
+    print("goals: served8_over_raw >= 0.90, served8_over_naive8 >= 1.50")
     print(f"cores: {len(os.sched_getaffinity(0))}, load average now: {os.getloadavg()[0]:.2f} (shared machine: noisy)")
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(
-        json.dumps(
-            {
-                "rounds": [asdict(r) | {"images_per_second": r.per_second} for r in results],
-                "best": {f"{name}@{clients}": value for (name, clients), value in best.items()},
-                "served8_over_raw": vs_raw,
-                "served8_over_naive8": vs_naive,
-                "load_average": os.getloadavg(),
-            },
-            indent=2,
-        )
-    )
+    json_path.write_text(json.dumps(result | {"load_average": os.getloadavg()}, indent=2))
     print(f"written {json_path}")
 
 
