@@ -99,11 +99,18 @@ def ensure_buckets(settings: Settings, s3: Any = None) -> None:
         log.warning("bucket CORS not supported", bucket=settings.originals_bucket, error=_error_code(exc))
 
 
+def queue_missing(exc: BaseException) -> bool:
+    """Whether an SQS call failed because the queue does not exist (e.g. a local queue server that
+    restarted empty)."""
+    return isinstance(exc, ClientError) and _error_code(exc) in (
+        "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+
+
 def _queue_url(sqs: Any, name: str) -> str | None:
     try:
         return sqs.get_queue_url(QueueName=name)["QueueUrl"]
     except ClientError as exc:
-        if _error_code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+        if queue_missing(exc):
             return None
         raise
 

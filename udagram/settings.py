@@ -96,7 +96,8 @@ class Settings(BaseSettings):
     worker_metrics_port: int = 9400
     worker_visibility_timeout_seconds: int = 60
     worker_max_attempts: int = 5  # tries before a poison image ends FAILED
-    worker_stale_processing_seconds: int = 300  # PROCESSING longer than this is re-queued on start
+    worker_stale_processing_seconds: int = 300  # PROCESSING this long without a live lease: re-queued
+    worker_stale_upload_seconds: int = 30  # original uploaded, record still AWAITING_UPLOAD this long: re-queued
     max_original_bytes: int = 50 * 1024 * 1024
     processed_width: int = 1000
     worker_poll_seconds: int = 20  # SQS long-poll wait
@@ -104,6 +105,9 @@ class Settings(BaseSettings):
     worker_retry_max_seconds: float = 300
     worker_shutdown_grace_seconds: float = 20  # on SIGTERM, in-flight work gets this long to finish
     worker_reconcile_on_start: bool = True
+    # Lost events and a queue server that lost its messages are found by a periodic pass (0: only on
+    # start); a queue found missing (a local SQS restarted empty) is re-created and triggers one at once.
+    worker_reconcile_interval_seconds: float = 60
     max_image_pixels: int = 90_000_000  # larger images are refused (decompression-bomb guard)
     classifier_input_short_side: int = 584  # downscaled copy sent to TorchServe (2x its 292 px resize)
     torchserve_timeout_seconds: float = 30

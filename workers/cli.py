@@ -28,7 +28,6 @@ def worker(
     from udagram.settings import get_settings
     from workers import logs
     from workers.consumer import Consumer
-    from workers.reconcile import reconcile
 
     settings = get_settings()
     logs.configure(settings)
@@ -49,7 +48,7 @@ def worker(
         try:
             resources.ensure_resources(settings)
             data.configure(settings)
-            consumer = Consumer(settings)
+            consumer = Consumer(settings, reconcile_on_start=reconcile_on_start)
             break
         except Exception as exc:  # noqa: BLE001 - any failure here means "not reachable yet"
             log.warning("AWS services not ready; retrying", error=f"{type(exc).__name__}: {exc}")
@@ -61,11 +60,6 @@ def worker(
     start_http_server(port, addr=settings.host)
     log.info("worker started", queue=settings.queue_name, concurrency=settings.worker_concurrency,
              metrics=f"http://{settings.host}:{port}/metrics", torchserve=settings.torchserve_inference_url)
-    if settings.worker_reconcile_on_start if reconcile_on_start is None else reconcile_on_start:
-        try:
-            reconcile(settings)
-        except Exception:  # reconciliation is a safety net; the queue still works without it
-            log.exception("reconciliation failed")
     consumer.run()
     # Everything is durable or handed back by now; threads still busy with a released image
     # would only be refused at their final write, so don't wait for them.

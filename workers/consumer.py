@@ -15,6 +15,9 @@
 - Garbage bodies and originals with no image record are moved to the DLQ at once, with the reason
   as a message attribute; nothing else is sent there by the worker (SQS redrive handles messages
   whose worker keeps dying).
+- Reconciliation (workers/reconcile.py) runs in its own thread: on start, every
+  `worker_reconcile_interval_seconds`, and at once when the queue is found missing, which is
+  re-created first (a local queue server restarted empty; with `create_resources` only).
 - `stop()` (SIGTERM): stop receiving, give in-flight work `worker_shutdown_grace_seconds` to
   finish, then release what is left (visibility 0, lease given back) and return.
 """
@@ -30,6 +33,7 @@ from typing import Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from udagram import resources
 from udagram.aws import client
 from udagram.settings import Settings
 from workers import metrics
@@ -37,6 +41,7 @@ from workers.classifier import Classifier
 from workers.errors import LeaseLost, ModelServerUnavailable, RecordMissing, TransientError
 from workers.events import Garbage, Ignored, ImageTask, parse_body
 from workers.processor import Outcome, Processor
+from workers.reconcile import reconcile
 
 log = structlog.get_logger(__name__)
 
@@ -90,12 +95,16 @@ class CircuitBreaker:
 
 
 class Consumer:
-    def __init__(self, settings: Settings, processor: Processor | None = None, sqs: Any = None):
+    def __init__(self, settings: Settings, processor: Processor | None = None, sqs: Any = None,
+                 reconcile_on_start: bool | None = None):
         self.settings = settings
         self.processor = processor or Processor(settings)
         self.sqs = sqs or client("sqs", settings, max_pool_connections=max(10, settings.worker_concurrency * 2))
         self.queue_url = self.sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
         self.dlq_url = self.sqs.get_queue_url(QueueName=settings.dead_letter_queue_name)["QueueUrl"]
+        self.reconcile_on_start = (settings.worker_reconcile_on_start if reconcile_on_start is None
+                                   else reconcile_on_start)
+        self.reconcile_requested = threading.Event()
         self.concurrency = max(1, settings.worker_concurrency)
         self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="image")
         self.slots = threading.BoundedSemaphore(self.concurrency)
@@ -112,13 +121,16 @@ class Consumer:
         """Consume until `stop()`; then finish or release in-flight messages and return."""
         poller = threading.Thread(target=self._poll_loop, name="poller", daemon=True)
         heart = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        reconciler = threading.Thread(target=self._reconcile_loop, name="reconciler", daemon=True)
         poller.start()
         heart.start()
+        reconciler.start()
         self.stopping.wait()
         self._shutdown(poller)
 
     def stop(self) -> None:
         self.stopping.set()
+        self.reconcile_requested.set()  # wakes the reconciler so it can return
 
     def _shutdown(self, poller: threading.Thread) -> None:
         log.info("stopping: no new messages; finishing in-flight work", in_flight=len(self.in_flight))
@@ -162,6 +174,9 @@ class Consumer:
                     MessageAttributeNames=["All"],
                 )
             except (ClientError, BotoCoreError) as exc:
+                if resources.queue_missing(exc):
+                    self._queue_lost()
+                    continue
                 log.warning("receive failed; retrying", error=str(exc))
                 self.stopping.wait(self.settings.worker_retry_base_seconds)
                 continue
@@ -175,6 +190,34 @@ class Consumer:
                     self.in_flight[item.message_id] = item
                 metrics.IN_FLIGHT.inc()
                 self.pool.submit(self._handle_safely, message, item)
+
+    def _queue_lost(self) -> None:
+        """The queue is gone, with its messages: re-create it, then reconcile what they carried."""
+        log.error("the uploads queue does not exist", queue=self.settings.queue_name,
+                  recreate=self.settings.create_resources)
+        try:
+            if self.settings.create_resources:
+                self.queue_url, _, self.dlq_url = resources.ensure_queues(self.settings, self.sqs)
+                log.warning("uploads queue re-created; reconciling the images its messages carried")
+                self.reconcile_requested.set()
+                return
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("could not re-create the queue; retrying", error=str(exc))
+        self.stopping.wait(self.settings.worker_retry_base_seconds)
+
+    # ---- reconciliation ----------------------------------------------------------------------
+    def _reconcile_loop(self) -> None:
+        interval = self.settings.worker_reconcile_interval_seconds
+        due = self.reconcile_on_start
+        while not self.stopping.is_set():
+            if due:
+                try:
+                    reconcile(self.settings, s3=self.processor.s3, sqs=self.sqs)
+                except Exception as exc:  # a safety net: the next pass tries again
+                    log.warning("reconciliation failed; next pass retries", error=f"{type(exc).__name__}: {exc}")
+            self.reconcile_requested.wait(interval if interval > 0 else None)
+            self.reconcile_requested.clear()
+            due = True
 
     # ---- heartbeat ---------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:

@@ -1,9 +1,11 @@
-"""Start-up reconciliation: nothing is lost when a notification or a queue's messages are.
+"""Reconciliation: nothing is lost when a notification or a queue's messages are.
 
-Images still AWAITING_UPLOAD whose original exists (the S3 event never arrived), and images
-PROCESSING for longer than `worker_stale_processing_seconds` with no live lease (a worker died and
-the message is gone, e.g. a local queue server that forgot its messages), are queued again as
-re-runs. Duplicates this may create converge (see workers/processor.py).
+Images still AWAITING_UPLOAD for longer than `worker_stale_upload_seconds` whose original exists
+(the S3 event never arrived), and images PROCESSING for longer than
+`worker_stale_processing_seconds` with no live lease (a worker died and the message is gone, e.g.
+a local queue server that forgot its messages), are queued again as pending-only re-runs. The
+consumer runs it on start, every `worker_reconcile_interval_seconds`, and at once when it finds
+the queue missing. Duplicates this may create converge (see workers/processor.py).
 """
 
 from __future__ import annotations
@@ -33,15 +35,21 @@ def _exists(s3: Any, bucket: str, key: str) -> bool:
         raise
 
 
+def _older_than(seconds: float) -> str:
+    return data.sortable_time(data.utcnow() - timedelta(seconds=seconds))
+
+
 def stranded_images(settings: Settings, s3: Any = None) -> Iterator[str]:
     s3 = s3 or client("s3", settings)
-    for image in ImageModel.by_status.query(ImageStatus.AWAITING_UPLOAD.value):
+    for image in ImageModel.by_status.query(ImageStatus.AWAITING_UPLOAD.value,
+                                            ImageModel.status_changed_at < _older_than(
+                                                settings.worker_stale_upload_seconds)):
         if _exists(s3, settings.originals_bucket, image.original_key):
             yield image.id
-    cutoff_key = data.sortable_time(data.utcnow() - timedelta(seconds=settings.worker_stale_processing_seconds))
     now = time.time()
     for image in ImageModel.by_status.query(ImageStatus.PROCESSING.value,
-                                            ImageModel.status_changed_at < cutoff_key):
+                                            ImageModel.status_changed_at < _older_than(
+                                                settings.worker_stale_processing_seconds)):
         if (image.lease_expires_at or 0) < now:
             yield image.id
 
@@ -51,5 +59,5 @@ def reconcile(settings: Settings, s3: Any = None, sqs: Any = None) -> int:
     ids = list(stranded_images(settings, s3))
     if ids:
         jobs.enqueue_reprocess(ids, settings=settings, sqs=sqs, pending_only=True)
-    log.info("reconciled on start", requeued=len(ids))
+        log.info("reconciled: re-queued stranded images", requeued=len(ids))
     return len(ids)

@@ -148,3 +148,23 @@ def test_md5_is_the_etag_when_seaweedfs_kept_none() -> None:
 )
 def test_events_s3_would_not_notify_send_nothing(event: dict) -> None:
     assert translate(event) is None
+
+
+@pytest.mark.aws
+def test_bridge_recreates_a_missing_queue_and_delivers(aws_settings) -> None:
+    """The local queue server restarted empty: the event still reaches a (re-created) queue."""
+    from udagram.aws import client
+    from udagram.stack.s3_events import Bridge
+
+    sqs = client("sqs", aws_settings)
+    bridge = Bridge(aws_settings, sqs)
+    bridge.queue_url()  # cached before the loss, as in a running bridge
+    for name in (aws_settings.queue_name, aws_settings.dead_letter_queue_name):
+        sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=name)["QueueUrl"])
+    event = create(f"/buckets/{aws_settings.originals_bucket}/originals/{IMAGE_ID}.jpg",
+                   entry(f"{IMAGE_ID}.jpg"))
+    assert bridge.handle(event) is not None
+    url = sqs.get_queue_url(QueueName=aws_settings.queue_name)["QueueUrl"]
+    messages = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2).get("Messages", [])
+    [task] = parse_body(messages[0]["Body"])
+    assert task.image_id == IMAGE_ID

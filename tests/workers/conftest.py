@@ -24,6 +24,8 @@ FAST = dict(
     worker_shutdown_grace_seconds=5,
     worker_stale_processing_seconds=2,
     worker_reconcile_on_start=False,
+    worker_reconcile_interval_seconds=0,
+    worker_stale_upload_seconds=0,
 )
 
 

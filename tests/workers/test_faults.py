@@ -159,3 +159,34 @@ def test_image_deleted_while_processing_leaves_nothing_behind(settings, start_wo
     with pytest.raises(data.ImageModel.DoesNotExist):
         record(image_id)
     worker.stop()
+
+
+def test_a_lost_queue_is_recreated_and_its_images_reconciled(make_settings, start_worker):
+    """A local queue server restarted empty: the queues and their messages are gone."""
+    settings = make_settings(worker_reconcile_interval_seconds=3600)  # only the loss may trigger a pass
+    start_worker(settings)
+    # The upload's event is lost with the queue: nothing but reconciliation can find the image.
+    client("s3", settings).put_bucket_notification_configuration(
+        Bucket=settings.originals_bucket, NotificationConfiguration={})
+    image_id = new_upload(settings, jpeg("chelsea"))
+    sqs = client("sqs", settings)
+    for name in (settings.queue_name, settings.dead_letter_queue_name):
+        sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=name)["QueueUrl"])
+    [rec] = wait_status([image_id], timeout=60)
+    assert rec.status == "DONE", rec.error
+    url = sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
+    redrive = json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
+                         ["Attributes"]["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"].endswith(settings.dead_letter_queue_name)
+    assert processed_keys(settings) == [data.processed_key(image_id)]
+
+
+def test_periodic_reconciliation_finds_an_upload_whose_event_was_lost(make_settings, start_worker):
+    settings = make_settings(worker_reconcile_interval_seconds=1, worker_stale_upload_seconds=2)
+    client("s3", settings).put_bucket_notification_configuration(
+        Bucket=settings.originals_bucket, NotificationConfiguration={})
+    start_worker(settings)
+    image_id = new_upload(settings, jpeg("chelsea"))
+    [rec] = wait_status([image_id], timeout=60)
+    assert rec.status == "DONE", rec.error
+    assert processed_keys(settings) == [data.processed_key(image_id)]

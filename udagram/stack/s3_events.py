@@ -27,6 +27,7 @@ from urllib.parse import quote_plus
 
 import structlog
 
+from udagram import resources
 from udagram.aws import client
 from udagram.resources import UPLOADS_PREFIX
 from udagram.settings import Settings, get_settings
@@ -149,7 +150,17 @@ class Bridge:
         if record is None:
             log.debug("filer event ignored", event_type=event.get("event_type"), path=event.get("key"))
             return None
-        self.sqs.send_message(QueueUrl=self.queue_url(), MessageBody=json.dumps({"Records": [record]}))
+        body = json.dumps({"Records": [record]})
+        try:
+            self.sqs.send_message(QueueUrl=self.queue_url(), MessageBody=body)
+        except Exception as exc:
+            if not (resources.queue_missing(exc) and self.settings.create_resources):
+                raise
+            # The queue server restarted empty: re-create the queues (as `udagram up` does), resend.
+            log.warning("uploads queue missing: re-creating it", queue=self.settings.queue_name)
+            with self._lock:
+                self._queue_url = resources.ensure_queues(self.settings, self.sqs)[0]
+            self.sqs.send_message(QueueUrl=self.queue_url(), MessageBody=body)
         log.info("s3 event forwarded", key=record["s3"]["object"]["key"], etag=record["s3"]["object"]["eTag"])
         return record
 
