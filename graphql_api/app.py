@@ -1,5 +1,5 @@
-"""The API's Starlette app: /graphql, /healthz, and in local mode the JWKS, a sign-in endpoint
-for named users and GraphiQL; the web page's static files at /."""
+"""The API's Starlette app: /graphql, /healthz, /metrics (Prometheus), and in local mode the JWKS,
+a sign-in endpoint for named users and GraphiQL; the web page's static files at /."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -108,6 +109,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    async def metrics(request: Request) -> Response:
+        # Prometheus text: this process's counters (e.g. DynamoDB calls per operation, udagram/data.py).
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     async def jwks(request: Request) -> JSONResponse:
         return JSONResponse(auth.local_jwks(settings), headers={"Cache-Control": "public, max-age=300"})
 
@@ -131,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
     if local:
         routes += [
