@@ -1,19 +1,26 @@
-"""Worker pipeline benchmark: per-stage cost, burst throughput vs the model server, idle latency.
+"""End to end on the real local stack: upload -> DONE latency, a burst through the API, the model
+server's own throughput, and the worker's per-stage costs.
 
-Starts its own servers on free loopback ports (a moto server subprocess for S3/SQS/DynamoDB and a
-TorchServe with the default classifier archive, via handlers.server like the test fixtures), then:
+    .venv/bin/python bench/pipeline.py [--samples 20] [--burst 200]
 
-1. Per-stage cost (lease, download, decode, predict, render, upload, update) of one image through
-   `workers.processor.Processor`, medians over N runs, for a 0.3 MP and a 12 MP JPEG.
-   Goal: decode + render of the 12 MP JPEG <= 150 ms.
-2. Model server throughput: direct `POST /predictions/classifier` of the bytes the worker would
-   send, from as many concurrent clients as the worker keeps in flight.
-3. Burst: 200 uploads (0.3 MP JPEGs) into the originals bucket while `udagram worker` (a
-   subprocess, as the stack runs it) consumes: images/s from the first upload to the last DONE.
-   Goal: >= 0.8 x the model server's throughput (2.).
-4. Idle latency: one upload at a time, upload start -> record DONE. Goal: p50 <= 500 ms.
+Starts the whole local stack (tests/fixtures/stack.py `running_stack`: every process of
+`udagram up`, on free ports, in a temp dir, stopped at the end with nothing left behind) with the
+default archive, and uploads as the web page does: GraphQL `createImage`, then the presigned POST
+of the file to S3. Measured, in this order:
 
-Run: .venv/bin/python bench/pipeline.py [--burst 200] [--samples 10]
+1. model server alone: `POST /predictions/classifier` straight to the stack's TorchServe, of the
+   bytes the worker sends (downscaled JPEG), from as many concurrent clients as the worker keeps
+   in flight (`worker_concurrency`);
+2. idle, sequential: one upload at a time of a 0.3 MP photo, then of a 12 MP photo; latency =
+   from the presigned POST's response to the record's DONE. DONE is detected by polling the
+   record (DynamoDB GetItem, strongly consistent) every `--poll-ms`; the record's own
+   `status_changed_at` (written by the worker in the DONE update, same clock) gives the exact
+   moment, and both are reported. Per-stage costs: the worker's own stage histogram
+   (`udagram_worker_stage_seconds` on its /metrics), summed over these uploads (means).
+3. burst: `--burst` uploads through the API from 8 client threads; completion time from the first
+   createImage to the last DONE, images/s, ratio to (1.); detection by polling the pending
+   records (BatchGetItem) every `--burst-poll-ms`. CPU time per image of every stack process
+   during the burst (from /proc) shows where the cores go.
 """
 
 from __future__ import annotations
@@ -21,15 +28,18 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any, Iterator
 
 import httpx
 
@@ -37,15 +47,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from handlers.archive import DEFAULT_VERSION, archive_path, ensure_default_archive  # noqa: E402
-from handlers.server import Endpoints, TorchServeProcess  # noqa: E402
-from tests.fixtures.aws import moto_settings  # noqa: E402
-from tests.fixtures.ports import free_port  # noqa: E402
-from udagram import data, resources  # noqa: E402
-from udagram.aws import client  # noqa: E402
+from tests.fixtures.stack import LocalStack, running_stack  # noqa: E402
+from udagram import data  # noqa: E402
 from udagram.settings import Settings  # noqa: E402
+from udagram.stack import control  # noqa: E402
 
-BIN = Path(sys.executable).parent
 STAGES = ("lease", "download", "decode", "predict", "render", "upload", "update")
+Say = Callable[[str], None]
+
+# The web page's own operations (graphql_api/static/app.js).
+IMAGE_FIELDS = """id groupId owner caption title status imageUrl processedImageUrl
+    predictions { label probability } modelVersion error createdAt processedAt"""
+GROUP_FIELDS = "id name description owner createdAt imageCount"
+CREATE_GROUP = f"""mutation CreateGroup($name: String!, $description: String!) {{
+  createGroup(input: {{ name: $name, description: $description }}) {{
+    __typename ... on Group {{ {GROUP_FIELDS} }} ... on Error {{ code message }} }} }}"""
+CREATE_IMAGE = f"""mutation CreateImage($groupId: ID!, $caption: String!, $fileName: String,
+    $contentType: String!, $contentLength: Int!) {{
+  createImage(input: {{ groupId: $groupId, caption: $caption, fileName: $fileName,
+                       contentType: $contentType, contentLength: $contentLength }}) {{
+    __typename
+    ... on ImageUpload {{ image {{ {IMAGE_FIELDS} }} upload {{ url fields expiresAt }} }}
+    ... on Error {{ code message }} }} }}"""
 
 
 def photo_jpeg(size: tuple[int, int], name: str = "chelsea") -> bytes:
@@ -58,258 +81,330 @@ def photo_jpeg(size: tuple[int, int], name: str = "chelsea") -> bytes:
     return out.getvalue()
 
 
-def start_moto(run_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = (run_dir / "moto.log").open("wb")
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{url}/moto-api/", timeout=2)
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError("moto server did not start")
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50 / p95 / max (nearest rank) and the count; empty input gives zeros."""
+    if not values:
+        return {"n": 0, "p50": 0.0, "p95": 0.0, "max": 0.0}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+    return {"n": len(ordered), "p50": rank(0.5), "p95": rank(0.95), "max": ordered[-1]}
 
 
-def new_image(settings: Settings) -> str:
-    image_id = data.new_id()
-    now = data.utcnow()
-    data.ImageModel(image_id, group_id="b" * 32, created_key=data.created_key(now, image_id), owner="bench",
-                    status_changed_at=now.isoformat(), content_type="image/jpeg",
-                    content_length=0, original_key=data.original_key(image_id, "image/jpeg"),
-                    created_at=now).save()
-    return image_id
+class Api:
+    """The API as the web page uses it: GraphQL over HTTP with a bearer token, presigned POSTs."""
+
+    def __init__(self, stack: LocalStack, user: str = "bench", connections: int = 16) -> None:
+        self.url = f"{stack.api_url}/graphql"
+        self.metrics_url = f"{stack.api_url}/metrics"
+        self.headers = {"Authorization": f"Bearer {stack.token(user)}"}
+        self.http = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=connections))
+
+    def gql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = self.http.post(self.url, json={"query": query, "variables": variables or {}}, headers=self.headers)
+        response.raise_for_status()
+        body = response.json()
+        if body.get("errors"):
+            raise RuntimeError(f"GraphQL errors: {body['errors']}")
+        return body["data"]
+
+    def create_group(self, name: str) -> str:
+        group = self.gql(CREATE_GROUP, {"name": name, "description": "bench"})["createGroup"]
+        if group["__typename"] != "Group":
+            raise RuntimeError(f"createGroup refused: {group}")
+        return group["id"]
+
+    def upload(self, group_id: str, body: bytes, name: str = "photo.jpg") -> tuple[str, float, float]:
+        """createImage + presigned POST; returns (image id, wall-clock and perf_counter time at
+        the POST's response)."""
+        variables = {"groupId": group_id, "caption": name, "fileName": name, "contentType": "image/jpeg",
+                     "contentLength": len(body)}
+        created = self.gql(CREATE_IMAGE, variables)["createImage"]
+        if created["__typename"] != "ImageUpload":
+            raise RuntimeError(f"createImage refused: {created}")
+        upload = created["upload"]
+        response = self.http.post(upload["url"], data=upload["fields"], files={"file": (name, body, "image/jpeg")})
+        done_wall, done_perf = time.time(), time.perf_counter()
+        if response.status_code not in (200, 201, 204):
+            raise RuntimeError(f"presigned POST answered {response.status_code}: {response.text[:300]}")
+        return created["image"]["id"], done_wall, done_perf
+
+    def close(self) -> None:
+        self.http.close()
 
 
-def put_original(s3, settings: Settings, image_id: str, body: bytes) -> None:
-    s3.put_object(Bucket=settings.originals_bucket, Key=data.original_key(image_id, "image/jpeg"), Body=body,
-                  ContentType="image/jpeg")
+def done_at(record: data.ImageModel) -> float:
+    """Wall-clock time of the worker's DONE update (the record's status_changed_at)."""
+    return datetime.fromisoformat(str(record.status_changed_at)).timestamp()
 
 
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:7.1f}"
+def check_done(record: data.ImageModel) -> bool:
+    if record.status == data.ImageStatus.FAILED.value:
+        raise RuntimeError(f"image {record.id} FAILED: {record.error}")
+    return record.status == data.ImageStatus.DONE.value
 
 
-def stage_costs(settings: Settings, body: bytes, samples: int) -> dict[str, float]:
-    from workers.events import ImageTask
-    from workers.processor import Outcome, Processor
-
-    processor = Processor(settings)
-    s3 = client("s3", settings)
-    runs: list[dict[str, float]] = []
-    for n in range(samples + 1):
-        image_id = new_image(settings)
-        put_original(s3, settings, image_id, body)
-        result = processor.process(ImageTask(image_id=image_id, source="reprocess"), processor.new_token())
-        assert result.outcome is Outcome.DONE, result
-        if n:  # the first run warms connections and caches
-            runs.append(result.timings)
-    processor.classifier.close()
-    return {stage: statistics.median(r.get(stage, 0.0) for r in runs) for stage in STAGES}
+# --- worker metrics ----------------------------------------------------------------------------
 
 
-def model_throughput(settings: Settings, body: bytes, clients: int, total: int) -> float:
-    url = f"{settings.torchserve_inference_url}/predictions/{settings.model_name}"
-    with httpx.Client(limits=httpx.Limits(max_connections=clients)) as http:
-        def one(_: int) -> None:
-            r = http.post(url, content=body, headers={"Content-Type": "application/octet-stream"}, timeout=60)
-            r.raise_for_status()
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value}."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(one, range(clients * 2)))  # warm-up
-            start = time.perf_counter()
-            list(pool.map(one, range(total)))
-            return total / (time.perf_counter() - start)
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    return values
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UDAGRAM_", "AWS_"))}
-    for name in ("queue_name", "dead_letter_queue_name", "originals_bucket", "processed_bucket", "images_table",
-                 "groups_table", "torchserve_inference_url", "worker_concurrency", "log_level"):
-        env[f"UDAGRAM_{name.upper()}"] = str(getattr(settings, name))
-    env.update({"AWS_ENDPOINT_URL": settings.s3_endpoint_url, "AWS_REGION": settings.aws_region,
-                "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
-                "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key,
-                "UDAGRAM_DATA_DIR": str(settings.data_dir), "UDAGRAM_WORKER_RECONCILE_ON_START": "false"})
-    return env
+def stage_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean seconds per stage between two scrapes of the worker's stage histogram."""
+    means = {}
+    for stage in STAGES:
+        key = f"{{stage={stage}}}"
+        total = after.get(f"udagram_worker_stage_seconds_sum{key}", 0) - before.get(
+            f"udagram_worker_stage_seconds_sum{key}", 0)
+        count = after.get(f"udagram_worker_stage_seconds_count{key}", 0) - before.get(
+            f"udagram_worker_stage_seconds_count{key}", 0)
+        means[stage] = total / count if count else 0.0
+    return means
 
 
-def wait_done(ids: list[str], timeout: float) -> dict[str, float]:
-    """Poll until every image is DONE; returns image id -> time first seen DONE."""
-    done: dict[str, float] = {}
-    pending = list(ids)
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for start in range(0, len(pending), 100):
-            for rec in data.ImageModel.batch_get(pending[start:start + 100]):
-                if rec.status == "DONE":
-                    done.setdefault(rec.id, time.perf_counter())
-                elif rec.status == "FAILED":
-                    raise RuntimeError(f"{rec.id} FAILED: {rec.error}")
-        pending = [i for i in pending if i not in done]
-        time.sleep(0.05)
-    if pending:
-        raise RuntimeError(f"{len(pending)} images not DONE after {timeout}s")
-    return done
+def worker_metrics_url(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.worker_metrics_port}/metrics"
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU time (user + system) of the live processes of a process group, from /proc."""
+# --- CPU per process ---------------------------------------------------------------------------
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of a process and its live descendants, from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in {root, *control.process_tree(root)}:
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid:  # fields[0] is the state; pgrp is the 5th field of stat
-            total += int(fields[11]) + int(fields[12])
+        total += int(fields[11]) + int(fields[12])
     return total / tick
 
 
-class WorkerCounter:
-    """Images DONE by the worker, read from its Prometheus endpoint: waiting on it costs the
-    moto server nothing (polling DynamoDB would load the server the worker depends on)."""
-
-    def __init__(self, port: int):
-        self.url = f"http://127.0.0.1:{port}/metrics"
-        self.http = httpx.Client()
-
-    def done(self) -> int:
-        for line in self.http.get(self.url, timeout=5).text.splitlines():
-            if line.startswith("udagram_worker_images_processed_total "):
-                return int(float(line.split()[1]))
-        return 0
-
-    def wait(self, target: int, timeout: float, interval: float = 0.005) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.done() >= target:
-                return time.perf_counter()
-            time.sleep(interval)
-        raise RuntimeError(f"worker did not reach {target} images in {timeout}s")
+def stack_cpu(settings: Settings) -> dict[str, float]:
+    return {p.name: tree_cpu_seconds(p.pid) for p in control.status(settings) or [] if p.pid}
 
 
-def burst(settings: Settings, body: bytes, ids: list[str], counter: WorkerCounter) -> float:
-    """The records exist already (the API creates them before handing out the upload URL)."""
-    s3 = client("s3", settings, max_pool_connections=16)
-    count = len(ids)
-    base = counter.done()
-    start = time.perf_counter()
+# --- 1. the model server alone -----------------------------------------------------------------
+
+
+def worker_payload(settings: Settings, body: bytes) -> bytes:
+    """The bytes the worker sends TorchServe for this upload (workers/processor.py's calls)."""
+    from workers import render
+
+    decoded = render.decode(body, width=settings.processed_width,
+                            classifier_short_side=settings.classifier_input_short_side,
+                            max_pixels=settings.max_image_pixels)
+    return render.classifier_input(body, decoded, settings.classifier_input_short_side)
+
+
+def model_server_throughput(settings: Settings, body: bytes, clients: int, seconds: float) -> dict[str, float]:
+    url = f"{settings.torchserve_inference_url}/predictions/{settings.model_name}"
+    headers = {"Content-Type": "application/octet-stream"}
+    latencies: list[float] = []
+    lock = threading.Lock()
+    with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=clients)) as http:
+        def one() -> None:
+            t0 = time.perf_counter()
+            http.post(url, content=body, headers=headers).raise_for_status()
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+
+        def client(deadline: float) -> int:
+            n = 0
+            while time.perf_counter() < deadline:
+                one()
+                n += 1
+            return n
+
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(lambda _: one(), range(clients * 2)))  # warm-up
+            latencies.clear()
+            start = time.perf_counter()
+            total = sum(pool.map(client, [start + seconds] * clients))
+            elapsed = time.perf_counter() - start
+    return {"clients": clients, "images": total, "seconds": elapsed, "images_per_second": total / elapsed,
+            **{f"{k}_ms": v * 1000 for k, v in percentiles(latencies).items() if k != "n"}}
+
+
+# --- 2. idle, sequential -----------------------------------------------------------------------
+
+
+def wait_one_done(image_id: str, poll: float, timeout: float = 120) -> tuple[float, data.ImageModel]:
+    """Poll the record until DONE; returns the perf_counter time it was first seen DONE."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = data.ImageModel.get(image_id, consistent_read=True)
+        if check_done(record):
+            return time.perf_counter(), record
+        time.sleep(poll)
+    raise RuntimeError(f"image {image_id} not DONE after {timeout:.0f} s")
+
+
+def sequential(stack: LocalStack, api: Api, group_id: str, body: bytes, samples: int, poll: float,
+               say: Say, label: str) -> dict[str, Any]:
+    metrics_url = worker_metrics_url(stack.settings)
+    before = scrape(metrics_url)
+    observed, exact = [], []
+    for n in range(samples):
+        image_id, up_wall, up_perf = api.upload(group_id, body)
+        seen, record = wait_one_done(image_id, poll)
+        observed.append(seen - up_perf)
+        exact.append(done_at(record) - up_wall)
+        if (n + 1) % 5 == 0 or n + 1 == samples:
+            say(f"  {label}: {n + 1}/{samples}, last {observed[-1] * 1000:.0f} ms")
+        time.sleep(0.2)  # idle between uploads
+    after = scrape(metrics_url)
+    return {
+        "label": label, "bytes": len(body), "poll_ms": poll * 1000,
+        "observed_ms": [x * 1000 for x in observed], "exact_ms": [x * 1000 for x in exact],
+        "observed": {k: (v * 1000 if k != "n" else v) for k, v in percentiles(observed).items()},
+        "exact": {k: (v * 1000 if k != "n" else v) for k, v in percentiles(exact).items()},
+        "stage_ms": {k: v * 1000 for k, v in stage_means(before, after).items()},
+    }
+
+
+# --- 3. burst ----------------------------------------------------------------------------------
+
+
+def burst(stack: LocalStack, api: Api, group_id: str, body: bytes, count: int, poll: float,
+          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    cpu_before = stack_cpu(stack.settings)
+    uploaded: dict[str, tuple[float, float]] = {}
+    lock = threading.Lock()
+    start_wall, start = time.time(), time.perf_counter()
+
+    def one(n: int) -> None:
+        image_id, up_wall, up_perf = api.upload(group_id, body, f"burst-{n}.jpg")
+        with lock:
+            uploaded[image_id] = (up_wall, up_perf)
+
+    seen: dict[str, float] = {}
+    records: dict[str, data.ImageModel] = {}
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: put_original(s3, settings, i, body), ids))
-    end = counter.wait(base + count, 600, interval=0.05)
-    wait_done(ids, 60)  # and every record really is DONE
-    return count / (end - start)
+        futures = [pool.submit(one, n) for n in range(count)]
+        deadline = time.monotonic() + 900
+        while len(seen) < count and time.monotonic() < deadline:
+            for future in [f for f in futures if f.done()]:
+                future.result()  # an upload that failed fails the bench
+            with lock:
+                pending = [i for i in uploaded if i not in seen]
+            for offset in range(0, len(pending), 100):
+                for record in data.ImageModel.batch_get(pending[offset:offset + 100], consistent_read=True):
+                    if check_done(record):
+                        seen[record.id] = time.perf_counter()
+                        records[record.id] = record
+            if progress:
+                progress(len(seen), len(uploaded))
+            time.sleep(poll)
+    if len(seen) < count:
+        raise RuntimeError(f"burst: only {len(seen)} of {count} images DONE after 900 s")
+    uploads_done = max(p for _, p in uploaded.values())
+    end = max(seen.values())
+    cpu_after = stack_cpu(stack.settings)
+    exact = [done_at(records[i]) - uploaded[i][0] for i in uploaded]
+    observed = [seen[i] - uploaded[i][1] for i in uploaded]
+    last_exact = max(done_at(r) for r in records.values()) - start_wall
+    return {
+        "images": count, "poll_ms": poll * 1000,
+        "upload_phase_s": uploads_done - start,
+        "completion_s_observed": end - start, "completion_s": last_exact,
+        "images_per_second": count / last_exact,
+        "latency_observed": {k: (v * 1000 if k != "n" else v) for k, v in percentiles(observed).items()},
+        "latency_exact": {k: (v * 1000 if k != "n" else v) for k, v in percentiles(exact).items()},
+        "latency_exact_ms": [x * 1000 for x in exact],
+        "cpu_ms_per_image": {name: (cpu_after.get(name, 0) - cpu_before.get(name, 0)) * 1000 / count
+                             for name in cpu_after},
+    }
 
 
-def idle_latency(settings: Settings, body: bytes, samples: int, counter: WorkerCounter) -> list[float]:
-    s3 = client("s3", settings)
-    latencies = []
-    for _ in range(samples):
-        image_id = new_image(settings)
-        base = counter.done()
-        start = time.perf_counter()
-        put_original(s3, settings, image_id, body)
-        latencies.append(counter.wait(base + 1, 60) - start)
-        time.sleep(0.3)
-    wait_done([image_id], 10)
-    return latencies
+# --- the whole run -----------------------------------------------------------------------------
+
+
+@contextmanager
+def bench_stack(say: Say) -> Iterator[LocalStack]:
+    """The real local stack in a temp dir, with the default archive in a temp model store."""
+    with tempfile.TemporaryDirectory(prefix="udagram-bench-stack-") as tmp:
+        store = Path(tmp) / "model-store"
+        cached = ensure_default_archive(Settings(model_store=ROOT / "bench" / ".cache" / "model-store"))
+        store.mkdir()
+        os.link(cached, archive_path(store, DEFAULT_VERSION))
+        say("starting the local stack (TorchServe, API, worker, S3, SQS, DynamoDB) on free ports ...")
+        started = time.perf_counter()
+        with running_stack(Path(tmp) / "data", store, UDAGRAM_WORKER_RECONCILE_ON_START="false") as stack:
+            say(f"stack ready in {time.perf_counter() - started:.0f} s")
+            data.configure(stack.settings)
+            yield stack
+            say("stopping the local stack ...")
+
+
+def run(stack: LocalStack, samples: int, large_samples: int, burst_count: int, model_seconds: float,
+        poll_ms: float, burst_poll_ms: float, say: Say = print,
+        progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    settings = stack.settings
+    api = Api(stack)
+    try:
+        small, large = photo_jpeg((640, 480)), photo_jpeg((4000, 3000))
+        group_id = api.create_group("bench uploads")
+        say("warming the pipeline (one upload) ...")
+        wait_one_done(api.upload(group_id, small)[0], 0.05, timeout=300)
+        clients = settings.worker_concurrency
+        say(f"model server alone: {clients} clients, {model_seconds:.0f} s ...")
+        model = model_server_throughput(settings, worker_payload(settings, small), clients, model_seconds)
+        say(f"  {model['images_per_second']:.1f} img/s")
+        say(f"idle stack, {samples} sequential uploads (0.3 MP) ...")
+        idle = sequential(stack, api, group_id, small, samples, poll_ms / 1000, say, "0.3 MP")
+        say(f"idle stack, {large_samples} sequential uploads (12 MP) ...")
+        idle_large = sequential(stack, api, group_id, large, large_samples, poll_ms / 1000, say, "12 MP")
+        say(f"burst: {burst_count} uploads through the API ...")
+        burst_group = api.create_group("bench burst")
+        result = burst(stack, api, burst_group, small, burst_count, burst_poll_ms / 1000, progress)
+        say(f"  {result['images_per_second']:.1f} img/s, done in {result['completion_s']:.1f} s")
+        return {
+            "worker_concurrency": clients,
+            "model_server": model,
+            "idle": idle,
+            "idle_12mp": idle_large,
+            "burst": result,
+            "burst_group_id": burst_group,
+            "burst_over_model_server": result["images_per_second"] / model["images_per_second"],
+        }
+    finally:
+        api.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--samples", type=int, default=20, help="sequential 0.3 MP uploads")
+    parser.add_argument("--large-samples", type=int, default=5, help="sequential 12 MP uploads")
     parser.add_argument("--burst", type=int, default=200)
-    parser.add_argument("--samples", type=int, default=10)
-    parser.add_argument("--concurrency", type=int, default=8, help="worker_concurrency and model clients")
+    parser.add_argument("--model-seconds", type=float, default=10)
+    parser.add_argument("--poll-ms", type=float, default=10)
+    parser.add_argument("--burst-poll-ms", type=float, default=100)
     args = parser.parse_args()
+    import json
 
-    run_dir = Path(tempfile.mkdtemp(prefix="udagram-bench-pipeline-"))
-    moto, moto_url = start_moto(run_dir)
-    store = Path(ROOT / "model-store")
-    ensure_default_archive(Settings(model_store=store))
-    ts = TorchServeProcess(Endpoints("127.0.0.1", free_port(), free_port(), free_port(), free_port(), free_port()),
-                           store, run_dir / "torchserve", {"classifier": archive_path(store, DEFAULT_VERSION).name})
-    (run_dir / "torchserve").mkdir()
-    worker: subprocess.Popen | None = None
-    try:
-        ts.start()
-        settings = moto_settings(moto_url, run_dir, worker_concurrency=args.concurrency, log_level="WARNING",
-                                 **ts.settings_overrides())
-        resources.ensure_resources(settings)
-        data.configure(settings)
-        from workers import logs
-        logs.configure(settings)
-        small, large = photo_jpeg((640, 480)), photo_jpeg((4000, 3000))
-        print(f"# Worker pipeline benchmark ({os.cpu_count()} cores; moto server, TorchServe 1 worker)\n")
-
-        print("## Per-stage cost, one image at a time (median ms)\n")
-        print("| image | " + " | ".join(STAGES) + " | decode+render | total |")
-        print("|---" * (len(STAGES) + 3) + "|")
-        for label, body in (("0.3 MP JPEG (640x480)", small), ("12 MP JPEG (4000x3000)", large)):
-            cost = stage_costs(settings, body, args.samples)
-            print(f"| {label} | " + " | ".join(ms(cost[s]).strip() for s in STAGES)
-                  + f" | {ms(cost['decode'] + cost['render']).strip()} | {ms(sum(cost.values())).strip()} |")
-
-        from workers import render
-        sent = render.classifier_input(small, render.decode(small, width=1000, classifier_short_side=584,
-                                                            max_pixels=90_000_000), 584)
-        model_ips = model_throughput(settings, sent, args.concurrency, max(100, args.burst))
-        log = (run_dir / "worker.log").open("wb")
-        metrics_port = free_port()
-        worker = subprocess.Popen([str(BIN / "udagram"), "worker", "--metrics-port", str(metrics_port)],
-                                  env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-        wait_done([_warm(settings, small)], 120)
-        counter = WorkerCounter(metrics_port)
-        burst_ids = [new_image(settings) for _ in range(args.burst)]
-        groups = {"worker": worker.pid, "TorchServe": ts.pid, "moto server": moto.pid}
-        cpu_before = {name: group_cpu_seconds(pid) for name, pid in groups.items()}
-        bench_cpu = time.process_time()
-        burst_ips = burst(settings, small, burst_ids, counter)
-        cpu = {name: group_cpu_seconds(pid) - cpu_before[name] for name, pid in groups.items()}
-        cpu["this benchmark (uploads, polling)"] = time.process_time() - bench_cpu
-        latencies = idle_latency(settings, small, max(10, args.samples * 2), counter)
-        p50 = statistics.median(latencies)
-        p95 = sorted(latencies)[int(0.95 * (len(latencies) - 1))]
-        print("\n## Throughput (0.3 MP JPEGs)\n")
-        print("| what | images/s |\n|---|---|")
-        print(f"| TorchServe alone, {args.concurrency} clients, direct predictions | {model_ips:.1f} |")
-        print(f"| burst of {args.burst} uploads -> DONE through `udagram worker` | {burst_ips:.1f} |")
-        print(f"\nburst / model server = {burst_ips / model_ips:.2f} (goal >= 0.8)")
-        print("\nCPU per image during the burst (ms of CPU time, all processes share the cores):\n")
-        print("| process | CPU ms / image |\n|---|---|")
-        for name, seconds in cpu.items():
-            print(f"| {name} | {seconds * 1000 / args.burst:.1f} |")
-        total = sum(cpu.values())
-        print(f"| all | {total * 1000 / args.burst:.1f} |")
-        print(f"\nWith every process on the same {os.cpu_count()} cores, the burst cannot beat "
-              f"{os.cpu_count() / total * args.burst:.1f} images/s (CPU-bound ceiling); TorchServe's share of "
-              f"the CPU per image is {cpu['TorchServe'] / total:.2f}.")
-        print(f"\n## Idle latency, upload -> DONE ({len(latencies)} sequential uploads)\n")
-        print(f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms (goal p50 <= 500 ms)")
-    finally:
-        if worker and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-        ts.stop()
-        os.killpg(moto.pid, signal.SIGTERM)
-        moto.wait(10)
-
-
-def _warm(settings: Settings, body: bytes) -> str:
-    image_id = new_image(settings)
-    put_original(client("s3", settings), settings, image_id, body)
-    return image_id
+    with bench_stack(print) as stack:
+        result = run(stack, args.samples, args.large_samples, args.burst, args.model_seconds, args.poll_ms,
+                     args.burst_poll_ms)
+    for key in ("idle", "idle_12mp"):
+        result[key].pop("observed_ms"), result[key].pop("exact_ms")
+    result["burst"].pop("latency_exact_ms")
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
