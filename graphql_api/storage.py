@@ -1,8 +1,9 @@
 """S3 for the API: presigned POST uploads, presigned GET downloads, object deletion.
 
 Image bytes never pass through the API. A presigned POST's policy pins the object key, the
-declared Content-Type and a content-length-range, so S3 itself refuses anything else (where the
-server enforces policies: AWS and SeaweedFS do; moto does not).
+declared Content-Type and the declared size (a content-length-range of exactly that many bytes),
+so S3 itself refuses anything else (where the server enforces policies: AWS and SeaweedFS do; moto
+does not).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ class Storage:
         self.settings = settings
         self.s3 = s3 or client("s3", settings)
 
-    def presigned_upload(self, key: str, content_type: str) -> PresignedUpload:
+    def presigned_upload(self, key: str, content_type: str, content_length: int) -> PresignedUpload:
         if content_type not in ALLOWED_CONTENT_TYPES:
             raise ValueError(f"content type {content_type!r} is not accepted")
+        if not 1 <= content_length <= self.settings.max_upload_bytes:
+            raise ValueError(f"content length {content_length} is outside 1..{self.settings.max_upload_bytes}")
         ttl = self.settings.upload_url_ttl_seconds
         post = self.s3.generate_presigned_post(
             Bucket=self.settings.originals_bucket,
@@ -41,7 +44,8 @@ class Storage:
             Fields={"Content-Type": content_type},
             Conditions=[
                 {"Content-Type": content_type},
-                ["content-length-range", 1, self.settings.max_upload_bytes],
+                # Exactly the declared size: a file swapped for a bigger (or cut-off) one is refused.
+                ["content-length-range", content_length, content_length],
             ],
             ExpiresIn=ttl,
         )

@@ -1,9 +1,11 @@
 """Decode an upload and render the processed image (Pillow only, no servers).
 
 `decode` validates while it decodes: empty, unidentifiable, truncated and oversized (decompression
-bomb) inputs raise `PoisonInput` with a readable message. Large JPEGs are decoded with
-`Image.draft`, at the smallest DCT scale (1/2, 1/4, 1/8) that still covers both the 1000 px render
-and the classifier's input, which is most of the speed for a 12 MP photo.
+bomb) inputs raise `PoisonInput` with a readable message. Only the accepted upload formats are
+decoded, whatever the declared type (no TIFF; no PostScript handed to Ghostscript), and a thin
+strip whose 1000 px wide copy would be absurdly tall is refused from its header. Large JPEGs are
+decoded with `Image.draft`, at the smallest DCT scale (1/2, 1/4, 1/8) that still covers both the
+1000 px render and the classifier's input, which is most of the speed for a 12 MP photo.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+from udagram.data import CONTENT_TYPE_EXTENSIONS
 from workers.errors import PoisonInput
 
 # `decode` enforces its own pixel limit (settings.max_image_pixels) with a readable error.
@@ -25,6 +28,11 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # EXIF orientations that swap width and height (rotated by 90 or 270 degrees).
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _ORIENTATION_TAG = 0x0112
+# Pillow's names of the upload types the API accepts (image/jpeg -> JPEG, ...). Camera MPO files
+# open through the JPEG opener.
+ACCEPTED_FORMATS = tuple(content_type.split("/")[1].upper() for content_type in CONTENT_TYPE_EXTENSIONS)
+Image.init()  # Image.open(formats=...) only knows registered plugins (WebP is not preloaded)
+JPEG_MAX_SIDE = 65535  # the JPEG format's own limit, for the processed copy's height
 
 
 @dataclass
@@ -64,7 +72,7 @@ def decode(data: bytes, *, width: int, classifier_short_side: int, max_pixels: i
     if not data:
         raise PoisonInput("the file is empty (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise PoisonInput(f"image too large to decode safely: {exc}") from None
     except UnidentifiedImageError:
@@ -82,6 +90,12 @@ def decode(data: bytes, *, width: int, classifier_short_side: int, max_pixels: i
             f"{max_pixels / 1e6:.0f} MP limit (decompression bomb guard)"
         )
     dw, dh = _displayed_size(img)
+    tallest = min(JPEG_MAX_SIDE, max_pixels // width)
+    if (copy_height := processed_height((dw, dh), width)) > tallest:
+        raise PoisonInput(
+            f"image is {dw}x{dh} px: too tall and narrow for a {width} px wide copy "
+            f"({width}x{copy_height} px; at most {tallest} px tall)"
+        )
     alpha = _has_alpha(img)
     if fmt == "JPEG":
         # Smallest decode that still covers the render width and the classifier's short side.
@@ -175,9 +189,15 @@ def draw_overlay(img: Image.Image, lines: list[str], in_place: bool = False) -> 
     return out, box
 
 
+def processed_height(size: tuple[int, int], width: int) -> int:
+    """Height of the `width` px wide copy of an image of `size`, by aspect."""
+    w, h = size
+    return max(1, round(h * width / w))
+
+
 def resize_to_width(img: Image.Image, width: int) -> Image.Image:
     w, h = img.size
-    height = max(1, round(h * width / w))
+    height = processed_height(img.size, width)
     if (w, h) == (width, height):
         return img
     if width > w:  # upscaling a small image: bilinear is smooth enough there and 3x cheaper than Lanczos

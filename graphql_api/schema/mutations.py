@@ -138,7 +138,7 @@ def _create_image(context: Context, user: AuthUser, group_id: str, caption: str,
         # The group was deleted meanwhile: take the image back out, nothing dangles.
         model.delete()
         return NotFound(message="no group with this id", id=group_id)
-    upload = context.storage.presigned_upload(model.original_key, content_type)
+    upload = context.storage.presigned_upload(model.original_key, content_type, content_length)
     return ImageUpload(
         image=Image.from_model(model),
         upload=PresignedPost(url=upload.url, fields=upload.fields, expires_at=upload.expires_at),

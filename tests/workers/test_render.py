@@ -92,7 +92,7 @@ def test_transparency_gives_png():
 def test_modes(mode):
     base = photo("chelsea")
     img = base.convert("L").convert("I;16") if mode == "I;16" else base.convert(mode)
-    fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
+    fmt = "JPEG" if mode == "CMYK" else "PNG"  # PNG stores I;16 as 16-bit greyscale
     decoded = decode(encode(img, fmt))
     assert decoded.image.mode in ("RGB", "RGBA")
     assert render.render(decoded, LINES, W).width == W
@@ -136,3 +136,32 @@ def test_an_unreadable_file_gets_a_message_a_person_can_read():
     with pytest.raises(PoisonInput) as err:
         render.decode(b"<html>not a picture</html>", width=1000, classifier_short_side=584, max_pixels=10**8)
     assert str(err.value) == "not an image this service can read (JPEG, PNG, WebP, GIF or BMP)"
+
+
+@pytest.mark.parametrize("data", [
+    encode(noise((300, 200)), "TIFF"),
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nnewpath 0 0 moveto 100 100 lineto stroke\n%%EOF\n",
+    encode(noise((64, 64)), "ICO"),
+])
+def test_only_the_accepted_formats_are_decoded(data):
+    """Pillow would read these (and hand PostScript to Ghostscript); the API accepts none of them."""
+    with pytest.raises(PoisonInput) as err:
+        decode(data)
+    assert str(err.value) == "not an image this service can read (JPEG, PNG, WebP, GIF or BMP)"
+
+
+def test_a_strip_too_thin_for_a_1000_px_copy_is_refused_from_its_header():
+    """10x10000 would become 1000x1000000 (3 GB); the limit is JPEG's 65535 px (or max_pixels / width)."""
+    with pytest.raises(PoisonInput, match=r"10x10000 px: too tall .*1000x1000000 px; at most 65535 px tall"):
+        decode(encode(Image.new("RGB", (10, 10000)), "PNG"))
+    assert decode(encode(Image.new("RGB", (10, 655)), "PNG")).size == (10, 655)  # 1000x65500: allowed
+    with pytest.raises(PoisonInput, match="at most 65535 px tall"):
+        decode(encode(Image.new("RGB", (10, 656)), "PNG"))
+    with pytest.raises(PoisonInput, match="at most 10000 px tall"):  # a smaller pixel limit: lower
+        render.decode(encode(Image.new("RGB", (10, 101)), "PNG"), width=W, classifier_short_side=584,
+                      max_pixels=10_000_000)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a wide strip turned upright is tall
+    with pytest.raises(PoisonInput, match="10x10000 px: too tall"):
+        decode(encode(Image.new("RGB", (10000, 10)), "JPEG", exif=exif.tobytes()))
+    assert render.render(decode(encode(Image.new("RGB", (10000, 10)), "PNG")), LINES, W).height == 1
