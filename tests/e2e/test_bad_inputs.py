@@ -74,6 +74,7 @@ class CorpusRun:
     unhealthy_after: list[str]
     worker_log: str  # what the worker logged while the corpus ran
     seconds: float
+    dead_letters: tuple[int, int]  # messages in the dead-letter queue before and after
 
 
 def stack_pids(stack: LocalStack) -> dict[str, int]:
@@ -86,6 +87,14 @@ def stack_pids(stack: LocalStack) -> dict[str, int]:
         for worker in model.get("workers", []):
             pids[f"torchserve model worker {worker['id']}"] = worker["pid"]
     return pids
+
+
+def dead_letters(stack: LocalStack) -> int:
+    sqs = client("sqs", stack.settings)
+    url = sqs.get_queue_url(QueueName=stack.settings.dead_letter_queue_name)["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                                                        "ApproximateNumberOfMessagesNotVisible"])
+    return sum(int(v) for v in attributes["Attributes"].values())
 
 
 def push(stack: LocalStack, token: str, group_id: str, case: Case) -> Outcome:
@@ -117,6 +126,7 @@ def corpus(local_stack: LocalStack) -> CorpusRun:
     worker_log = supervisor.paths(stack.settings).log("worker")
     log_start = worker_log.stat().st_size if worker_log.exists() else 0
     pids_before = stack_pids(stack)
+    dead_before = dead_letters(stack)
     token = stack.token("corpus-tester")
     group_id = create_group(stack, token, "Bad inputs")["id"]
 
@@ -145,7 +155,7 @@ def corpus(local_stack: LocalStack) -> CorpusRun:
         print(f"  {name:32} {observed(outcome)}")
     return CorpusRun(outcomes, token, group_id, pids_before, stack_pids(stack),
                      [f"{s.name}: {s.state} {s.health}" for s in control.status(stack.settings) or [] if not s.ok],
-                     logged, seconds)
+                     logged, seconds, (dead_before, dead_letters(stack)))
 
 
 def observed(outcome: Outcome) -> str:
@@ -229,13 +239,15 @@ def test_each_bad_input_ends_as_expected(case: Case, corpus: CorpusRun, local_st
 def test_the_corpus_crashed_nothing(corpus: CorpusRun) -> None:
     """Same pids before and after (supervisord restarts a dead program, TorchServe a dead model
     worker: either would show as a new pid), every program healthy, and no delivery failed in a
-    way the worker could not classify (those are retried with back-off: an image stuck for minutes)."""
+    way the worker could not classify (those are retried with back-off: an image stuck for minutes).
+    A bad file is an answer (FAILED), not a poison message: nothing went to the dead-letter queue."""
     assert {"worker", "torchserve", "api", "s3", "sqs", "dynamodb", "s3-events"} <= set(corpus.pids_before)
     assert any(name.startswith("torchserve model worker") for name in corpus.pids_before)
     assert corpus.pids_after == corpus.pids_before
     assert corpus.unhealthy_after == []
     assert "unexpected failure" not in corpus.worker_log
     assert "unexpected error handling message" not in corpus.worker_log
+    assert corpus.dead_letters[1] == corpus.dead_letters[0]
 
 
 def test_an_ordinary_photo_after_the_corpus_is_done(corpus: CorpusRun, local_stack: LocalStack) -> None:
