@@ -6,6 +6,9 @@ Images still AWAITING_UPLOAD for longer than `worker_stale_upload_seconds` whose
 a local queue server that forgot its messages), are queued again as pending-only re-runs. The
 consumer runs it on start, every `worker_reconcile_interval_seconds`, and at once when it finds
 the queue missing. Duplicates this may create converge (see workers/processor.py).
+
+An image still AWAITING_UPLOAD with no original long after its upload URL expired can never be
+completed (no URL is issued again): it is marked FAILED, saying so, so it does not wait forever.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, Iterator
 
 import structlog
 from botocore.exceptions import ClientError
+from pynamodb.exceptions import PynamoDBException
 
 from udagram import data, jobs
 from udagram.aws import client
@@ -39,13 +43,33 @@ def _older_than(seconds: float) -> str:
     return data.sortable_time(data.utcnow() - timedelta(seconds=seconds))
 
 
+# A slow upload started just before its URL expired may still be arriving this long after.
+UPLOAD_GRACE_SECONDS = 600
+
+
+def _abandon(image: ImageModel, settings: Settings) -> None:
+    reason = (f"the upload never arrived: its upload URL expired {settings.upload_url_ttl_seconds} s after the "
+              "image was created; delete it and upload the file again")
+    try:
+        image.update(actions=[ImageModel.status.set(ImageStatus.FAILED.value),
+                              ImageModel.status_changed_at.set(data.sortable_time()),
+                              ImageModel.error.set(reason)],
+                     condition=ImageModel.status == ImageStatus.AWAITING_UPLOAD.value)
+        log.info("upload never arrived: image marked FAILED", image_id=image.id)
+    except PynamoDBException as exc:  # uploaded or deleted meanwhile: nothing to do
+        log.info("abandoned upload not marked", image_id=image.id, error=str(exc))
+
+
 def stranded_images(settings: Settings, s3: Any = None) -> Iterator[str]:
     s3 = s3 or client("s3", settings)
+    expired = _older_than(settings.upload_url_ttl_seconds + UPLOAD_GRACE_SECONDS)
     for image in ImageModel.by_status.query(ImageStatus.AWAITING_UPLOAD.value,
                                             ImageModel.status_changed_at < _older_than(
                                                 settings.worker_stale_upload_seconds)):
         if _exists(s3, settings.originals_bucket, image.original_key):
             yield image.id
+        elif image.status_changed_at < expired:
+            _abandon(image, settings)
     now = time.time()
     for image in ImageModel.by_status.query(ImageStatus.PROCESSING.value,
                                             ImageModel.status_changed_at < _older_than(

@@ -164,6 +164,9 @@ def test_reconciliation_requeues_lost_events_and_stale_processing(settings, star
         Bucket=settings.originals_bucket, NotificationConfiguration={})
     lost = new_upload(settings, jpeg("chelsea"))
     never_uploaded = create_image(settings)
+    abandoned = create_image(settings)  # its upload URL expired long ago: it can never complete
+    data.ImageModel(abandoned).update(actions=[
+        data.ImageModel.status_changed_at.set("2020-01-01T00:00:00.000000Z")])
     # A worker died mid-image long ago and its message is gone.
     stale = new_upload(settings, jpeg("coffee"))
     data.ImageModel(stale).update(actions=[
@@ -179,7 +182,8 @@ def test_reconciliation_requeues_lost_events_and_stale_processing(settings, star
     start_worker(settings)
     lost_rec, stale_rec = wait_status([lost, stale])
     assert lost_rec.status == "DONE" and stale_rec.status == "DONE"
-    assert record(never_uploaded).status == "AWAITING_UPLOAD"
+    assert record(never_uploaded).status == "AWAITING_UPLOAD"  # its upload URL is still valid
+    assert record(abandoned).status == "FAILED" and "upload never arrived" in record(abandoned).error
     wait_for(lambda: queue_empty(settings), 20, "queue drained")
     # A reconciliation re-run that arrives after the image got DONE another way changes nothing.
     jobs.enqueue_reprocess([lost], settings=settings, pending_only=True)
