@@ -1,0 +1,526 @@
+"""Security checks against the REAL local stack (`local_stack`: supervisord, SeaweedFS, moto SQS,
+dynalite, the S3 event bridge, TorchServe, the API under uvicorn and the worker, on free ports).
+
+What the API-level tests (tests/graphql_api) cannot show, shown here on the running processes:
+- every mutation, enumerated from the live schema by introspection (a new mutation is covered
+  the day it lands), is refused without a token, with each forged token of
+  tests/graphql_api/tokens.py, and with a non-Bearer header, and nothing changes in DynamoDB/S3;
+- every mutation that takes an id refuses another signed-in user the owner's group and image;
+- S3 (SeaweedFS) refuses unsigned writes, reads and listings: the presigned URLs are the only way in;
+- every listening socket of every process under supervisord (Java and TorchServe's Python
+  workers, `weed`, node, moto included) is bound to loopback, and connecting to each of those
+  ports (and every port the stack declares) on each non-loopback address of this machine is refused;
+- the GraphQL limits (aliases, tokens, body size, depth, batching, GET, introspection depth) hold
+  on the running API over HTTP, with the status codes the product defines.
+Presigned URL expiry is proved at API level against SeaweedFS (tests/graphql_api/test_uploads.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import psutil
+import pytest
+
+from tests.fixtures.stack import LocalStack, free_port_block
+from tests.graphql_api.tokens import FORGED, forged
+from udagram.aws import client
+from udagram.stack import programs, supervisor
+
+pytestmark = pytest.mark.aws
+
+UDAGRAM = str(Path(sys.executable).parent / "udagram")
+
+# Mutations that take another user's id on purpose, and why that is not a hole.
+MAY_TARGET_OTHERS = {
+    "createImage": "adds the caller's OWN image to a group: groups are shared albums (issue 3)",
+}
+
+TYPE_REF = "kind name ofType { kind name ofType { kind name ofType { kind name } } }"
+SCHEMA_QUERY = f"""{{
+  __schema {{
+    queryType {{ name }}
+    mutationType {{ fields {{ name args {{ name defaultValue type {{ {TYPE_REF} }} }} type {{ {TYPE_REF} }} }} }}
+    types {{
+      kind name
+      fields {{ name args {{ name defaultValue type {{ {TYPE_REF} }} }} type {{ {TYPE_REF} }} }}
+      inputFields {{ name defaultValue type {{ {TYPE_REF} }} }}
+      possibleTypes {{ name }}
+      enumValues {{ name }}
+    }}
+  }}
+}}"""
+
+
+# --- talking to the running API ------------------------------------------------------------------
+
+
+def post(stack: LocalStack, query: str, variables: dict | None = None, token: str | None = None,
+         headers: dict | None = None, url: str | None = None) -> httpx.Response:
+    headers = dict(headers or {})
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.post(f"{url or stack.api_url}/graphql", json={"query": query, "variables": variables or {}},
+                      headers=headers, timeout=30)
+
+
+def error_messages(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body.get("data") is None, body
+    return [e["message"] for e in body["errors"]]
+
+
+# --- the live schema, by introspection -----------------------------------------------------------
+
+
+@dataclass
+class Schema:
+    raw: dict
+
+    def __post_init__(self) -> None:
+        self.types = {t["name"]: t for t in self.raw["types"]}
+        self.mutations = self.raw["mutationType"]["fields"]
+        self.query_type = self.raw["queryType"]["name"]
+        self.error_types = {t["name"] for t in self.types["Error"]["possibleTypes"]}
+
+    @staticmethod
+    def named(ref: dict) -> dict:
+        while ref.get("ofType"):
+            ref = ref["ofType"]
+        return ref
+
+    @staticmethod
+    def type_string(ref: dict) -> str:
+        if ref["kind"] == "NON_NULL":
+            return Schema.type_string(ref["ofType"]) + "!"
+        if ref["kind"] == "LIST":
+            return f"[{Schema.type_string(ref['ofType'])}]"
+        return ref["name"]
+
+    @staticmethod
+    def required(arg: dict) -> bool:
+        return arg["type"]["kind"] == "NON_NULL" and arg["defaultValue"] is None
+
+    def takes_an_id(self, ref: dict, seen: frozenset = frozenset()) -> bool:
+        named = self.named(ref)
+        if named["name"] == "ID":
+            return True
+        if named["kind"] == "INPUT_OBJECT" and named["name"] not in seen:
+            return any(self.takes_an_id(f["type"], seen | {named["name"]})
+                       for f in self.types[named["name"]]["inputFields"])
+        return False
+
+    def value(self, ref: dict, ids: dict[str, str], name: str) -> Any:
+        """A well-formed value for a required argument; an ID is the `ids` entry its name suggests."""
+        if ref["kind"] == "NON_NULL":
+            return self.value(ref["ofType"], ids, name)
+        if ref["kind"] == "LIST":
+            return [self.value(ref["ofType"], ids, name)]
+        kind, type_name = ref["kind"], ref["name"]
+        if type_name == "ID":
+            return ids["group"] if "group" in name.lower() else ids["target"]
+        if kind == "ENUM":
+            return self.types[type_name]["enumValues"][0]["name"]
+        if kind == "INPUT_OBJECT":
+            fields = self.types[type_name]["inputFields"]
+            known = {"contentType": "image/jpeg", "contentLength": 1000}  # so createImage gets past validation
+            return {f["name"]: known.get(f["name"]) or self.value(f["type"], ids, f["name"])
+                    for f in fields if self.required(f)}
+        return {"String": "x", "Int": 1, "Float": 1.0, "Boolean": False}.get(type_name, "x")
+
+    def selection(self, ref: dict) -> str:
+        named = self.types[self.named(ref)["name"]]
+        if named["kind"] in ("SCALAR", "ENUM"):
+            return ""
+        possible = {p["name"] for p in named["possibleTypes"] or []} or {named["name"]}
+        error = " ... on Error { code message }" if possible & self.error_types else ""
+        return f"{{ __typename{error} }}"
+
+    def call(self, mutation: dict, ids: dict[str, str]) -> tuple[str, dict]:
+        """A GraphQL document calling `mutation` with its required arguments, and its variables."""
+        required = [a for a in mutation["args"] if self.required(a)]
+        declared = ", ".join(f"${a['name']}: {self.type_string(a['type'])}" for a in required)
+        passed = ", ".join(f"{a['name']}: ${a['name']}" for a in required)
+        document = (f"mutation{f'({declared})' if declared else ''} "
+                    f"{{ {mutation['name']}{f'({passed})' if passed else ''} {self.selection(mutation['type'])} }}")
+        return document, {a["name"]: self.value(a["type"], ids, a["name"]) for a in required}
+
+    def deepest_query(self, cap: int) -> tuple[int, str]:
+        """The deepest selection the schema allows from the query root, at most `cap` deep, and its
+        depth (introspection fields aside, which the depth limiter ignores by design)."""
+        memo: dict[tuple[str, int], tuple[int, str]] = {}
+
+        def deepest(type_name: str, remaining: int) -> tuple[int, str]:
+            key = (type_name, remaining)
+            if key not in memo:
+                memo[key] = (0, "")
+                the_type = self.types[type_name]
+                best = (0, "")
+                if the_type["kind"] in ("UNION", "INTERFACE"):
+                    for member in the_type["possibleTypes"]:
+                        depth, inner = deepest(member["name"], remaining)
+                        if depth > best[0]:
+                            best = (depth, f"... on {member['name']} {{ {inner} }}")
+                elif the_type["kind"] == "OBJECT" and remaining > 0:
+                    for f in the_type["fields"]:
+                        if any(self.required(a) for a in f["args"] if self.named(a["type"])["name"] != "ID"):
+                            continue
+                        args = ", ".join(f'{a["name"]}: "{"0" * 32}"' for a in f["args"] if self.required(a))
+                        call = f["name"] + (f"({args})" if args else "")
+                        child = self.named(f["type"])
+                        if child["kind"] in ("SCALAR", "ENUM"):
+                            candidate = (1, call)
+                        else:
+                            depth, inner = deepest(child["name"], remaining - 1)
+                            candidate = (depth + 1, f"{call} {{ __typename {inner} }}")
+                        if candidate[0] > best[0]:
+                            best = candidate
+                memo[key] = best
+            return memo[key]
+
+        fields, selection = deepest(self.query_type, cap + 1)
+        return fields - 1, f"{{ {selection} }}"  # depth as the limiter counts it: top-level fields are 0
+
+
+@pytest.fixture(scope="module")
+def schema(local_stack: LocalStack) -> Schema:
+    response = post(local_stack, SCHEMA_QUERY)
+    assert response.status_code == 200 and not response.json().get("errors"), response.text
+    found = Schema(response.json()["data"]["__schema"])
+    assert found.mutations, "the live schema lists no mutations"
+    return found
+
+
+# --- an owner's records, and what they look like in the data servers ------------------------------
+
+
+@pytest.fixture(scope="module")
+def alices(local_stack: LocalStack) -> Iterator[dict[str, str]]:
+    """alice's group and an uploaded image of hers (ids); both deleted by alice at the end."""
+    token = local_stack.token("alice")
+    group = local_stack.graphql('mutation { createGroup(input: {name: "alice only"}) { ... on Group { id } } }',
+                                token=token)["createGroup"]["id"]
+    created = local_stack.graphql(
+        "mutation($g: ID!) { createImage(input: {groupId: $g, contentType: \"image/gif\", contentLength: 35}) {"
+        " ... on ImageUpload { image { id } upload { url fields } } } }", {"g": group}, token)["createImage"]
+    upload = created["upload"]
+    gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;" + b"\x00" * 21
+    response = httpx.post(upload["url"], data=upload["fields"], files={"file": ("a.gif", gif, "image/gif")}, timeout=30)
+    assert response.status_code in (200, 201, 204), response.text
+    ids = {"group": group, "image": created["image"]["id"], "original": upload["fields"]["key"]}
+    yield ids
+    delete = "mutation($id: ID!) {{ {0}(id: $id) {{ __typename }} }}"
+    assert local_stack.graphql(delete.format("deleteImage"), {"id": ids["image"]}, token) == \
+        {"deleteImage": {"__typename": "Deleted"}}
+    assert local_stack.graphql(delete.format("deleteGroup"), {"id": ids["group"]}, token) == \
+        {"deleteGroup": {"__typename": "Deleted"}}
+
+
+def _item(settings, table: str, item_id: str) -> dict | None:
+    found = client("dynamodb", settings).get_item(TableName=table, Key={"id": {"S": item_id}}, ConsistentRead=True)
+    return found.get("Item")
+
+
+def _count(settings, table: str) -> int:
+    return client("dynamodb", settings).scan(TableName=table, Select="COUNT", ConsistentRead=True)["Count"]
+
+
+def _keys(settings, bucket: str) -> set[str]:
+    pages = client("s3", settings).get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def snapshot(stack: LocalStack, ids: dict[str, str]) -> dict:
+    """What a successful write would change: table sizes, the owner's records, the originals.
+    (Records of images other tests uploaded may still be moving to DONE: only counts of those.)"""
+    st = stack.settings
+    group, image = _item(st, st.groups_table, ids["group"]), _item(st, st.images_table, ids["image"])
+    assert group and image, "alice's records are gone"
+    return {
+        "groups": _count(st, st.groups_table),
+        "images": _count(st, st.images_table),
+        "alice's group": group,
+        "alice's image": image,
+        "originals": _keys(st, st.originals_bucket),
+    }
+
+
+# --- writes: tokens ------------------------------------------------------------------------------
+
+
+def test_every_mutation_refuses_missing_bad_and_forged_tokens(local_stack, schema, alices):
+    """Each mutation of the live schema, aimed at alice's real group and image, sent with no token,
+    a non-Bearer header, and every forged token claiming to be alice: all `NotAuthenticated`
+    (naming the defect), and nothing changed anywhere."""
+    settings = local_stack.settings
+    tokens = {case: forged(settings, case) for case in FORGED}  # signed with the running API's own key
+    before = snapshot(local_stack, alices)
+    refused: list[str] = []
+    for mutation in schema.mutations:
+        name = mutation["name"]
+        targets = ("image", "group") if any(schema.takes_an_id(a["type"]) for a in mutation["args"]) else ("image",)
+        for target in targets:
+            document, variables = schema.call(mutation, {"target": alices[target], "group": alices["group"]})
+            attempts = [("no token", {}, "sign in to do this"),
+                        ("Basic scheme", {"Authorization": "Basic YWxpY2U6YWxpY2U="}, "Bearer <token>"),
+                        ("Bearer without a token", {"Authorization": "Bearer"}, "Bearer <token>")]
+            attempts += [(case, {"Authorization": f"Bearer {token}"}, FORGED[case]) for case, token in tokens.items()]
+            for case, headers, reason in attempts:
+                response = post(local_stack, document, variables, headers=headers)
+                assert response.status_code == 200, (name, case, response.text)
+                body = response.json()
+                assert not body.get("errors"), (name, case, document, body)
+                result = body["data"][name]
+                assert isinstance(result, dict) and result["__typename"] == "NotAuthenticated", (name, case, result)
+                assert result["code"] == "UNAUTHENTICATED" and reason in result["message"], (name, case, result)
+                refused.append(f"{name}/{target}/{case}")
+    assert snapshot(local_stack, alices) == before
+    assert len(refused) >= len(schema.mutations) * (len(FORGED) + 3)
+    # the same token, validly signed, does write: the refusals above were about the tokens
+    ok = post(local_stack, 'mutation { createGroup(input: {name: "valid"}) { __typename ... on Group { id } } }',
+              token=local_stack.token("alice")).json()["data"]["createGroup"]
+    assert ok["__typename"] == "Group"
+    assert local_stack.graphql("mutation($id: ID!) { deleteGroup(id: $id) { __typename } }", {"id": ok["id"]},
+                               local_stack.token("alice"))["deleteGroup"]["__typename"] == "Deleted"
+
+
+# --- writes: ownership ---------------------------------------------------------------------------
+
+
+def test_another_user_cannot_touch_the_owners_images_or_groups(local_stack, schema, alices):
+    """mallory (validly signed in) calls every id-taking mutation on alice's group and on her image:
+    each is `NotOwner` for its own kind of object (`NotFound` for the other kind), and alice's
+    records and files are unchanged. Mutations that may target others' ids are listed, with why."""
+    mallory = local_stack.token("mallory")
+    takes_id = [m for m in schema.mutations if any(schema.takes_an_id(a["type"]) for a in m["args"])]
+    owner_only = [m for m in takes_id if m["name"] not in MAY_TARGET_OTHERS]
+    assert owner_only, f"no owner-only mutation found among {[m['name'] for m in schema.mutations]}"
+    before = snapshot(local_stack, alices)
+    outcomes: dict[str, dict[str, str]] = {}
+    for mutation in owner_only:
+        name = mutation["name"]
+        outcomes[name] = {}
+        for target in ("image", "group"):
+            document, variables = schema.call(mutation, {"target": alices[target], "group": alices["group"]})
+            body = post(local_stack, document, variables, token=mallory).json()
+            assert not body.get("errors"), (name, body)
+            outcomes[name][target] = body["data"][name]["__typename"]
+    for name, results in outcomes.items():
+        assert set(results.values()) <= {"NotOwner", "NotFound"}, (name, results)
+        assert "NotOwner" in results.values(), f"{name} never recognised alice's object as hers: {results}"
+    assert snapshot(local_stack, alices) == before, outcomes
+
+    # the allowed cross-user write gives mallory HER image in alice's group, nothing of alice's
+    created = post(local_stack, "mutation($g: ID!) { createImage(input: {groupId: $g, contentType: \"image/png\","
+                   " contentLength: 10}) { __typename ... on ImageUpload { image { id owner groupId } } } }",
+                   {"g": alices["group"]}, token=mallory).json()["data"]["createImage"]
+    assert created["image"]["owner"] == "mallory" and created["image"]["groupId"] == alices["group"]
+    assert _item(local_stack.settings, local_stack.settings.groups_table, alices["group"])["owner"]["S"] == "alice"
+    assert local_stack.graphql("mutation($id: ID!) { deleteImage(id: $id) { __typename } }",
+                               {"id": created["image"]["id"]}, mallory)["deleteImage"]["__typename"] == "Deleted"
+
+
+# --- S3 without a signature ----------------------------------------------------------------------
+
+
+def test_s3_refuses_unsigned_writes_reads_and_listings(local_stack, alices):
+    """The presigned URLs are the only way into the buckets: SeaweedFS refuses anonymous requests."""
+    st = local_stack.settings
+    s3 = st.s3_endpoint_url
+    key = f"originals/{'f' * 32}.jpg"
+    put = httpx.put(f"{s3}/{st.originals_bucket}/{key}", content=b"unsigned", timeout=30)
+    assert put.status_code == 403, put.text
+    form = httpx.post(f"{s3}/{st.originals_bucket}", data={"key": key},
+                      files={"file": ("x.jpg", b"unsigned", "image/jpeg")}, timeout=30)
+    assert form.status_code in (400, 403), form.text
+    assert key not in _keys(st, st.originals_bucket)
+    read = httpx.get(f"{s3}/{st.originals_bucket}/{alices['original']}", timeout=30)
+    assert read.status_code == 403 and not read.content.startswith(b"GIF89a"), read.text
+    for bucket in (st.originals_bucket, st.processed_bucket):
+        listing = httpx.get(f"{s3}/{bucket}?list-type=2", timeout=30)
+        assert listing.status_code == 403 and alices["original"] not in listing.text, listing.text
+    delete = httpx.delete(f"{s3}/{st.originals_bucket}/{alices['original']}", timeout=30)
+    assert delete.status_code == 403, delete.text
+    assert alices["original"] in _keys(st, st.originals_bucket)
+
+
+# --- network exposure ----------------------------------------------------------------------------
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def stack_listeners(stack: LocalStack) -> dict[tuple[str, int, str], str]:
+    """Every listening TCP socket and bound UDP socket of supervisord and all its descendants,
+    {(address, port, "tcp"|"udp"): "pid name"}."""
+    root = supervisor.running_pid(supervisor.paths(stack.settings))
+    assert root, "the local stack's supervisord is not running"
+    processes = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+    # Java, started in its own session by `udagram model serve`, is a descendant too.
+    assert any("java" in p.name() for p in processes), [p.name() for p in processes]
+    found = {}
+    for process in processes:
+        try:
+            sockets = process.net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue
+        for s in sockets:
+            udp = s.type == socket.SOCK_DGRAM
+            if s.laddr and (udp or s.status == psutil.CONN_LISTEN):
+                found[(s.laddr.ip, s.laddr.port, "udp" if udp else "tcp")] = f"{process.pid} {process.name()}"
+    return found
+
+
+def declared_ports(stack: LocalStack) -> dict[int, str]:
+    return {port.port: port.what for program in programs.programs(stack.settings) for port in program.ports}
+
+
+def non_loopback_addresses() -> list[str]:
+    return sorted({a.address for addresses in psutil.net_if_addrs().values() for a in addresses
+                   if a.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(a.address)})
+
+
+def test_every_listener_of_the_stack_is_bound_to_loopback(local_stack):
+    listeners = stack_listeners(local_stack)
+    exposed = {f"{a}:{p}/{kind}": who for (a, p, kind), who in listeners.items() if not _is_loopback(a)}
+    assert exposed == {}, f"listening beyond loopback: {exposed}"
+    # the check saw the stack's services, not an empty list
+    listening_ports = {p for _, p, kind in listeners if kind == "tcp"}
+    st = local_stack.settings
+    for port in (st.s3_port, st.sqs_port, st.dynamodb_port, st.s3_events_port, st.api_port, st.worker_metrics_port,
+                 st.torchserve_inference_port, st.torchserve_management_port, st.torchserve_metrics_port):
+        assert port in listening_ports, (port, declared_ports(local_stack).get(port), listeners)
+    # and every port anything listens on is one the stack declares (and so one `udagram up` checks)
+    undeclared = {f"{a}:{p}/{kind}": who for (a, p, kind), who in listeners.items()
+                  if p not in declared_ports(local_stack)}
+    assert undeclared == {}, f"listeners the stack does not declare: {undeclared}"
+
+
+def test_no_port_of_the_stack_answers_on_a_non_loopback_address(local_stack, record_property):
+    listeners = stack_listeners(local_stack)
+    ports = sorted({p for _, p, kind in listeners if kind == "tcp"} | set(declared_ports(local_stack)))
+    addresses = non_loopback_addresses()
+    record_property("non-loopback addresses", addresses)
+    if not addresses:
+        exposed = [key for key in listeners if not _is_loopback(key[0])]
+        assert exposed == [], (
+            "this machine has no non-loopback address to connect from, so only the binding check can "
+            f"hold here; and it does not: {exposed}")
+        return
+    reachable = []
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        for port in ports:
+            sockaddr = socket.getaddrinfo(address, port, family, socket.SOCK_STREAM)[0][4]
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.settimeout(3)
+                try:
+                    s.connect(sockaddr)
+                except ConnectionRefusedError:
+                    continue
+                except OSError as exc:  # e.g. a timeout: not refused, so say what happened
+                    reachable.append(f"{address} port {port}: {exc!r}")
+                else:
+                    reachable.append(f"{address} port {port} ({declared_ports(local_stack).get(port, '?')}) ACCEPTED")
+    assert reachable == [], f"ports of the stack not refused on {addresses}: {reachable}"
+    # the same ports do answer on loopback (so "refused" above means "not exposed", not "down")
+    for port in (local_stack.settings.api_port, local_stack.settings.torchserve_management_port):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+# --- GraphQL limits on the running API -----------------------------------------------------------
+
+
+def test_alias_token_and_body_limits_hold_on_the_running_api(local_stack):
+    st = local_stack.settings
+    aliases = lambda n: "{ " + " ".join(f"a{i}: me {{ id }}" for i in range(n)) + " }"  # noqa: E731
+    assert post(local_stack, aliases(st.max_query_aliases)).json().get("errors") is None
+    messages = error_messages(post(local_stack, aliases(st.max_query_aliases + 1)))
+    assert f"{st.max_query_aliases + 1} aliases found. Allowed: {st.max_query_aliases}" in messages
+
+    many_tokens = "{ " + "__typename " * (st.max_query_tokens + 1) + "}"
+    assert len(many_tokens) < st.max_request_bytes  # the token limit acts, not the body cap
+    messages = error_messages(post(local_stack, many_tokens))
+    assert any(f"more than {st.max_query_tokens} tokens" in m for m in messages), messages
+
+    too_big = httpx.post(f"{local_stack.api_url}/graphql", timeout=30,
+                         json={"query": "{ me { id } }", "variables": {"pad": "x" * st.max_request_bytes}})
+    assert too_big.status_code == 413
+    assert too_big.json() == {"error": f"request body too large: the limit is {st.max_request_bytes} bytes"}
+    chunked = httpx.post(f"{local_stack.api_url}/graphql", headers={"Content-Type": "application/json"},
+                         content=iter([b" " * 1024] * (st.max_request_bytes // 1024 + 2)), timeout=30)
+    assert chunked.status_code == 413, chunked.text
+
+    batch = httpx.post(f"{local_stack.api_url}/graphql", json=[{"query": "{ me { id } }"}] * 2, timeout=30)
+    assert batch.status_code == 400 and "Batching is not enabled" in batch.text
+    via_get = httpx.get(f"{local_stack.api_url}/graphql", params={"query": "{ me { id } }"}, timeout=30)
+    assert via_get.status_code == 400 and "not allowed when using GET" in via_get.text
+    # introspection is outside the depth limiter; graphql-core's own rule bounds its cycles
+    cyclic = "{ __schema { types { " + "possibleTypes { interfaces { " * 6 + "name" + " } }" * 6 + " } } }"
+    assert "Maximum introspection depth exceeded" in error_messages(post(local_stack, cyclic))
+
+
+@pytest.fixture
+def api_with_depth_limit(local_stack: LocalStack, tmp_path: Path):
+    """A second `udagram api` process of the same stack (its data servers, its signing key) whose
+    depth limit the test sets: the running stack's own API keeps its settings."""
+    processes = []
+
+    def start(max_depth: int) -> str:
+        port = free_port_block(1, set(declared_ports(local_stack)))
+        env = local_stack.env | {"UDAGRAM_API_PORT": str(port), "UDAGRAM_MAX_QUERY_DEPTH": str(max_depth)}
+        with (tmp_path / "api.log").open("wb") as log:
+            processes.append(subprocess.Popen([UDAGRAM, "api"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert processes[-1].poll() is None, (tmp_path / "api.log").read_text()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise AssertionError(f"udagram api not healthy:\n{(tmp_path / 'api.log').read_text()[-3000:]}")
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+def test_depth_limit_holds_on_the_running_api(local_stack, schema, api_with_depth_limit):
+    """The deepest query the live schema allows (searched up to one level past the limit) is
+    refused if it is over the running API's limit and answered if not; an API process started with
+    a limit one below that depth refuses the very same query."""
+    limit = local_stack.settings.max_query_depth
+    depth, query = schema.deepest_query(cap=limit + 1)
+    assert depth >= 4, query
+    response = post(local_stack, query)
+    if depth > limit:
+        assert f"exceeds maximum operation depth of {limit}" in " ".join(error_messages(response))
+    else:  # the schema has no cycle reaching past the limit: every valid query is within it
+        assert response.status_code == 200 and response.json().get("errors") is None, response.text
+    lower = api_with_depth_limit(depth - 1)
+    messages = error_messages(post(local_stack, query, url=lower))
+    assert any(f"exceeds maximum operation depth of {depth - 1}" in m for m in messages), messages
