@@ -12,7 +12,8 @@ help:
 	@echo "make up      set up everything and start the local stack in the background"
 	@echo "make down    stop the local stack (data in .data/ is kept)"
 	@echo "make test    set up everything and run the whole test suite"
-	@echo "make bench   run the benchmarks in bench/"
+	@echo "make bench   run the benchmarks and write bench/report/ (~15 min; BENCH_ARGS=--quick: ~5)"
+	@echo "make chaos   kill -9 each server mid-burst, check nothing is lost: bench/report/chaos.md (~12 min; CHAOS_ARGS=--short: ~2)"
 
 # Python environment: rebuilt when pyproject.toml changes.
 $(INSTALLED): pyproject.toml
@@ -50,7 +51,12 @@ test: venv system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
-	$(BIN)/python bench/serving.py
-	$(BIN)/python bench/pipeline.py
+	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory $(NODE_DEPS)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-.PHONY: help venv system-deps deps up down status test bench
+# The whole local stack on free ports, each server killed in turn mid-burst (bench/chaos.py).
+chaos: venv
+	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory $(NODE_DEPS)
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
+
+.PHONY: help venv system-deps deps up down status test bench chaos
