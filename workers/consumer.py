@@ -105,6 +105,7 @@ class Consumer:
         self.reconcile_on_start = (settings.worker_reconcile_on_start if reconcile_on_start is None
                                    else reconcile_on_start)
         self.reconcile_requested = threading.Event()
+        self.queue_was_lost = False  # the next reconciliation pass takes uploads of any age
         self.concurrency = max(1, settings.worker_concurrency)
         self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="image")
         self.slots = threading.BoundedSemaphore(self.concurrency)
@@ -199,6 +200,7 @@ class Consumer:
             if self.settings.create_resources:
                 self.queue_url, _, self.dlq_url = resources.ensure_queues(self.settings, self.sqs)
                 log.warning("uploads queue re-created; reconciling the images its messages carried")
+                self.queue_was_lost = True
                 self.reconcile_requested.set()
                 return
         except (ClientError, BotoCoreError) as exc:
@@ -211,8 +213,9 @@ class Consumer:
         due = self.reconcile_on_start
         while not self.stopping.is_set():
             if due:
+                queue_lost, self.queue_was_lost = self.queue_was_lost, False
                 try:
-                    reconcile(self.settings, s3=self.processor.s3, sqs=self.sqs)
+                    reconcile(self.settings, s3=self.processor.s3, sqs=self.sqs, queue_lost=queue_lost)
                 except Exception as exc:  # a safety net: the next pass tries again
                     log.warning("reconciliation failed; next pass retries", error=f"{type(exc).__name__}: {exc}")
             self.reconcile_requested.wait(interval if interval > 0 else None)

@@ -60,12 +60,13 @@ def _abandon(image: ImageModel, settings: Settings) -> None:
         log.info("abandoned upload not marked", image_id=image.id, error=str(exc))
 
 
-def stranded_images(settings: Settings, s3: Any = None) -> Iterator[str]:
+def stranded_images(settings: Settings, s3: Any = None, queue_lost: bool = False) -> Iterator[str]:
+    """`queue_lost`: the queue was lost with its messages, so uploads of any age count."""
     s3 = s3 or client("s3", settings)
     expired = _older_than(settings.upload_url_ttl_seconds + UPLOAD_GRACE_SECONDS)
+    upload_age = 0 if queue_lost else settings.worker_stale_upload_seconds
     for image in ImageModel.by_status.query(ImageStatus.AWAITING_UPLOAD.value,
-                                            ImageModel.status_changed_at < _older_than(
-                                                settings.worker_stale_upload_seconds)):
+                                            ImageModel.status_changed_at < _older_than(upload_age)):
         if _exists(s3, settings.originals_bucket, image.original_key):
             yield image.id
         elif image.status_changed_at < expired:
@@ -78,9 +79,9 @@ def stranded_images(settings: Settings, s3: Any = None) -> Iterator[str]:
             yield image.id
 
 
-def reconcile(settings: Settings, s3: Any = None, sqs: Any = None) -> int:
+def reconcile(settings: Settings, s3: Any = None, sqs: Any = None, queue_lost: bool = False) -> int:
     """Queue re-runs for stranded images; returns how many."""
-    ids = list(stranded_images(settings, s3))
+    ids = list(stranded_images(settings, s3, queue_lost))
     if ids:
         jobs.enqueue_reprocess(ids, settings=settings, sqs=sqs, pending_only=True)
         log.info("reconciled: re-queued stranded images", requeued=len(ids))

@@ -163,7 +163,8 @@ def test_image_deleted_while_processing_leaves_nothing_behind(settings, start_wo
 
 def test_a_lost_queue_is_recreated_and_its_images_reconciled(make_settings, start_worker):
     """A local queue server restarted empty: the queues and their messages are gone."""
-    settings = make_settings(worker_reconcile_interval_seconds=3600)  # only the loss may trigger a pass
+    # Only the loss may trigger a pass, and it must take the upload although it is fresh.
+    settings = make_settings(worker_reconcile_interval_seconds=3600, worker_stale_upload_seconds=3600)
     start_worker(settings)
     # The upload's event is lost with the queue: nothing but reconciliation can find the image.
     client("s3", settings).put_bucket_notification_configuration(
