@@ -23,8 +23,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -441,6 +443,41 @@ def test_no_port_of_the_stack_answers_on_a_non_loopback_address(local_stack, rec
     # the same ports do answer on loopback (so "refused" above means "not exposed", not "down")
     for port in (local_stack.settings.api_port, local_stack.settings.torchserve_management_port):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_torchserve_management_fetches_no_archive_from_a_url(local_stack, tmp_path):
+    """The management API runs without tokens on loopback, where any web page the user opens can
+    still send it a form POST (no CORS needed to send one). Registering an archive from a URL would
+    make TorchServe download and run that archive's code (ShellTorch, CVE-2023-43654), so no URL
+    may be fetched: archives are registered by file name from the model store only."""
+    hits: list[str] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    management = local_stack.settings.torchserve_management_url
+    models_before = httpx.get(f"{management}/models", timeout=30).json()
+    try:
+        for url in (f"http://127.0.0.1:{server.server_address[1]}/evil.mar", f"file://{tmp_path}/evil.mar"):
+            response = httpx.post(f"{management}/models", params={"url": url, "initial_workers": 1}, timeout=60)
+            assert response.status_code >= 400, (url, response.text)
+            assert "does not match any allowed URL" in response.text, (url, response.text)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits == [], f"TorchServe fetched {hits}"
+    assert httpx.get(f"{management}/models", timeout=30).json() == models_before
+    # registering by file name from the model store still works (what `udagram model` does)
+    archive = next(Path(local_stack.settings.model_store).glob("*.mar")).name
+    again = httpx.post(f"{management}/models", params={"url": archive}, timeout=60)
+    assert again.status_code in (200, 409) and "allowed URL" not in again.text, again.text
 
 
 # --- GraphQL limits on the running API -----------------------------------------------------------
