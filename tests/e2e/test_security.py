@@ -37,7 +37,7 @@ import pytest
 from tests.fixtures.stack import LocalStack, free_port_block
 from tests.graphql_api.tokens import FORGED, forged
 from udagram.aws import client
-from udagram.stack import programs, supervisor
+from udagram.stack import programs, seaweedfs, supervisor
 
 pytestmark = pytest.mark.aws
 
@@ -355,6 +355,32 @@ def test_s3_refuses_unsigned_writes_reads_and_listings(local_stack, alices):
     delete = httpx.delete(f"{s3}/{st.originals_bucket}/{alices['original']}", timeout=30)
     assert delete.status_code == 403, delete.text
     assert alices["original"] in _keys(st, st.originals_bucket)
+
+
+def test_seaweedfs_internal_ports_refuse_unsigned_access(local_stack, alices):
+    """Behind the S3 gateway, SeaweedFS's filer and volume server speak plain HTTP on loopback: with
+    the stack's JWT keys they refuse what S3 would have to authorise (reads, listings, writes and
+    deletes on the filer; writes on the volume server), so S3's signatures cannot be bypassed."""
+    st = local_stack.settings
+    ports = seaweedfs.internal_ports(st)
+    filer = f"http://127.0.0.1:{ports['filer.port']}/buckets/{st.originals_bucket}"
+    original = f"{filer}/{alices['original']}"
+    refused = {
+        "filer read": httpx.get(original, timeout=30),
+        "filer listing": httpx.get(f"{filer}/originals/", headers={"Accept": "application/json"}, timeout=30),
+        "filer write": httpx.post(f"{filer}/originals/{'e' * 32}.jpg", files={"file": ("e.jpg", b"planted")},
+                                  timeout=30),
+        "filer delete": httpx.delete(original, timeout=30),
+    }
+    assign = httpx.get(f"http://127.0.0.1:{ports['master.port']}/dir/assign", timeout=30).json()
+    assert "auth" not in assign, assign  # the master hands out no write token over HTTP
+    refused["volume write"] = httpx.post(f"http://{assign['url']}/{assign['fid']}",
+                                         files={"file": ("v", b"planted")}, timeout=30)
+    answered = {what: f"{r.status_code} {r.text[:100]}" for what, r in refused.items() if r.status_code != 401}
+    assert answered == {}, answered
+    assert not refused["filer read"].content.startswith(b"GIF89a")
+    assert alices["original"] in _keys(st, st.originals_bucket)
+    assert f"originals/{'e' * 32}.jpg" not in _keys(st, st.originals_bucket)
 
 
 # --- network exposure ----------------------------------------------------------------------------

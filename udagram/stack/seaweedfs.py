@@ -6,6 +6,11 @@ One place for them, used by the local stack and by the tests' `seaweedfs` fixtur
   identities file (the local access keys from the settings are the only identity) and, for the
   local stack, `notification.toml`, which SeaweedFS reads from its working directory: its filer
   then POSTs every metadata event to the S3 event bridge (`udagram.stack.s3_events`).
+- `security.toml` (also read from the working directory) holds random JWT keys, new at each
+  start: the filer's HTTP API then refuses unsigned reads, listings, writes and deletes, and the
+  volume server unsigned writes. Without them anything that reaches those loopback ports (any
+  local process, or a web page in the user's browser: the filer answers CORS with `*`) could
+  read and change every object behind S3's back. The S3 gateway signs its own requests.
 - Every listener binds `settings.host`. Besides the S3 port, `weed mini` opens a master, volume,
   filer, admin and debug port and a gRPC port for each (by default http port + 10000, which can
   land above 65535 or on a taken port): all are set explicitly to
@@ -15,6 +20,7 @@ One place for them, used by the local stack and by the tests' `seaweedfs` fixtur
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from pathlib import Path
 
@@ -78,6 +84,14 @@ def notification_toml(webhook_url: str) -> str:
     )
 
 
+def security_toml() -> str:
+    # JWTs live 10 s and every component of `weed mini` restarts together: fresh keys cost nothing.
+    sections = ("jwt.signing", "jwt.filer_signing", "jwt.filer_signing.read")
+    return "# Written by `udagram up`: random keys, new at each start.\n" + "".join(
+        f'[{section}]\nkey = "{secrets.token_urlsafe(32)}"\nexpires_after_seconds = 10\n' for section in sections
+    )
+
+
 def bridge_url(settings: Settings) -> str:
     return f"http://{settings.host}:{settings.s3_events_port}/events"
 
@@ -90,6 +104,10 @@ def prepare(settings: Settings, *, notifications: bool = True) -> Path:
     path = cwd / "identities.json"
     path.write_text(json.dumps(identities(settings), indent=2))
     path.chmod(0o600)
+    security = cwd / "security.toml"
+    security.touch(mode=0o600)  # private before the keys are in it
+    security.chmod(0o600)
+    security.write_text(security_toml())
     toml = cwd / "notification.toml"
     if notifications:
         toml.write_text(notification_toml(bridge_url(settings)))
