@@ -7,7 +7,7 @@
    200 uploads through the API;
 3. on the same stack, API page queries (bench/api.py);
 4. the report (bench/report.py).
-About 12-15 minutes on 2 cores (`--quick`: about 5). Everything it starts runs on free loopback
+About 10-12 minutes on 2 cores (`--quick`: about 4). Everything it starts runs on free loopback
 ports in temp dirs and is stopped at the end, on failure and on Ctrl-C / SIGTERM too.
 """
 
@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
-FULL = {"seconds": 6.0, "rounds": 2, "samples": 20, "large_samples": 5, "burst": 200, "model_seconds": 10.0,
-        "api_seconds": 8.0, "poll_ms": 10.0, "burst_poll_ms": 100.0}
+FULL = {"seconds": 8.0, "rounds": 3, "samples": 30, "large_samples": 10, "burst": 200, "model_seconds": 15.0,
+        "api_seconds": 10.0, "poll_ms": 10.0, "burst_poll_ms": 100.0}
 QUICK = {**FULL, "seconds": 2.0, "rounds": 1, "samples": 5, "large_samples": 2, "burst": 30, "model_seconds": 3.0,
          "api_seconds": 2.0}
 
