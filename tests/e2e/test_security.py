@@ -383,6 +383,40 @@ def test_seaweedfs_internal_ports_refuse_unsigned_access(local_stack, alices):
     assert f"originals/{'e' * 32}.jpg" not in _keys(st, st.originals_bucket)
 
 
+# Ports that may answer a foreign origin's CORS preflight, and why that exposes nothing.
+CORS_GRANTED_ON_PURPOSE = {
+    "S3 (SeaweedFS)": "the web page uploads there with presigned POSTs; every request must be signed",
+    "SeaweedFS filer": "refuses every unsigned request (test_seaweedfs_internal_ports_refuse_unsigned_access)",
+    "SeaweedFS volume": "refuses unsigned writes; a read needs a file id with a random 32-bit cookie",
+}
+
+
+def test_no_other_port_of_the_stack_lets_a_web_page_in(local_stack):
+    """A page the user opens in a browser can send requests to loopback ports. None of the stack's
+    ports may grant a foreign origin CORS (which would let the page read the answers and send
+    AWS-style JSON requests), except the listed ones; dynalite refuses browser requests outright."""
+    evil = "http://evil.example"
+    granted = {}
+    for port, what in declared_ports(local_stack).items():
+        try:
+            answer = httpx.options(f"http://127.0.0.1:{port}/", timeout=10, headers={
+                "Origin": evil, "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,x-amz-target,authorization"})
+        except httpx.HTTPError:
+            continue  # not HTTP/1 (gRPC) or not listening: nothing a page can use
+        allowed = answer.headers.get("access-control-allow-origin")
+        if allowed in ("*", evil) and what not in CORS_GRANTED_ON_PURPOSE:
+            granted[f"{what} ({port})"] = allowed
+    assert granted == {}, f"ports granting a foreign web page access: {granted}"
+
+    st = local_stack.settings
+    page_post = httpx.post(f"http://127.0.0.1:{st.dynamodb_port}/", timeout=10, content=b"{}", headers={
+        "Origin": evil, "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "DynamoDB_20120810.ListTables"})
+    assert page_post.status_code == 403 and "web pages" in page_post.text, page_post.text
+    # ... while the SDK (no Origin) is served
+    assert st.images_table in client("dynamodb", st).list_tables()["TableNames"]
+
+
 # --- network exposure ----------------------------------------------------------------------------
 
 

@@ -23,6 +23,8 @@ from udagram.stack import health, seaweedfs
 SERVICES = 3  # the stage of TorchServe, API and worker: resources are created before it
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DYNALITE = REPO_ROOT / "tools" / "node" / "node_modules" / "dynalite" / "cli.js"
+# dynalite behind a refusal of browser requests (it answers them with CORS "*")
+DYNALITE_SERVER = REPO_ROOT / "tools" / "node" / "dynalite-server.js"
 BIN = Path(sys.executable).parent
 
 
@@ -84,6 +86,8 @@ def storage(settings: Settings) -> list[Program]:
             name="sqs",
             title="SQS (moto server, in memory)",
             command=[str(BIN / "moto_server"), "-H", host, "-p", str(settings.sqs_port)],
+            # moto grants every origin CORS: web pages the user opens could read and change the queues
+            environment={"MOTO_DISABLE_GLOBAL_CORS": "true"},
             stage=1,
             ports=(Port(settings.sqs_port, "SQS (moto)", "UDAGRAM_SQS_PORT"),),
             health=health.sqs,
@@ -93,7 +97,7 @@ def storage(settings: Settings) -> list[Program]:
             title="DynamoDB (dynalite)",
             command=[
                 shutil.which("node") or "node",
-                str(DYNALITE),
+                str(DYNALITE_SERVER),
                 "--host", host,
                 "--port", str(settings.dynamodb_port),
                 "--path", str(settings.data_dir / "dynamodb"),
