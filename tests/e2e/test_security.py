@@ -7,6 +7,10 @@ What the API-level tests (tests/graphql_api) cannot show, shown here on the runn
   tests/graphql_api/tokens.py, and with a non-Bearer header, and nothing changes in DynamoDB/S3;
 - every mutation that takes an id refuses another signed-in user the owner's group and image;
 - S3 (SeaweedFS) refuses unsigned writes, reads and listings: the presigned URLs are the only way in;
+  SeaweedFS's own filer and volume ports refuse unsigned access too (no way around S3's checks);
+- TorchServe's token-less management API downloads no archive from a URL (ShellTorch);
+- no port of the stack grants a foreign web page CORS (beyond the explained S3/SeaweedFS ones),
+  and dynalite refuses browser requests: pages the user opens can reach loopback ports;
 - every listening socket of every process under supervisord (Java and TorchServe's Python
   workers, `weed`, node, moto included) is bound to loopback, and connecting to each of those
   ports (and every port the stack declares) on each non-loopback address of this machine is refused;
