@@ -6,11 +6,13 @@ One place for them, used by the local stack and by the tests' `seaweedfs` fixtur
   identities file (the local access keys from the settings are the only identity) and, for the
   local stack, `notification.toml`, which SeaweedFS reads from its working directory: its filer
   then POSTs every metadata event to the S3 event bridge (`udagram.stack.s3_events`).
-- `security.toml` (also read from the working directory) holds random JWT keys, new at each
-  start: the filer's HTTP API then refuses unsigned reads, listings, writes and deletes, and the
-  volume server unsigned writes. Without them anything that reaches those loopback ports (any
-  local process, or a web page in the user's browser: the filer answers CORS with `*`) could
-  read and change every object behind S3's back. The S3 gateway signs its own requests.
+- Nothing but the S3 gateway may touch the objects: anything that reaches a loopback port (any
+  local process, or a web page in the user's browser) could otherwise read and change them
+  behind S3's back, e.g. a plain GET to the master's `/col/delete` dropped a whole bucket, and
+  the filer served every object with CORS `*`. So the master's and the filer's HTTP APIs are off
+  (`-disableHttp`: the components talk gRPC), and `security.toml` (also read from the working
+  directory) holds random JWT keys, new at each start, that the volume server requires for
+  writes and the filer for any HTTP access. The S3 gateway signs its own requests.
 - Every listener binds `settings.host`. Besides the S3 port, `weed mini` opens a master, volume,
   filer, admin and debug port and a gRPC port for each (by default http port + 10000, which can
   land above 65535 or on a taken port): all are set explicitly to
@@ -136,6 +138,7 @@ def command(settings: Settings) -> list[str]:
         "-admin.ui=false",
         "-master.volumeSizeLimitMB=64",
         "-master.telemetry=false",
+        "-disableHttp",  # master and filer answer gRPC only (see the module docstring)
         f"-s3.config={identities_file}",
     ]
 
