@@ -20,6 +20,9 @@ FROM app
 RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
     && rm -rf /var/lib/apt/lists/*
 ENV UDAGRAM_MODEL_STORE=/app/model-store
+# The package is installed into site-packages, away from the repository's config.properties.
+COPY config.properties /app/config.properties
+ENV UDAGRAM_TORCHSERVE_CONFIG=/app/config.properties
 # The default archive (pretrained EfficientNet-Lite2 from its PyPI package) is baked in.
 RUN mkdir -p /app/model-store && udagram model build && chown -R udagram /app/model-store
 USER udagram

@@ -99,6 +99,7 @@ def serve() -> None:
         {settings.model_name: archive.name},
         model_name=settings.model_name,
         log_dir=log_dir,
+        config_template=settings.torchserve_config,
     )
 
     # The handler only raises a flag: stopping from inside it would race the main thread's wait()

@@ -85,9 +85,10 @@ def render_config(
     endpoints: Endpoints,
     run_dir: Path,
     overrides: dict[str, str] | None = None,
-    template: Path = REPO_CONFIG,
+    template: Path | None = None,
 ) -> Path:
-    """Write run_dir/config.properties: the repo config with this instance's ports."""
+    """Write run_dir/config.properties: the repo config (or `template`) with this instance's ports."""
+    template = template or REPO_CONFIG
     properties = read_properties(template)
     properties.update(
         {
@@ -216,6 +217,7 @@ class TorchServeProcess:
         config_overrides: dict[str, str] | None = None,
         log_dir: Path | None = None,
         worker_env: dict[str, str | None] | None = None,  # see torchserve_env
+        config_template: Path | None = None,  # default: the repository's config.properties
     ) -> None:
         self.endpoints = endpoints
         self.model_store = Path(model_store).resolve()
@@ -225,6 +227,7 @@ class TorchServeProcess:
         self.config_overrides = dict(config_overrides or {})
         self.log_dir = Path(log_dir).resolve() if log_dir else self.run_dir / "logs"
         self.worker_env = worker_env
+        self.config_template = config_template
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -254,7 +257,7 @@ class TorchServeProcess:
         """Start without waiting for readiness (the foreground CLI waits differently)."""
         if self.is_running():
             raise TorchServeError("this TorchServe instance is already running")
-        config = render_config(self.endpoints, self.run_dir, self.config_overrides)
+        config = render_config(self.endpoints, self.run_dir, self.config_overrides, self.config_template)
         command = torchserve_command(config, self.model_store, self.models)
         with open(self.stdout_path, "ab") as out:
             self.process = subprocess.Popen(

@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     model_name: str = "classifier"
     model_store: Path = Path("model-store")
     model_default_version: str = "1.0"  # the archive `udagram model serve` loads at start
+    torchserve_config: Path | None = None  # config.properties template; default: the repository's
 
     # --- worker ----------------------------------------------------------------------------------
     worker_concurrency: int = 8  # messages in flight; keeps TorchServe's batches full

@@ -22,6 +22,7 @@ Presigned URL expiry is proved at API level against SeaweedFS (tests/graphql_api
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -423,6 +424,13 @@ def test_no_other_port_of_the_stack_lets_a_web_page_in(local_stack):
     assert page_post.status_code == 403 and "web pages" in page_post.text, page_post.text
     # ... while the SDK (no Origin) is served
     assert st.images_table in client("dynamodb", st).list_tables()["TableNames"]
+    # A blind form POST (no CORS needed) to the S3 event bridge would queue a fake upload event.
+    fake_event = json.dumps({"event_type": "create", "key": f"/buckets/{st.originals_bucket}/originals/x.jpg"})
+    page_post = httpx.post(f"http://127.0.0.1:{st.s3_events_port}/events", timeout=10, content=fake_event,
+                           headers={"Origin": evil, "Content-Type": "text/plain"})
+    assert page_post.status_code == 403 and "web pages" in page_post.text, page_post.text
+    # ... while the filer's webhook (no Origin) is served
+    assert httpx.post(f"http://127.0.0.1:{st.s3_events_port}/events", timeout=10, content=b"[]").status_code == 400
 
 
 # --- network exposure ----------------------------------------------------------------------------

@@ -84,3 +84,14 @@ def test_rendered_config_overrides_ports_and_keeps_the_rest(tmp_path: Path) -> N
     assert config["metrics_mode"] == "prometheus"
     assert config["disable_token_authorization"] == "true"
     assert "-Xmx512m" in config["vmargs"]
+    assert config["allowed_urls"] == "^$"  # archives by file name from the store only
+
+
+def test_a_config_template_elsewhere_is_used(tmp_path: Path) -> None:
+    """An installed package (the Docker image) has no repository next to it: UDAGRAM_TORCHSERVE_CONFIG."""
+    template = tmp_path / "elsewhere.properties"
+    template.write_text("default_workers_per_model=3\ninference_address=http://0.0.0.0:9\n")
+    endpoints = Endpoints("127.0.0.1", 1111, 2222, 3333, 4444, 5555)
+    config = read_properties(render_config(endpoints, tmp_path / "run", template=template))
+    assert config["default_workers_per_model"] == "3"
+    assert config["inference_address"] == "http://127.0.0.1:1111"

@@ -94,22 +94,6 @@ def test_every_process_runs_and_is_healthy(local_stack: LocalStack) -> None:
                    for line in result.stdout.splitlines()), result.stdout
 
 
-def test_everything_listens_on_loopback_only(local_stack: LocalStack) -> None:
-    """Every TCP listener of the stack's processes (found by pid, not by expected port) is on
-    127.0.0.1, and each service listens on the port its settings give."""
-    pids = set(control.process_tree(supervisor.running_pid(supervisor.paths(local_stack.settings))))
-    listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
-    # Java listens on the IPv4-mapped form of 127.0.0.1: the same loopback address.
-    ours = {line.split()[3].replace("[::ffff:127.0.0.1]", "127.0.0.1"): line.split()[-1]
-            for line in listening.splitlines() if any(f"pid={pid}," in line for pid in pids)}
-    assert ours, listening
-    assert {a: who for a, who in ours.items() if not a.startswith("127.0.0.1:")} == {}
-    st = local_stack.settings
-    expected = {st.s3_port, st.sqs_port, st.dynamodb_port, st.s3_events_port, st.api_port, st.worker_metrics_port,
-                st.torchserve_inference_port, st.torchserve_management_port, st.torchserve_metrics_port}
-    assert {p for p in expected if f"127.0.0.1:{p}" not in ours} == set()
-
-
 def test_up_again_is_a_no_op_that_reports_healthy(local_stack: LocalStack) -> None:
     before = {s.name: s.pid for s in control.status(local_stack.settings) or []}
     result = subprocess.run([UDAGRAM, "up"], env=local_stack.env, capture_output=True, text=True, timeout=300)

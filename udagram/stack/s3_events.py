@@ -186,6 +186,10 @@ def make_server(settings: Settings, bridge: Bridge | None = None) -> ThreadingHT
         def do_POST(self) -> None:  # noqa: N802
             if self.path != "/events":
                 return self._answer(404, {"error": "not found"})
+            if self.headers.get("Origin") is not None:
+                # Browsers send Origin on every cross-site POST; the filer never does. Without
+                # this, any web page the user opens could queue fake upload events on loopback.
+                return self._answer(403, {"error": "requests from web pages are refused"})
             length = int(self.headers.get("Content-Length") or 0)
             if length <= 0 or length > MAX_EVENT_BYTES:
                 return self._answer(400, {"error": f"event body must be 1..{MAX_EVENT_BYTES} bytes"})
