@@ -25,7 +25,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.pipeline import GROUP_FIELDS, IMAGE_FIELDS, Api, bench_stack, percentiles, scrape  # noqa: E402
+from bench.pipeline import GROUP_FIELDS, IMAGE_FIELDS, Api, bench_stack, percentiles_ms, scrape  # noqa: E402
 from tests.fixtures.stack import LocalStack  # noqa: E402
 
 GROUPS = f"""query Groups($first: Int, $after: String) {{
@@ -84,9 +84,9 @@ def load(stack: LocalStack, query: str, variables: dict[str, Any], clients: int,
     finally:
         for api in apis:
             api.close()
-    stats = percentiles(latencies)
+    stats = percentiles_ms(latencies)
     return {"clients": clients, "requests": total, "seconds": elapsed, "requests_per_second": total / elapsed,
-            "p50_ms": stats["p50"] * 1000, "p95_ms": stats["p95"] * 1000, "errors": errors[0],
+            "p50_ms": stats["p50"], "p95_ms": stats["p95"], "errors": errors[0],
             "latencies_ms": [round(x * 1000, 2) for x in latencies]}
 
 

@@ -46,6 +46,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.serving import percentile  # noqa: E402
 from handlers.archive import DEFAULT_VERSION, archive_path, ensure_default_archive  # noqa: E402
 from tests.fixtures.stack import LocalStack, running_stack  # noqa: E402
 from udagram import data  # noqa: E402
@@ -81,16 +82,12 @@ def photo_jpeg(size: tuple[int, int], name: str = "chelsea") -> bytes:
     return out.getvalue()
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
-    """p50 / p95 / max (nearest rank) and the count; empty input gives zeros."""
-    if not values:
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    """n, p50, p95 (nearest rank, as bench/serving.py) and max, in ms; empty input gives zeros."""
+    if not seconds:
         return {"n": 0, "p50": 0.0, "p95": 0.0, "max": 0.0}
-    ordered = sorted(values)
-
-    def rank(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-    return {"n": len(ordered), "p50": rank(0.5), "p95": rank(0.95), "max": ordered[-1]}
+    return {"n": len(seconds), "p50": percentile(seconds, 0.5), "p95": percentile(seconds, 0.95),
+            "max": max(seconds) * 1000}
 
 
 class Api:
@@ -238,7 +235,7 @@ def model_server_throughput(settings: Settings, body: bytes, clients: int, secon
             total = sum(pool.map(client, [start + seconds] * clients))
             elapsed = time.perf_counter() - start
     return {"clients": clients, "images": total, "seconds": elapsed, "images_per_second": total / elapsed,
-            **{f"{k}_ms": v * 1000 for k, v in percentiles(latencies).items() if k != "n"}}
+            **{f"{k}_ms": v for k, v in percentiles_ms(latencies).items() if k != "n"}}
 
 
 # --- 2. idle, sequential -----------------------------------------------------------------------
@@ -272,8 +269,8 @@ def sequential(stack: LocalStack, api: Api, group_id: str, body: bytes, samples:
     return {
         "label": label, "bytes": len(body), "poll_ms": poll * 1000,
         "observed_ms": [x * 1000 for x in observed], "exact_ms": [x * 1000 for x in exact],
-        "observed": {k: (v * 1000 if k != "n" else v) for k, v in percentiles(observed).items()},
-        "exact": {k: (v * 1000 if k != "n" else v) for k, v in percentiles(exact).items()},
+        "observed": percentiles_ms(observed),
+        "exact": percentiles_ms(exact),
         "stage_ms": {k: v * 1000 for k, v in stage_means(before, after).items()},
     }
 
@@ -326,8 +323,8 @@ def burst(stack: LocalStack, api: Api, group_id: str, body: bytes, count: int, p
         "upload_phase_s": uploads_done - start,
         "completion_s_observed": end - start, "completion_s": last_exact,
         "images_per_second": count / last_exact,
-        "latency_observed": {k: (v * 1000 if k != "n" else v) for k, v in percentiles(observed).items()},
-        "latency_exact": {k: (v * 1000 if k != "n" else v) for k, v in percentiles(exact).items()},
+        "latency_observed": percentiles_ms(observed),
+        "latency_exact": percentiles_ms(exact),
         "latency_exact_ms": [x * 1000 for x in exact],
         "cpu_ms_per_image": {name: (cpu_after.get(name, 0) - cpu_before.get(name, 0)) * 1000 / count
                              for name in cpu_after},
