@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -95,6 +97,12 @@ class GraphQLApp(GraphQL):
         return await build_context(self.state, request, response)
 
 
+def local_hosts(settings: Settings) -> list[str]:
+    """The Host names the local API answers to (anything else: 400)."""
+    hosts = {urlsplit(settings.public_url).hostname, settings.host, "localhost", "127.0.0.1", *settings.allowed_hosts}
+    return sorted(h for h in hosts if h)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     data.configure(settings)
@@ -149,6 +157,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         (STATIC_DIR / "index.html").write_text("<!doctype html><title>Udagram</title><p>Udagram API</p>\n")
     routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
 
-    app = Starlette(routes=routes, middleware=[Middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)])
+    middleware = [Middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)]
+    if local:
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=local_hosts(settings)))
+    app = Starlette(routes=routes, middleware=middleware)
     app.state.udagram = state
     return app

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # --- GraphQL API -------------------------------------------------------------------------
     api_port: int = 8000
     public_url: str | None = None  # how browsers reach the API; default http://host:api_port
+    # Local mode answers only requests whose Host is public_url's, localhost, 127.0.0.1 or one of
+    # these (JSON list): a DNS-rebinding web page must not reach the password-less local sign-in.
+    allowed_hosts: list[str] = []
     max_request_bytes: int = 64 * 1024
     max_upload_bytes: int = 20 * 1024 * 1024
     upload_url_ttl_seconds: int = 900

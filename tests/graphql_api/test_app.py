@@ -121,3 +121,22 @@ def test_aws_mode_has_no_local_issuer_and_no_graphiql(moto_server, tmp_path):
         assert "graphiql" not in graphiql.text.lower()
     with pytest.raises(RuntimeError):
         auth.issue_token("alice", settings)
+
+
+def test_local_api_answers_only_its_own_host_names(aws_settings):
+    """A DNS-rebinding page (evil.example re-resolved to 127.0.0.1) must not reach the local sign-in."""
+    with TestClient(create_app(aws_settings)) as test_client:
+        for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
+            refused = test_client.post("/auth/local/token", json={"user": "alice"}, headers={"Host": host})
+            assert refused.status_code == 400, (host, refused.text)
+        for host in ("127.0.0.1:8000", "localhost", "testserver"):
+            answered = test_client.post("/auth/local/token", json={"user": "alice"}, headers={"Host": host})
+            assert answered.status_code == 200 and answered.json().get("token"), (host, answered.text)
+
+
+def test_aws_mode_has_no_host_list(aws_settings):
+    """Behind a load balancer, health checks come with the instance's address as Host."""
+    settings = aws_settings.model_copy(update={"mode": "aws", "auth_issuer": "https://idp.example/",
+                                               "auth_jwks_url": "https://idp.example/jwks.json"})
+    with TestClient(create_app(settings)) as test_client:
+        assert test_client.get("/healthz", headers={"Host": "10.0.3.7:8000"}).status_code == 200
