@@ -396,7 +396,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--model-seconds", type=float, default=10)
     parser.add_argument("--poll-ms", type=float, default=10)
-    parser.add_argument("--burst-poll-ms", type=float, default=100)
+    parser.add_argument("--burst-poll-ms", type=float, default=1000)
     args = parser.parse_args()
     import json
 

@@ -27,7 +27,7 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
 FULL = {"seconds": 8.0, "rounds": 3, "samples": 30, "large_samples": 10, "burst": 200, "model_seconds": 15.0,
-        "api_seconds": 10.0, "poll_ms": 10.0, "burst_poll_ms": 100.0}
+        "api_seconds": 10.0, "poll_ms": 10.0, "burst_poll_ms": 1000.0}
 QUICK = {**FULL, "seconds": 2.0, "rounds": 1, "samples": 5, "large_samples": 2, "burst": 30, "model_seconds": 3.0,
          "api_seconds": 2.0}
 
