@@ -106,6 +106,10 @@ class Consumer:
                                    else reconcile_on_start)
         self.reconcile_requested = threading.Event()
         self.queue_was_lost = False  # the next reconciliation pass takes uploads of any age
+        # Which queue this is: another process (the S3 event bridge) may re-create a lost queue
+        # before this worker notices it missing, so its creation time is compared after outages.
+        self.queue_created = self._queue_created()
+        self.queue_unsure = False
         self.concurrency = max(1, settings.worker_concurrency)
         self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="image")
         self.slots = threading.BoundedSemaphore(self.concurrency)
@@ -179,8 +183,12 @@ class Consumer:
                     self._queue_lost()
                     continue
                 log.warning("receive failed; retrying", error=str(exc))
+                self.queue_unsure = True
                 self.stopping.wait(self.settings.worker_retry_base_seconds)
                 continue
+            if self.queue_unsure or not resp.get("Messages"):
+                self.queue_unsure = False
+                self.check_queue_identity()
             for message in resp.get("Messages", []):
                 item = InFlight(message["ReceiptHandle"], message["MessageId"],
                                 int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1")))
@@ -192,6 +200,26 @@ class Consumer:
                 metrics.IN_FLIGHT.inc()
                 self.pool.submit(self._handle_safely, message, item)
 
+    def _queue_created(self) -> str | None:
+        try:
+            return self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["CreatedTimestamp"]
+                                                 )["Attributes"].get("CreatedTimestamp")
+        except (ClientError, BotoCoreError):  # e.g. no sqs:GetQueueAttributes permission: no check
+            return None
+
+    def check_queue_identity(self) -> bool:
+        """After an outage or an empty receive: was the queue re-created meanwhile (its messages
+        gone)? Then reconcile as for a lost queue. Returns whether it was."""
+        created = self._queue_created()
+        if not (created and self.queue_created and created != self.queue_created):
+            self.queue_created = self.queue_created or created
+            return False
+        log.warning("the uploads queue was re-created elsewhere; reconciling the images its messages carried")
+        self.queue_created = created
+        self.queue_was_lost = True
+        self.reconcile_requested.set()
+        return True
+
     def _queue_lost(self) -> None:
         """The queue is gone, with its messages: re-create it, then reconcile what they carried."""
         log.error("the uploads queue does not exist", queue=self.settings.queue_name,
@@ -199,6 +227,7 @@ class Consumer:
         try:
             if self.settings.create_resources:
                 self.queue_url, _, self.dlq_url = resources.ensure_queues(self.settings, self.sqs)
+                self.queue_created = self._queue_created()
                 log.warning("uploads queue re-created; reconciling the images its messages carried")
                 self.queue_was_lost = True
                 self.reconcile_requested.set()

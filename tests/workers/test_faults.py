@@ -191,3 +191,24 @@ def test_periodic_reconciliation_finds_an_upload_whose_event_was_lost(make_setti
     [rec] = wait_status([image_id], timeout=60)
     assert rec.status == "DONE", rec.error
     assert processed_keys(settings) == [data.processed_key(image_id)]
+
+
+def test_a_queue_recreated_by_another_process_is_noticed(make_settings):
+    """The S3 event bridge may re-create a lost queue before the worker finds it missing."""
+    from udagram import resources
+    from workers.consumer import Consumer
+
+    settings = make_settings()
+    consumer = Consumer(settings)
+    try:
+        assert consumer.check_queue_identity() is False  # the same queue: nothing to do
+        sqs = client("sqs", settings)
+        for name in (settings.queue_name, settings.dead_letter_queue_name):
+            sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=name)["QueueUrl"])
+        time.sleep(1.1)  # creation times have a resolution of one second
+        resources.ensure_queues(settings)
+        assert consumer.check_queue_identity() is True
+        assert consumer.queue_was_lost and consumer.reconcile_requested.is_set()
+        assert consumer.check_queue_identity() is False  # noticed once
+    finally:
+        consumer.processor.classifier.close()
