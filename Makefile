@@ -13,7 +13,7 @@ help:
 	@echo "make down    stop the local stack (data in .data/ is kept)"
 	@echo "make test    set up everything and run the whole test suite"
 	@echo "make bench   run the benchmarks and write bench/report/ (~12 min; BENCH_ARGS=--quick: ~4)"
-	@echo "make chaos   kill -9 each server mid-burst, check nothing is lost: bench/report/chaos.md (~12 min; CHAOS_ARGS=--short: ~2)"
+	@echo "make chaos   kill -9 each server mid-burst, check nothing is lost: bench/report/chaos.md (~3 min; CHAOS_ARGS=--short: ~2)"
 
 # Python environment: rebuilt when pyproject.toml changes.
 $(INSTALLED): pyproject.toml
