@@ -10,7 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
-from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
+from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, PynamoDBException, UpdateError
 from strawberry.types import Info
 
 from graphql_api.auth import User as AuthUser
@@ -134,10 +134,16 @@ def _create_image(context: Context, user: AuthUser, group_id: str, caption: str,
     model.save(condition=data.ImageModel.id.does_not_exist())
     try:
         data.add_to_image_count(group_id, 1)
-    except UpdateError:
-        # The group was deleted meanwhile: take the image back out, nothing dangles.
-        model.delete()
-        return NotFound(message="no group with this id", id=group_id)
+    except UpdateError as exc:
+        # The group was deleted meanwhile, or DynamoDB failed (the client gets an error and may
+        # retry): take the image back out, so no record waits for an upload nobody will send.
+        try:
+            model.delete()
+        except PynamoDBException:
+            pass  # DynamoDB is down: reconciliation marks it FAILED once its upload URL expired
+        if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
+            return NotFound(message="no group with this id", id=group_id)
+        raise
     upload = context.storage.presigned_upload(model.original_key, content_type, content_length)
     return ImageUpload(
         image=Image.from_model(model),

@@ -252,6 +252,25 @@ def test_create_image_racing_a_group_deletion_leaves_nothing_behind(api, monkeyp
     assert data.ImageModel.count() == 0 and data.GroupModel.count() == 0
 
 
+def test_create_image_whose_counter_update_fails_leaves_no_record(api, monkeypatch):
+    """DynamoDB fails after the record was written: the client gets an error (and will retry), and
+    no record is left waiting for an upload that will never come."""
+    from pynamodb.exceptions import UpdateError
+
+    from graphql_api.schema import mutations
+
+    group = api.create_group("alice")
+
+    def fail(group_id: str, delta: int) -> None:
+        raise UpdateError("Failed to update item: connection refused")
+
+    monkeypatch.setattr(mutations.data, "add_to_image_count", fail)
+    body = api.post(CREATE_IMAGE, {"input": {"groupId": group["id"], "contentType": "image/jpeg",
+                                             "contentLength": 10}}, user="alice").json()
+    assert body.get("errors") and body["data"] is None, body
+    assert data.ImageModel.count() == 0
+
+
 def test_delete_group_racing_a_new_image_is_refused(api, monkeypatch):
     """An image arrives after the group's images were listed: the conditional delete refuses."""
     from graphql_api.schema import mutations
