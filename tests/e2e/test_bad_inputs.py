@@ -7,9 +7,10 @@ asserting its own outcome. Around the corpus: no process of the stack died or wa
 (same pids for every supervised program and every TorchServe model worker), the worker logged no
 unclassified failure, and an ordinary photo uploaded afterwards still becomes DONE.
 
-A record whose upload S3 refused stays AWAITING_UPLOAD: the product has no expiry for it (the web
-page deletes the record itself when the POST fails); its imageUrl is null, reprocessImage answers
-NotUploaded, and its owner can delete it.
+A record whose upload S3 refused stays AWAITING_UPLOAD (the web page deletes the record itself
+when the POST fails) until the worker's reconciliation marks it FAILED, 10 minutes after its upload
+URL expired (tested in tests/workers/test_pipeline.py); meanwhile its imageUrl is null,
+reprocessImage answers NotUploaded, and its owner can delete it.
 """
 
 from __future__ import annotations
