@@ -245,7 +245,8 @@ class Consumer:
                 queue_lost, self.queue_was_lost = self.queue_was_lost, False
                 try:
                     reconcile(self.settings, s3=self.processor.s3, sqs=self.sqs, queue_lost=queue_lost)
-                except Exception as exc:  # a safety net: the next pass tries again
+                except Exception as exc:  # a safety net: the next pass tries again, as thoroughly
+                    self.queue_was_lost = self.queue_was_lost or queue_lost
                     log.warning("reconciliation failed; next pass retries", error=f"{type(exc).__name__}: {exc}")
             self.reconcile_requested.wait(interval if interval > 0 else None)
             self.reconcile_requested.clear()
