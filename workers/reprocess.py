@@ -126,6 +126,6 @@ def _finished(ids: list[str], since) -> int:
     for r in records:
         if r.status == ImageStatus.DONE.value and r.processed_at and r.processed_at >= since:
             n += 1
-        elif r.status == ImageStatus.FAILED.value and r.status_changed_at >= since.isoformat():
+        elif r.status == ImageStatus.FAILED.value and r.status_changed_at >= data.sortable_time(since):
             n += 1
     return n
