@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,17 +43,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.pipeline import Api, photo_jpeg  # noqa: E402
+from bench.report import machine  # noqa: E402
 from handlers.archive import DEFAULT_VERSION, build_archive  # noqa: E402
 from tests.fixtures.stack import LocalStack, running_stack  # noqa: E402
 from udagram import data  # noqa: E402
 from udagram.aws import client  # noqa: E402
 from udagram.stack import control, supervisor  # noqa: E402
-
-CREATE_GROUP = """mutation($input: CreateGroupInput!) {
-  createGroup(input: $input) { __typename ... on Group { id } ... on Error { code message } } }"""
-CREATE_IMAGE = """mutation($input: CreateImageInput!) {
-  createImage(input: $input) { __typename
-    ... on ImageUpload { image { id } upload { url fields } } ... on Error { code message } } }"""
 
 # Short timings for --short: every recovery path then takes seconds instead of a minute.
 SHORT_TIMINGS = {
@@ -149,34 +143,21 @@ class Upload:
 
 
 class Uploader:
-    """Uploads like the web page, retrying every failed step for up to `patience` seconds."""
+    """Uploads like the web page (bench/pipeline.py's Api), retrying each failed step for up to
+    `patience` seconds: createImage until it answers, then the same presigned POST until S3 takes it."""
 
-    def __init__(self, stack: LocalStack, token: str, group_id: str, body: bytes, patience: float):
-        self.stack, self.token, self.group_id, self.body, self.patience = stack, token, group_id, body, patience
-        self.http = httpx.Client(timeout=30)
-
-    def _graphql(self, query: str, variables: dict) -> dict:
-        response = self.http.post(f"{self.stack.api_url}/graphql", json={"query": query, "variables": variables},
-                                  headers={"Authorization": f"Bearer {self.token}"})
-        response.raise_for_status()
-        body = response.json()
-        if body.get("errors"):
-            raise RuntimeError(body["errors"][0].get("message"))
-        return body["data"]
+    def __init__(self, api: Api, group_id: str, body: bytes, patience: float):
+        self.api, self.group_id, self.body, self.patience = api, group_id, body, patience
 
     def upload(self, n: int) -> Upload:
         result = Upload()
         deadline = time.monotonic() + self.patience
+        name = f"chaos-{n}.jpg"
         ticket = None
         while ticket is None:
             result.create_tries += 1
             try:
-                created = self._graphql(CREATE_IMAGE, {"input": {
-                    "groupId": self.group_id, "caption": f"chaos {n}", "contentType": "image/jpeg",
-                    "contentLength": len(self.body)}})["createImage"]
-                if created["__typename"] != "ImageUpload":
-                    raise RuntimeError(f"{created.get('code')}: {created.get('message')}")
-                ticket = created
+                ticket = self.api.create_image(self.group_id, self.body, name)
             except (httpx.HTTPError, RuntimeError, ValueError) as exc:
                 if time.monotonic() > deadline:
                     result.error = f"createImage: {exc}"
@@ -187,8 +168,7 @@ class Uploader:
         while True:
             result.post_tries += 1
             try:
-                response = self.http.post(upload["url"], data=upload["fields"],
-                                          files={"file": (f"chaos-{n}.jpg", self.body, "image/jpeg")})
+                response = self.api.post(upload, self.body, name)
                 if response.status_code in (200, 201, 204):
                     result.uploaded_at = time.time()
                     return result
@@ -207,14 +187,10 @@ class Uploader:
 
 def statuses(ids: list[str]) -> dict[str, data.ImageModel]:
     """Current records (strongly consistent); {} while DynamoDB is down."""
-    found: dict[str, data.ImageModel] = {}
-    try:
-        for start in range(0, len(ids), 100):
-            for record in data.ImageModel.batch_get(ids[start:start + 100], consistent_read=True):
-                found[record.id] = record
+    try:  # batch_get sends pages of 100 keys itself
+        return {record.id: record for record in data.ImageModel.batch_get(ids, consistent_read=True)}
     except Exception:  # noqa: BLE001 - the DynamoDB server may be the one killed
         return {}
-    return found
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
@@ -364,25 +340,20 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))) // 1024 // 1024
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, {platform.system()} {platform.release()}, commit {commit}"
+def machine_line(m: dict) -> str:
+    return f"{m['cores']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, {m['os']}, commit {m['git_commit']}"
 
 
 def write_report(directory: Path, rows: list[Row], checks: dict, args: argparse.Namespace, env: dict,
                  passed: bool, started: str, seconds: float) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
+    host = machine()
     timings = {k: v for k, v in env.items() if k in SHORT_TIMINGS} or "the product's defaults"
     dlq = checks["dlq"]
     text = [
         f"# Chaos run ({'short' if args.short else 'full'}): {'PASSED' if passed else 'FAILED'}",
         "",
-        f"{started} UTC, {seconds / 60:.1f} min, on {machine()}.",
+        f"{started} UTC, {seconds / 60:.1f} min, on {machine_line(host)}.",
         f"Local stack on loopback (SeaweedFS, dynalite, moto SQS, TorchServe, API, worker under supervisord);"
         f" {args.uploads} uploads per fault from {args.clients} clients (GraphQL createImage + presigned POST,"
         f" 0.3 MP JPEG); worker timings: {timings}.",
@@ -416,19 +387,8 @@ def write_report(directory: Path, rows: list[Row], checks: dict, args: argparse.
     path.write_text("\n".join(text) + "\n")
     path.with_suffix(".json").write_text(json.dumps(
         {"passed": passed, "short": args.short, "rows": [asdict(r) for r in rows], "checks": checks,
-         "machine": machine(), "started": started, "seconds": round(seconds, 1)}, indent=2))
+         "machine": host, "started": started, "seconds": round(seconds, 1)}, indent=2))
     return path
-
-
-def photo() -> bytes:
-    import io
-
-    import skimage.data
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.fromarray(skimage.data.chelsea()).save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,10 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"starting the local stack in {tmp}")
         with running_stack(Path(tmp) / "data", store, **overrides) as stack:
             data.configure(stack.settings)
-            token = stack.token("chaos")
-            group = stack.graphql(CREATE_GROUP, {"input": {"name": "chaos", "description": "chaos run"}},
-                                  token)["createGroup"]
-            uploader = Uploader(stack, token, group["id"], photo(), patience=recover_timeout)
+            api = Api(stack, user="chaos")
+            # the 0.3 MP photo of bench/pipeline.py's uploads
+            uploader = Uploader(api, api.create_group("chaos"), photo_jpeg((640, 480)), patience=recover_timeout)
             all_ids: list[str] = []
             for fault in faults:
                 row, results = run_fault(stack, fault, uploader, args.uploads, args.clients, recover_timeout, all_ids)

@@ -112,16 +112,24 @@ class Api:
             raise RuntimeError(f"createGroup refused: {group}")
         return group["id"]
 
-    def upload(self, group_id: str, body: bytes, name: str = "photo.jpg") -> tuple[str, float, float]:
-        """createImage + presigned POST; returns (image id, wall-clock and perf_counter time at
-        the POST's response)."""
+    def create_image(self, group_id: str, body: bytes, name: str = "photo.jpg") -> dict[str, Any]:
+        """createImage for a JPEG `body`: {"image": {...}, "upload": {"url", "fields", ...}}."""
         variables = {"groupId": group_id, "caption": name, "fileName": name, "contentType": "image/jpeg",
                      "contentLength": len(body)}
         created = self.gql(CREATE_IMAGE, variables)["createImage"]
         if created["__typename"] != "ImageUpload":
             raise RuntimeError(f"createImage refused: {created}")
-        upload = created["upload"]
-        response = self.http.post(upload["url"], data=upload["fields"], files={"file": (name, body, "image/jpeg")})
+        return created
+
+    def post(self, upload: dict[str, Any], body: bytes, name: str = "photo.jpg") -> httpx.Response:
+        """The presigned POST of `body`, as the web page sends it."""
+        return self.http.post(upload["url"], data=upload["fields"], files={"file": (name, body, "image/jpeg")})
+
+    def upload(self, group_id: str, body: bytes, name: str = "photo.jpg") -> tuple[str, float, float]:
+        """createImage + presigned POST; returns (image id, wall-clock and perf_counter time at
+        the POST's response)."""
+        created = self.create_image(group_id, body, name)
+        response = self.post(created["upload"], body, name)
         done_wall, done_perf = time.time(), time.perf_counter()
         if response.status_code not in (200, 201, 204):
             raise RuntimeError(f"presigned POST answered {response.status_code}: {response.text[:300]}")
@@ -300,11 +308,10 @@ def burst(stack: LocalStack, api: Api, group_id: str, body: bytes, count: int, p
                 future.result()  # an upload that failed fails the bench
             with lock:
                 pending = [i for i in uploaded if i not in seen]
-            for offset in range(0, len(pending), 100):
-                for record in data.ImageModel.batch_get(pending[offset:offset + 100], consistent_read=True):
-                    if check_done(record):
-                        seen[record.id] = time.perf_counter()
-                        records[record.id] = record
+            for record in data.ImageModel.batch_get(pending, consistent_read=True):  # pages of 100 inside
+                if check_done(record):
+                    seen[record.id] = time.perf_counter()
+                    records[record.id] = record
             if progress:
                 progress(len(seen), len(uploaded))
             time.sleep(poll)
