@@ -86,6 +86,17 @@ def _cdf(ax: Any, samples: list[float], label: str, **style: Any) -> None:
     ax.step(ordered, [(i + 1) / n for i in range(n)], where="post", label=f"{label} (n={n})", **style)
 
 
+def _cdf_axes(ax: Any, xlabel: str, ylabel: str, title: str | None = None, legend_size: int = 7) -> None:
+    """The styling shared by every latency CDF: log x axis, labels, grid, legend."""
+    if title:
+        ax.set_title(title)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def plots(results: dict[str, Any], out: Path) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -131,12 +142,8 @@ def plots(results: dict[str, Any], out: Path) -> list[tuple[str, str]]:
             for clients in counts:
                 _cdf(ax, _best_samples(serving, name, clients), f"{clients} clients")
             _cdf(ax, _best_samples(serving, RAW_SERVED, 1), "raw served model", color="grey", linestyle="--")
-            ax.set_title(name + (" (default archive)" if name == SERVED else " (eager, batch 1)"))
-            ax.set_xscale("log")
-            ax.set_xlabel("latency per request (ms, log)")
-            ax.set_ylabel("fraction of requests")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            _cdf_axes(ax, "latency per request (ms, log)", "fraction of requests",
+                      name + (" (default archive)" if name == SERVED else " (eager, batch 1)"))
         fig.suptitle("Serving latency distribution (CDF, best round)")
         fig.tight_layout()
         fig.savefig(out / "serving_latency.png", dpi=110)
@@ -149,12 +156,8 @@ def plots(results: dict[str, Any], out: Path) -> list[tuple[str, str]]:
         _cdf(ax, pipeline["idle_12mp"]["exact_ms"], "idle, 12 MP, sequential")
         _cdf(ax, pipeline["burst"]["latency_exact_ms"], f"burst of {pipeline['burst']['images']}")
         ax.axvline(GOALS["idle_p50_ms"], color="grey", linestyle=":", label="idle p50 goal (500 ms)")
-        ax.set_xscale("log")
-        ax.set_xlabel("upload completed -> record DONE (ms, log)")
-        ax.set_ylabel("fraction of uploads")
-        ax.set_title("End-to-end latency on the local stack (CDF)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _cdf_axes(ax, "upload completed -> record DONE (ms, log)", "fraction of uploads",
+                  "End-to-end latency on the local stack (CDF)", legend_size=8)
         fig.tight_layout()
         fig.savefig(out / "e2e_latency.png", dpi=110)
         plt.close(fig)
@@ -164,12 +167,7 @@ def plots(results: dict[str, Any], out: Path) -> list[tuple[str, str]]:
         fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
         for row in api["load"]:
             _cdf(ax, row["latencies_ms"], f"{row['query']}, {row['clients']} client(s)")
-        ax.set_xscale("log")
-        ax.set_xlabel("latency per query (ms, log)")
-        ax.set_ylabel("fraction of queries")
-        ax.set_title("API page queries (first: 20)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _cdf_axes(ax, "latency per query (ms, log)", "fraction of queries", "API page queries (first: 20)")
         queries = sorted({c["query"] for c in api["calls"]})
         sizes = sorted({c["first"] for c in api["calls"]})
         width = 0.8 / len(queries)
