@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,6 +64,18 @@ def batch_lines(ts: TorchServeProcess) -> list[tuple[int, int, int]]:
     ]
 
 
+def batches_since(ts: TorchServeProcess, before: int, images: int, timeout: float = 15.0) -> list[tuple[int, int, int]]:
+    """The batches logged after the first `before`, once they account for `images` images (or at the
+    timeout): the frontend writes the workers' log lines asynchronously, so the last batch's line
+    can land after its responses."""
+    deadline = time.monotonic() + timeout
+    while True:
+        batches = batch_lines(ts)[before:]
+        if sum(size for size, _, _ in batches) >= images or time.monotonic() > deadline:
+            return batches
+        time.sleep(0.1)
+
+
 def send_together(ts: TorchServeProcess, bodies: dict[str, bytes]) -> dict[str, httpx.Response]:
     """All requests released at once so TorchServe's dynamic batching groups them."""
     barrier = threading.Barrier(len(bodies))
@@ -109,7 +122,7 @@ def test_bad_inputs_in_a_batch_get_their_own_errors(torchserve: TorchServeProces
                 assert_prediction(response.json())
         assert responses["chelsea"].json()["top5"][0] in CAT_CLASSES
         assert responses["coffee-2"].json()["top5"][0] == "espresso"
-        new_batches = batch_lines(torchserve)[before:]
+        new_batches = batches_since(torchserve, before, len(bodies))
         assert sum(size for size, _, _ in new_batches) == len(bodies)
         mixed = any(predicted and refused for _, predicted, refused in new_batches)
         if mixed:
