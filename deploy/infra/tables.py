@@ -81,15 +81,17 @@ def table_settings_fields() -> dict[type[Model], str]:
     return found
 
 
+def table_spec(model: type[Model], settings_field: str) -> TableSpec:
+    """The table a model declares: keys, secondary indexes (keys, projection) and TTL attribute."""
+    hash_key, range_key = _keys(model.get_attributes())
+    indexes = tuple(
+        _index(value) for name in dir(model)
+        if isinstance(value := getattr(model, name), (GlobalSecondaryIndex, LocalSecondaryIndex))
+    )
+    ttl = next((a.attr_name for a in model.get_attributes().values() if isinstance(a, TTLAttribute)), None)
+    return TableSpec(model, settings_field, hash_key, range_key, indexes, ttl)
+
+
 def table_specs() -> list[TableSpec]:
     fields = table_settings_fields()
-    specs = []
-    for model in data.MODELS:
-        hash_key, range_key = _keys(model.get_attributes())
-        indexes = tuple(
-            _index(value) for value in vars(model).values()
-            if isinstance(value, (GlobalSecondaryIndex, LocalSecondaryIndex))
-        )
-        ttl = next((a.attr_name for a in model.get_attributes().values() if isinstance(a, TTLAttribute)), None)
-        specs.append(TableSpec(model, fields[model], hash_key, range_key, indexes, ttl))
-    return specs
+    return [table_spec(model, fields[model]) for model in data.MODELS]
