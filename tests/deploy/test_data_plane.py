@@ -107,8 +107,22 @@ def _table_for(synth, model) -> dict[str, Any]:
     return found[0]
 
 
-def test_one_table_per_model(synth):
-    assert len(synth.resources("AWS::DynamoDB::Table")) == len(data.MODELS)
+def test_template_shape_with_cdk_assertions(template):
+    from aws_cdk.assertions import Match
+
+    template.resource_count_is("AWS::DynamoDB::Table", len(data.MODELS))  # one table per model
+    template.all_resources_properties("AWS::DynamoDB::Table", {"BillingMode": "PAY_PER_REQUEST"})
+    template.all_resources_properties("AWS::S3::Bucket", Match.object_like({
+        "PublicAccessBlockConfiguration": {"BlockPublicAcls": True, "BlockPublicPolicy": True,
+                                           "IgnorePublicAcls": True, "RestrictPublicBuckets": True},
+        "BucketEncryption": Match.any_value()}))
+    template.all_resources_properties("AWS::SQS::Queue", Match.object_like({"SqsManagedSseEnabled": True}))
+    template.has_resource_properties("AWS::SQS::Queue", {
+        "QueueName": {"Ref": "QueueName"},
+        "VisibilityTimeout": DEFAULTS.worker_visibility_timeout_seconds,
+        "RedrivePolicy": Match.object_like({"maxReceiveCount": DEFAULTS.queue_max_receive_count}),
+        "SqsManagedSseEnabled": True})
+    template.all_resources_properties("AWS::Logs::LogGroup", Match.object_like({"RetentionInDays": Match.any_value()}))
 
 
 @pytest.mark.parametrize("model", data.MODELS, ids=lambda m: m.__name__)
