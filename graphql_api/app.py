@@ -1,9 +1,14 @@
-"""The API's Starlette app: /graphql, /healthz, /metrics (Prometheus), and in local mode the JWKS,
-a sign-in endpoint for named users and GraphiQL; the web page's static files at /."""
+"""The API's Starlette app: /graphql (POST, and websockets speaking graphql-transport-ws for the
+subscriptions), /healthz, /metrics (Prometheus), and in local mode the JWKS, a sign-in endpoint
+for named users and GraphiQL; the web page's static files at /. While it runs, each process
+feeds the admin's bulk jobs (graphql_api/admin/feeder.py) and, while anyone is subscribed,
+watches DynamoDB for the subscriptions (graphql_api/live.py)."""
 
 from __future__ import annotations
 
 import json
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,17 +19,23 @@ from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UNSET
 
 from graphql_api import auth
-from graphql_api.context import AppState, build_context
+from graphql_api.admin.feeder import Feeder
+from graphql_api.context import AppState, Context, authenticate, build_context
+from graphql_api.live import Watcher
 from graphql_api.schema import build_schema
 from graphql_api.security_headers import SecurityHeaders, graphiql_policy, page_policy
 from graphql_api.storage import Storage
 from udagram import data
+from udagram.resources import page_origins
 from udagram.settings import Settings, get_settings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -90,12 +101,34 @@ class _TooLarge(Exception):
 
 
 class GraphQLApp(GraphQL):
+    """Strawberry's ASGI view. Websockets: graphql-transport-ws only; a handshake whose Origin is
+    neither the page's (public_url, or its localhost twin) nor the Host it was sent to is refused
+    (403: cross-site WebSocket hijacking); a connection_init whose `authorization` is refused
+    closes the socket with 4403."""
+
     def __init__(self, state: AppState, **kwargs: Any) -> None:
-        super().__init__(build_schema(state.settings), **kwargs)
+        settings = state.settings
+        super().__init__(
+            build_schema(settings),
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            connection_init_wait_timeout=timedelta(seconds=10),
+            max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+            allowed_origins=page_origins(settings),
+            **kwargs,
+        )
         self.state = state
 
     async def get_context(self, request, response):  # type: ignore[override]
         return await build_context(self.state, request, response)
+
+    async def on_ws_connect(self, context: Context):  # type: ignore[override]
+        authorization = (context.connection_params or {}).get("authorization")
+        if authorization is not None:  # none: anonymous, for public data
+            context.user, context.auth_error = None, None
+            await authenticate(context, authorization)
+            if context.user is None:
+                raise ConnectionRejectionError({"reason": context.auth_error})
+        return UNSET
 
 
 def local_hosts(settings: Settings) -> list[str]:
@@ -108,7 +141,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     data.configure(settings)
     local = settings.mode == "local"
-    state = AppState(settings=settings, verifier=auth.TokenVerifier(settings), storage=Storage(settings))
+    state = AppState(settings=settings, verifier=auth.TokenVerifier(settings), storage=Storage(settings),
+                     watcher=Watcher(settings))
+    feeder = Feeder(settings)
     graphql = GraphQLApp(
         state,
         graphql_ide="graphiql" if local else None,
@@ -145,6 +180,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
         Route("/metrics", metrics, methods=["GET"]),
     ]
     if local:
@@ -164,6 +200,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # Outermost, so the host and body-size refusals carry the headers too (docs/web.md).
     graphiql = {"/graphql": graphiql_policy(graphql.graphql_ide_html)} if local else {}
     middleware.insert(0, Middleware(SecurityHeaders, policy=page_policy(state.storage), html_policies=graphiql))
-    app = Starlette(routes=routes, middleware=middleware)
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        feeder.start()
+        try:
+            yield
+        finally:
+            await feeder.stop()
+            await state.watcher.close()
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.udagram = state
     return app

@@ -2,7 +2,7 @@
 
 Verification checks the signature with the key named by the token's `kid` (RS256 only: `none`,
 HS256 and every other algorithm are refused before any key is looked up), the issuer, the
-audience and the expiry; the user id is the token's `sub`.
+audience and the expiry; the user id is the token's `sub`, its roles the `auth_role_claim` list.
 
 In local mode the API is its own issuer: an RSA key is created on first use at
 `settings.local_signing_key_path` (mode 0600), its public half is served at
@@ -34,6 +34,7 @@ from udagram.settings import Settings
 ALGORITHM = "RS256"
 # Local user names: what the sign-in form accepts and `udagram token --user` takes.
 USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+ADMIN_ROLE = "admin"  # the role that may use the admin view (graphql_api/admin/)
 
 
 class AuthError(Exception):
@@ -43,6 +44,11 @@ class AuthError(Exception):
 @dataclass(frozen=True)
 class User:
     id: str  # the token's `sub`
+    roles: tuple[str, ...] = ()  # the token's role claim (settings.auth_role_claim)
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN_ROLE in self.roles
 
 
 def validate_user_name(user: str) -> str:
@@ -116,8 +122,9 @@ def local_jwks_url(settings: Settings) -> str:
     return f"{settings.public_url}/.well-known/jwks.json"
 
 
-def issue_token(user: str, settings: Settings, ttl_seconds: int | None = None) -> str:
-    """A local-mode token for `user` (its `sub`), signed with the local key."""
+def issue_token(user: str, settings: Settings, ttl_seconds: int | None = None, *,
+                roles: tuple[str, ...] = ()) -> str:
+    """A local-mode token for `user` (its `sub`) with `roles`, signed with the local key."""
     if settings.mode != "local":
         raise RuntimeError("tokens are issued by the identity provider when mode=aws, not by udagram")
     validate_user_name(user)
@@ -132,6 +139,8 @@ def issue_token(user: str, settings: Settings, ttl_seconds: int | None = None) -
         "nbf": now,
         "exp": now + (ttl_seconds if ttl_seconds is not None else settings.token_ttl_seconds),
     }
+    if roles:
+        claims[settings.auth_role_claim] = list(roles)
     return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
 
 
@@ -206,4 +215,9 @@ class TokenVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 256:
             raise AuthError("token subject (sub) is invalid")
-        return User(id=sub)
+        roles = claims.get(self.settings.auth_role_claim)
+        if isinstance(roles, str):
+            roles = roles.split()
+        if not isinstance(roles, list):
+            roles = []
+        return User(id=sub, roles=tuple(role for role in roles if isinstance(role, str)))

@@ -5,6 +5,14 @@ from __future__ import annotations
 import typer
 
 
+def server_options(settings) -> dict:
+    """How uvicorn serves the API: on settings.host:api_port; a websocket message over
+    `max_request_bytes` closes the socket (1009) before it is buffered, as the body cap refuses
+    an HTTP request."""
+    return dict(host=settings.host, port=settings.api_port, log_level=settings.log_level.lower(),
+                proxy_headers=False, ws_max_size=settings.max_request_bytes)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def api() -> None:
@@ -17,18 +25,15 @@ def register(app: typer.Typer) -> None:
 
         settings = get_settings()
         resources.ensure_resources(settings)
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.api_port,
-            log_level=settings.log_level.lower(),
-            proxy_headers=False,
-        )
+        uvicorn.run(create_app(settings), **server_options(settings))
 
     @app.command()
-    def token(user: str = typer.Option(..., "--user", help="Local user name (becomes the token's sub).")) -> None:
+    def token(
+        user: str = typer.Option(..., "--user", help="Local user name (becomes the token's sub)."),
+        admin: bool = typer.Option(False, "--admin", help="Give the token the admin role (the admin view)."),
+    ) -> None:
         """Print a local-mode bearer token for USER (only the token, on stdout)."""
-        from graphql_api.auth import issue_token, validate_user_name
+        from graphql_api.auth import ADMIN_ROLE, issue_token, validate_user_name
         from udagram.settings import get_settings
 
         settings = get_settings()
@@ -40,4 +45,4 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             typer.echo(f"invalid --user: {exc}", err=True)
             raise typer.Exit(2)
-        typer.echo(issue_token(user, settings))
+        typer.echo(issue_token(user, settings, roles=(ADMIN_ROLE,) if admin else ()))

@@ -2,6 +2,11 @@
 
 Reading is public: a missing or bad token only matters to a write, which then answers a typed
 `NotAuthenticated` error whose message says what was wrong with the token.
+
+A websocket (live updates) has one context for the whole connection: its user comes from the
+`connection_init` payload `{"authorization": "Bearer <token>"}` (browsers cannot set headers on a
+websocket), checked by `GraphQLApp.on_ws_connect`; its DataLoaders batch but do not cache, since
+the connection outlives any one answer.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from starlette.requests import Request
 from strawberry.dataloader import DataLoader
 
 from graphql_api.auth import AuthError, TokenVerifier, User
+from graphql_api.live import Watcher
 from graphql_api.storage import Storage
 from udagram import data
 from udagram.settings import Settings
@@ -26,6 +32,7 @@ class AppState:
     settings: Settings
     verifier: TokenVerifier
     storage: Storage
+    watcher: Watcher
 
 
 @dataclass
@@ -35,13 +42,15 @@ class Context:
     app: AppState
     user: User | None = None
     auth_error: str | None = None  # why a presented token was refused
+    connection_params: dict[str, Any] | None = None  # a websocket's connection_init payload
     groups: DataLoader[str, data.GroupModel | None] = field(init=False)
     images: DataLoader[str, data.ImageModel | None] = field(init=False)
 
     def __post_init__(self) -> None:
         # One BatchGetItem per tick of the event loop for all ids asked for together (no N+1).
-        self.groups = DataLoader(load_fn=_batch_loader(data.GroupModel))
-        self.images = DataLoader(load_fn=_batch_loader(data.ImageModel))
+        cache = self.request.scope["type"] != "websocket"
+        self.groups = DataLoader(load_fn=_batch_loader(data.GroupModel), cache=cache)
+        self.images = DataLoader(load_fn=_batch_loader(data.ImageModel), cache=cache)
 
     @property
     def settings(self) -> Settings:
@@ -60,29 +69,34 @@ def _batch_loader(model):
     return load
 
 
-def bearer_token(request: Request) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header; "" for another scheme."""
-    header = request.headers.get("authorization")
+def bearer_token(header: Any) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value; "" for another scheme."""
     if header is None:
         return None
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = header.partition(" ") if isinstance(header, str) else ("", "", "")
     if scheme.lower() != "bearer" or not token.strip():
         return ""
     return token.strip()
 
 
-async def build_context(app: AppState, request: Request, response: Any) -> Context:
-    context = Context(request=request, response=response, app=app)
-    token = bearer_token(request)
+async def authenticate(context: Context, authorization: Any) -> None:
+    """Sets the context's user from an Authorization value, or `auth_error` saying why not."""
+    token = bearer_token(authorization)
     if token == "":
         context.auth_error = "the Authorization header must be 'Bearer <token>'"
     elif token is not None:
+        verifier = context.app.verifier
         try:
             # A JWKS fetch is blocking I/O: keep it off the event loop.
-            if app.verifier.self_issued:
-                context.user = app.verifier.verify(token)
+            if verifier.self_issued:
+                context.user = verifier.verify(token)
             else:
-                context.user = await asyncio.to_thread(app.verifier.verify, token)
+                context.user = await asyncio.to_thread(verifier.verify, token)
         except AuthError as exc:
             context.auth_error = str(exc)
+
+
+async def build_context(app: AppState, request: Request, response: Any) -> Context:
+    context = Context(request=request, response=response, app=app)
+    await authenticate(context, request.headers.get("authorization"))
     return context

@@ -7,6 +7,10 @@ Keys, and why:
   `by_status` (status, status_changed_at) finds the stuck ones for the worker's reconciliation.
 - `groups` is keyed by id; the index `by_created` (kind, created_key) lists all groups newest
   first. `created_key` is "<ISO time>#<id>", unique and ordered, and doubles as the cursor.
+  `image_changes` counts additions, deletions and re-runs of the group's images: live group
+  subscriptions (graphql_api/live.py) read it to know when to look at the group's images again.
+- `jobs` holds the admin's bulk re-runs (graphql_api/admin/) with their progress and the lease
+  of the API process feeding each; `by_state` lists the running ones.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from pynamodb.attributes import (
     MapAttribute,
     NumberAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
     UTCDateTimeAttribute,
 )
 from prometheus_client import Counter
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.exceptions import UpdateError
 from pynamodb.models import Model
 from pynamodb.signals import pre_dynamodb_send
 
@@ -122,6 +128,7 @@ class GroupModel(Model):
     owner = UnicodeAttribute()
     created_at = UTCDateTimeAttribute()
     image_count = NumberAttribute(default=0)
+    image_changes = NumberAttribute(null=True)  # bumped with every addition, deletion, re-run
 
     by_created = GroupsByCreated()
 
@@ -177,7 +184,50 @@ class ImageModel(Model):
     by_status = ImagesByStatus()
 
 
-MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel)
+class JobState(str, enum.Enum):
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+
+
+class JobsByState(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_state"
+        projection = AllProjection()
+
+    state = UnicodeAttribute(hash_key=True)
+    created_key = UnicodeAttribute(range_key=True)
+
+
+class JobModel(Model):
+    """A bulk re-run: which images (`kind`, `selected_before`), how far it got, who feeds it."""
+
+    class Meta:
+        table_name = "udagram-jobs"
+        region = "us-east-1"
+
+    id = UnicodeAttribute(hash_key=True)
+    kind = UnicodeAttribute()  # graphql_api.admin.jobs.JobKind
+    state = UnicodeAttribute(default=JobState.RUNNING.value)
+    created_key = UnicodeAttribute()
+    created_at = UTCDateTimeAttribute()
+    created_by = UnicodeAttribute()
+    # Images whose status changed after this (sortable_time) are not selected: they are new, or
+    # already re-run by this job.
+    selected_before = UnicodeAttribute()
+    model_version = UnicodeAttribute(null=True)  # re-run through this TorchServe version
+    total = NumberAttribute(default=0)
+    queued = NumberAttribute(default=0)
+    finished = NumberAttribute(default=0)
+    cursor = UnicodeAttribute(null=True)  # "<status_changed_at>#<id>" of the last image looked at
+    outstanding = UnicodeSetAttribute(null=True)  # queued, not finished yet
+    lease_owner = UnicodeAttribute(null=True)
+    lease_expires_at = NumberAttribute(null=True)  # epoch seconds
+    finished_at = UTCDateTimeAttribute(null=True)
+
+    by_state = JobsByState()
+
+
+MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, JobModel)
 
 # DynamoDB requests of this process, by operation (served on the API's and the worker's /metrics):
 # shows that a page query costs a constant number of calls (bench/api.py reads it).
@@ -196,7 +246,8 @@ pre_dynamodb_send.connect(_count_dynamodb_call)  # PynamoDB's documented hook (b
 def configure(settings: Settings | None = None) -> None:
     """Point the models at the configured tables and endpoint (call once per process/test)."""
     settings = settings or get_settings()
-    for model, table in ((GroupModel, settings.groups_table), (ImageModel, settings.images_table)):
+    for model, table in ((GroupModel, settings.groups_table), (ImageModel, settings.images_table),
+                         (JobModel, settings.jobs_table)):
         model.Meta.table_name = table
         model.Meta.region = settings.aws_region
         model.Meta.host = settings.dynamodb_endpoint_url
@@ -256,7 +307,66 @@ def batch_get(model: type[M], ids: Iterable[str]) -> dict[str, M]:
 
 
 def add_to_image_count(group_id: str, delta: int) -> None:
-    """Atomic ADD on the group's counter; fails (PutError/UpdateError) if the group is gone."""
+    """Atomic ADD on the group's counter (and its change marker); fails (PutError/UpdateError)
+    if the group is gone."""
     GroupModel(id=group_id).update(
-        actions=[GroupModel.image_count.add(delta)], condition=GroupModel.id.exists()
+        actions=[GroupModel.image_count.add(delta), GroupModel.image_changes.add(1)],
+        condition=GroupModel.id.exists(),
     )
+
+
+def touch_groups(group_ids: Iterable[str]) -> None:
+    """Bump the change marker of groups whose images are re-run (a finished image is about to be
+    processed again): their live subscribers look at the group's images again. Gone groups are skipped."""
+    for group_id in dict.fromkeys(group_ids):
+        try:
+            GroupModel(id=group_id).update(actions=[GroupModel.image_changes.add(1)],
+                                           condition=GroupModel.id.exists())
+        except UpdateError as exc:
+            if getattr(exc, "cause_response_code", None) != "ConditionalCheckFailedException":
+                raise
+
+
+_STATUS_CURSOR_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00#[0-9a-f]{32}$")
+
+
+def status_cursor(image: ImageModel) -> str:
+    """Position of an image in the `by_status` index: "<status_changed_at>#<id>"."""
+    return f"{image.status_changed_at}#{image.id}"
+
+
+def is_valid_status_cursor(value: str) -> bool:
+    return bool(_STATUS_CURSOR_RE.fullmatch(value or ""))
+
+
+def _status_start_key(status: str, cursor: str | None) -> dict | None:
+    if cursor is None:
+        return None
+    changed_at, _, image_id = cursor.rpartition("#")
+    return {"id": {"S": image_id}, "status": {"S": status}, "status_changed_at": {"S": changed_at}}
+
+
+def page_by_status(status: str, limit: int, after: str | None = None, *, newest_first: bool = True,
+                   changed_before: str | None = None, filter_condition=None) -> tuple[list[ImageModel], str | None]:
+    """Up to `limit` images with `status` from the `by_status` index after the cursor `after`
+    (a `status_cursor`), newest or oldest change first, only those whose status changed before
+    `changed_before` and that match `filter_condition`; and the cursor of the last one if more
+    follow (None at the end). Reads `limit + 1` matching items, so the end needs no extra call."""
+    condition = ImagesByStatus.status_changed_at < changed_before if changed_before else None
+    items = list(ImageModel.by_status.query(
+        status,
+        range_key_condition=condition,
+        filter_condition=filter_condition,
+        scan_index_forward=not newest_first,
+        limit=limit + 1,
+        page_size=limit + 1,
+        last_evaluated_key=_status_start_key(status, after),
+    ))
+    if len(items) > limit:
+        return items[:limit], status_cursor(items[limit - 1])
+    return items, None
+
+
+def count_by_status(status: str, filter_condition=None) -> int:
+    """How many images have `status` (COUNT queries on the `by_status` index: no items are returned)."""
+    return ImageModel.by_status.count(status, filter_condition=filter_condition)

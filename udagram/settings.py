@@ -51,11 +51,22 @@ class Settings(BaseSettings):
     max_query_depth: int = 10
     max_query_tokens: int = 2000
     max_query_aliases: int = 30
+    # Live updates (graphql-transport-ws on /graphql, graphql_api/live.py): each API process reads
+    # the watched records from DynamoDB this often while anyone is subscribed.
+    live_poll_seconds: float = 1.0
+    max_subscriptions_per_connection: int = 100
+    max_subscriptions_total: int = 10000  # per API process
+    live_group_window: int = 100  # a group subscription sees its newest this many images
+    # Admin bulk re-runs (graphql_api/admin/): each API process looks for jobs to feed this often;
+    # one process at a time feeds a job, holding its lease.
+    bulk_feed_interval_seconds: float = 1.0
+    bulk_job_lease_seconds: int = 30
 
     # --- auth (RS256 JWT against a JWKS, Auth0-compatible) -------------------------------------
     auth_issuer: str | None = None  # local: the API itself (public_url + "/")
     auth_audience: str = "udagram"
     auth_jwks_url: str | None = None  # local: public_url + "/.well-known/jwks.json"
+    auth_role_claim: str = "roles"  # the access-token claim holding the user's roles (a list)
     token_ttl_seconds: int = 12 * 3600
 
     # --- AWS resources (same names locally and on AWS) -----------------------------------------
@@ -73,6 +84,7 @@ class Settings(BaseSettings):
     queue_max_receive_count: int = 5  # redrive to the DLQ after this many receives
     groups_table: str = "udagram-groups"
     images_table: str = "udagram-images"
+    jobs_table: str = "udagram-jobs"  # admin bulk re-runs and their progress
     create_resources: bool = True  # create tables/buckets/queues if missing (off for locked-down AWS)
 
     # --- local stand-ins (mode=local) ----------------------------------------------------------

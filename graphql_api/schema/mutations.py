@@ -209,13 +209,9 @@ def _delete_group(context: Context, user: AuthUser, group_id: str) -> Deleted | 
     return Deleted(id=strawberry.ID(group_id))
 
 
-def _reprocess_image(context: Context, user: AuthUser, image_id: str) -> Image | NotFound | NotOwner | NotUploaded:
-    try:
-        model = data.ImageModel.get(image_id, consistent_read=True)
-    except DoesNotExist:
-        return NotFound(message="no image with this id", id=image_id)
-    if model.owner != user.id:
-        return NotOwner(message="only the image's owner may reprocess it")
+def requeue_image(context: Context, model: data.ImageModel) -> Image | NotFound | NotUploaded:
+    """Queue an image for processing again (its owner's reprocess, an admin's retry): PROCESSING
+    with fresh tries, one re-run message, and its group's live subscribers told."""
     if model.status == data.ImageStatus.AWAITING_UPLOAD.value and not context.storage.original_exists(
         model.original_key
     ):
@@ -226,14 +222,25 @@ def _reprocess_image(context: Context, user: AuthUser, image_id: str) -> Image |
                 data.ImageModel.status.set(data.ImageStatus.PROCESSING.value),
                 data.ImageModel.status_changed_at.set(data.sortable_time()),
                 data.ImageModel.error.remove(),
-                data.ImageModel.attempts.set(0),  # a re-run asked for by the owner gets fresh tries
+                data.ImageModel.attempts.set(0),  # a re-run asked for by a person gets fresh tries
             ],
             condition=data.ImageModel.id.exists(),
         )
     except UpdateError:
-        return NotFound(message="no image with this id", id=image_id)
-    jobs.enqueue_reprocess([image_id], settings=context.settings)
+        return NotFound(message="no image with this id", id=model.id)
+    jobs.enqueue_reprocess([model.id], settings=context.settings)
+    data.touch_groups([model.group_id])
     return Image.from_model(model)
+
+
+def _reprocess_image(context: Context, user: AuthUser, image_id: str) -> Image | NotFound | NotOwner | NotUploaded:
+    try:
+        model = data.ImageModel.get(image_id, consistent_read=True)
+    except DoesNotExist:
+        return NotFound(message="no image with this id", id=image_id)
+    if model.owner != user.id:
+        return NotOwner(message="only the image's owner may reprocess it")
+    return requeue_image(context, model)
 
 
 # --- resolvers ---------------------------------------------------------------------------------
