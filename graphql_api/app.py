@@ -199,7 +199,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=local_hosts(settings)))
     # Outermost, so the host and body-size refusals carry the headers too (docs/web.md).
     graphiql = {"/graphql": graphiql_policy(graphql.graphql_ide_html)} if local else {}
-    middleware.insert(0, Middleware(SecurityHeaders, policy=page_policy(state.storage), html_policies=graphiql))
+    middleware.insert(0, Middleware(SecurityHeaders, policy=page_policy(state.storage, page_origins(settings)),
+                                     html_policies=graphiql))
     @asynccontextmanager
     async def lifespan(app: Starlette):
         feeder.start()

@@ -60,13 +60,18 @@ def _policy(**directives: Iterable[str]) -> str:
     return "; ".join(" ".join([name, *sources]) for name, sources in merged.items())
 
 
-def page_policy(storage: Storage) -> str:
+def websocket_origins(page_origins: Iterable[str]) -> list[str]:
+    """ws://host for an http:// page, wss://host for an https:// one."""
+    return [origin.replace("http", "ws", 1) for origin in page_origins]
+
+
+def page_policy(storage: Storage, page_origins: Iterable[str] = ()) -> str:
     pictures, uploads = storage_origins(storage)
     return _policy(
         script_src=["'self'"],
         style_src=["'self'"],
         img_src=["'self'", *pictures, "data:", "blob:"],
-        connect_src=["'self'", *uploads],
+        connect_src=["'self'", *websocket_origins(page_origins), *uploads],
     )
 
 

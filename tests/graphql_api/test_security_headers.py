@@ -30,10 +30,10 @@ def _directives(policy: str) -> dict[str, list[str]]:
     return {name: sources for name, *sources in parsed}
 
 
-def _page_policy(s3: str) -> str:
+def _page_policy(s3: str, ws: str) -> str:
     return (
         f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' {s3} data: blob:; "
-        f"connect-src 'self' {s3}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+        f"connect-src 'self' {ws} {s3}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
     )
 
 
@@ -57,8 +57,10 @@ def test_every_answer_carries_the_security_headers(api, what):
     assert response.status_code == expected_status, response.text
     for name, value in FIXED.items():
         assert response.headers.get(name) == value, (name, response.headers)
-    # The local S3 (here the moto server) is where presigned pictures and uploads go.
-    assert response.headers["content-security-policy"] == _page_policy(_origin(api.settings.s3_endpoint_url))
+    # The local S3 (here the moto server) is where presigned pictures and uploads go; the page's
+    # websocket (live updates) goes to the API under either of its local names.
+    websockets = "ws://127.0.0.1:8000 ws://localhost:8000"  # (public_url: the default port)
+    assert response.headers["content-security-policy"] == _page_policy(_origin(api.settings.s3_endpoint_url), websockets)
 
 
 def test_presigned_urls_the_api_hands_out_are_allowed_by_the_policy(api):

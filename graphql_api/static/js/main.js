@@ -6,6 +6,8 @@ import { setUpGroup } from "./group.js";
 import { setUpGroups } from "./groups.js";
 import { setUpDialog } from "./image-dialog.js";
 import { setUpImageUpdates } from "./image-updates.js";
+import { startLive } from "./live.js";
+import { setUpAdmin } from "./admin.js";
 import { startRouter } from "./router.js";
 import { setUpUpload } from "./upload.js";
 
@@ -14,5 +16,7 @@ setUpGroup();
 setUpUpload();
 setUpDialog();
 setUpImageUpdates();
+setUpAdmin();
 startAuth(); // restores a kept session: the views wired above render for its user
+startLive(); // after the session: the socket signs in with its token
 startRouter();

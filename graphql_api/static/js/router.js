@@ -6,7 +6,8 @@ import { loadGroup, renderGroupOwnerControls } from "./group.js";
 import { loadGroups } from "./groups.js";
 import { closeDialog, openDialog } from "./image-dialog.js";
 import { showError } from "./messages.js";
-import { stopAllPolling } from "./polling.js";
+import { loadAdmin } from "./admin.js";
+import { unwatchAll } from "./live.js";
 import { Q } from "./queries.js";
 import { parseRoute } from "./routes.js";
 import { view } from "./view.js";
@@ -14,6 +15,7 @@ import { view } from "./view.js";
 function setView(name) {
   $("groups-view").hidden = name !== "groups";
   $("group-view").hidden = name !== "group";
+  $("admin-view").hidden = name !== "admin";
   $("loading").hidden = name !== "loading";
 }
 
@@ -23,12 +25,20 @@ async function route() {
   try {
     if (r.name === "groups") {
       closeDialog();
-      stopAllPolling();
+      unwatchAll();
       view.group = null;
       renderGroupOwnerControls();
       document.title = "Udagram";
       setView("groups");
       await loadGroups(seq);
+    } else if (r.name === "admin") {
+      closeDialog();
+      unwatchAll();
+      view.group = null;
+      renderGroupOwnerControls();
+      document.title = "Admin · Udagram";
+      setView("admin");
+      await loadAdmin(seq);
     } else if (r.name === "group") {
       closeDialog();
       if (view.group && view.group.id === r.id && !$("group-view").hidden) return;

@@ -1,4 +1,5 @@
-// The page's addresses: #/ (groups), #/groups/<id>, #/images/<id> (the image dialog over its group).
+// The page's addresses: #/ (groups), #/groups/<id>, #/images/<id> (the image dialog over its group),
+// #/admin (the admin view).
 export const groupHref = (id) => `#/groups/${encodeURIComponent(id)}`;
 export const imageHref = (id) => `#/images/${encodeURIComponent(id)}`;
 
@@ -8,5 +9,6 @@ export function parseRoute() {
   if (m) return { name: "group", id: decodeURIComponent(m[1]) };
   m = hash.match(/^#\/images\/([^/?#]+)$/);
   if (m) return { name: "image", id: decodeURIComponent(m[1]) };
+  if (hash === "#/admin") return { name: "admin" };
   return { name: "groups" };
 }
