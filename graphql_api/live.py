@@ -155,13 +155,8 @@ class Watcher:
             self._task = asyncio.create_task(self._run(), name="live-watcher")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     # --- the loop ----------------------------------------------------------------------------------
 
@@ -304,6 +299,17 @@ class Watcher:
         for mailbox in topic.mailboxes:
             mailbox.put(group_id, GONE)
         self.groups.pop(group_id, None)
+
+
+async def cancel(task: asyncio.Task | None) -> None:
+    """Cancel a background task and wait until it has stopped."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
 
 
 def _batch_get(model: type[Model], ids: Iterable[str], attributes_to_get: list[str] | None = None) -> dict[str, Any]:

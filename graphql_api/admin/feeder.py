@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from graphql_api.admin import jobs as bulk
+from graphql_api.live import cancel
 from udagram import data, jobs
 from udagram.aws import client
 from udagram.settings import Settings
@@ -63,13 +64,7 @@ class Feeder:
 
     async def stop(self) -> None:
         """Stop feeding and give the leases back, so another process takes over at once."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        await cancel(self._task)
         self._task = None
         held, self._held = list(self._held.values()), {}
         for job in held:

@@ -95,6 +95,7 @@ def ids(synth) -> dict[str, str]:
         "dlq": _named(synth, "AWS::SQS::Queue", "QueueName", "DeadLetterQueueName"),
         "groups": _named(synth, "AWS::DynamoDB::Table", "TableName", "GroupsTable"),
         "images": _named(synth, "AWS::DynamoDB::Table", "TableName", "ImagesTable"),
+        "jobs": _named(synth, "AWS::DynamoDB::Table", "TableName", "JobsTable"),
         "models": next(k for k, r in synth.resources("AWS::S3::Bucket").items()
                        if r["Properties"].get("VersioningConfiguration")),
     }
@@ -103,15 +104,17 @@ def ids(synth) -> dict[str, str]:
 # ---- least privilege: each role exactly the calls its code makes ----------------------------------
 
 def test_api_role_is_exactly_what_the_api_calls(synth, ids):
-    o, p, q, g, i = ids["originals"], ids["processed"], ids["queue"], ids["groups"], ids["images"]
+    o, p, q, g, i, j = (ids[k] for k in ("originals", "processed", "queue", "groups", "images", "jobs"))
     dynamodb = {"BatchGetItem", "DeleteItem", "GetItem", "PutItem", "Query", "UpdateItem"}
-    tables = [f"<{g}>", f"<{g}>/index/by_created", f"<{i}>", f"<{i}>/index/by_group", f"<{i}>/index/by_status"]
+    tables = [f"<{g}>", f"<{g}>/index/by_created", f"<{i}>", f"<{i}>/index/by_group", f"<{i}>/index/by_status",
+              f"<{j}>", f"<{j}>/index/by_state"]
     assert _grants(synth, _task_role(synth, "api")) == {
         # presigned POST (PutObject), presigned GET / HeadObject (GetObject), delete, on the app's prefixes
         *{(f"s3:{a}", f"<{o}>/originals/*") for a in ("PutObject", "GetObject", "DeleteObject")},
         ("s3:ListBucket", f"<{o}>"),  # HeadObject of a missing upload: 404, not 403
         *{(f"s3:{a}", f"<{p}>/processed/*") for a in ("GetObject", "DeleteObject")},
         ("sqs:GetQueueUrl", f"<{q}>"), ("sqs:SendMessage", f"<{q}>"),  # reprocessImage
+        ("sqs:GetQueueAttributes", f"<{q}>"),  # the admin's bulk re-runs, paced by the queue's depth
         *{(f"dynamodb:{a}", t) for a in dynamodb for t in tables},
     }
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import Iterator
 
 import httpx
 
+from tests.fixtures.aws import _stop as stop_process_group
 from tests.fixtures.ports import free_port
 from udagram.settings import Settings
 
@@ -77,10 +77,4 @@ def api_process(settings: Settings, log: Path, public_url: str | None = None, **
                                            "auth_jwks_url": public_url + "/.well-known/jwks.json"})
         yield ApiProcess(url=url, settings=seen)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        stop_process_group(process)

@@ -19,25 +19,25 @@ function setView(name) {
   $("loading").hidden = name !== "loading";
 }
 
+// A view that is no group: nothing of a group stays open or watched.
+function showOutsideGroups(name, title) {
+  closeDialog();
+  unwatchAll();
+  view.group = null;
+  renderGroupOwnerControls();
+  document.title = title;
+  setView(name);
+}
+
 async function route() {
   const seq = ++view.routeSeq;
   const r = parseRoute();
   try {
     if (r.name === "groups") {
-      closeDialog();
-      unwatchAll();
-      view.group = null;
-      renderGroupOwnerControls();
-      document.title = "Udagram";
-      setView("groups");
+      showOutsideGroups("groups", "Udagram");
       await loadGroups(seq);
     } else if (r.name === "admin") {
-      closeDialog();
-      unwatchAll();
-      view.group = null;
-      renderGroupOwnerControls();
-      document.title = "Admin · Udagram";
-      setView("admin");
+      showOutsideGroups("admin", "Admin · Udagram");
       await loadAdmin(seq);
     } else if (r.name === "group") {
       closeDialog();
