@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     max_query_depth: int = 10
     max_query_tokens: int = 2000
     max_query_aliases: int = 30
+    # Cost: each field 1; a connection multiplies what it selects by its `first` (graphql_api/schema/limits.py).
+    max_query_cost: int = 10_000
+    # Fields selected more than once at the same place (fragments expanded) are compared in pairs by
+    # graphql-core's OverlappingFieldsCanBeMerged (~40 us a pair): `{ me { id } me { id } ... }` x 400 took 3.5 s.
+    max_query_overlapping_field_pairs: int = 1000
 
     # --- auth (RS256 JWT against a JWKS, Auth0-compatible) -------------------------------------
     auth_issuer: str | None = None  # local: the API itself (public_url + "/")

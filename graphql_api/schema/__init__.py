@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors, MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import MaskErrors, MaxTokensLimiter
 
 from graphql_api.schema import errors, types
 from graphql_api.schema.errors import UserInputError
+from graphql_api.schema.limits import Limits, QueryLimits
 from graphql_api.schema.mutations import Mutation
 from graphql_api.schema.queries import Query
 from udagram.settings import Settings
@@ -20,6 +21,7 @@ def _should_mask(error: GraphQLError) -> bool:
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
+    limits = Limits.from_settings(settings)
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
@@ -35,9 +37,9 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             types.ImageUpload,
         ],
         extensions=[  # factories: a fresh extension per request
-            lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
             lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
-            lambda: MaxAliasesLimiter(max_alias_count=settings.max_query_aliases),
+            # depth, aliases, cost, repeated fields: one linear pass before graphql-core's validation
+            lambda: QueryLimits(limits),
             lambda: MaskErrors(should_mask_error=_should_mask),
         ],
     )
