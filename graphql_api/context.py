@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from starlette.requests import Request
 from strawberry.dataloader import DataLoader
 
@@ -17,6 +18,8 @@ from graphql_api.auth import AuthError, TokenVerifier, User
 from graphql_api.storage import Storage
 from udagram import data
 from udagram.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -97,4 +100,7 @@ async def build_context(app: AppState, request: Request, response: Any) -> Conte
                 context.user = await asyncio.to_thread(app.verifier.verify, token)
         except AuthError as exc:
             context.auth_error = str(exc)
+        except Exception:  # noqa: BLE001 - a token the verifier did not foresee: reads stay public
+            log.exception("token verification failed unexpectedly")
+            context.auth_error = "the token could not be verified"
     return context
