@@ -6,8 +6,8 @@ The web page's own `groups` and `group(id) { images }` queries (graphql_api/stat
 sent over HTTP to the stack's API process:
 - p50/p95 latency and requests/s at 1 and 16 concurrent clients (page size 20, the default);
 - DynamoDB calls per query for page sizes 5, 20 and 100, read from the API process's own
-  counter (`udagram_dynamodb_calls_total` on its /metrics, incremented by PynamoDB's
-  pre-send signal in udagram/data.py): before/after a few queries, nothing else running.
+  counter (`udagram_dynamodb_calls_total` on its metrics port, `api_metrics_port`, incremented by
+  PynamoDB's pre-send signal in udagram/data.py): before/after a few queries, nothing else running.
 Run standalone it starts its own stack and seeds it (101 groups, a group of 101 images).
 """
 

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # Fields selected more than once at the same place (fragments expanded) are compared in pairs by
     # graphql-core's OverlappingFieldsCanBeMerged (~40 us a pair): `{ me { id } me { id } ... }` x 400 took 3.5 s.
     max_query_overlapping_field_pairs: int = 1000
+    # Prometheus metrics of the API process, on their own listener (not the public app): loopback by default.
+    api_metrics_host: str = "127.0.0.1"
+    api_metrics_port: int = 9401
 
     # --- auth (RS256 JWT against a JWKS, Auth0-compatible) -------------------------------------
     auth_issuer: str | None = None  # local: the API itself (public_url + "/")
