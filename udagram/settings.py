@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # Prometheus metrics of the API process, on their own listener (not the public app): loopback by default.
     api_metrics_host: str = "127.0.0.1"
     api_metrics_port: int = 9401
+    reprocess_rate_limit: int = 10  # reprocessImage calls per user per window (all API processes together)
+    reprocess_rate_limit_window_seconds: int = 60
 
     # --- auth (RS256 JWT against a JWKS, Auth0-compatible) -------------------------------------
     auth_issuer: str | None = None  # local: the API itself (public_url + "/")
@@ -81,6 +83,7 @@ class Settings(BaseSettings):
     queue_max_receive_count: int = 5  # redrive to the DLQ after this many receives
     groups_table: str = "udagram-groups"
     images_table: str = "udagram-images"
+    rate_limits_table: str = "udagram-rate-limits"  # udagram/ratelimit.py: fixed-window counters (TTL)
     create_resources: bool = True  # create tables/buckets/queues if missing (off for locked-down AWS)
 
     # --- local stand-ins (mode=local) ----------------------------------------------------------

@@ -34,6 +34,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             errors.UploadTooLarge,
             errors.GroupNotEmpty,
             errors.NotUploaded,
+            errors.RateLimited,
             types.ImageUpload,
         ],
         extensions=[  # factories: a fresh extension per request
