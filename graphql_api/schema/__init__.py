@@ -8,7 +8,7 @@ from strawberry.extensions import MaskErrors, MaxTokensLimiter
 
 from graphql_api.schema import errors, types
 from graphql_api.schema.errors import UserInputError
-from graphql_api.schema.limits import Limits, QueryLimits
+from graphql_api.schema.limits import QueryLimits
 from graphql_api.schema.mutations import Mutation
 from graphql_api.schema.queries import Query
 from udagram.settings import Settings
@@ -21,7 +21,6 @@ def _should_mask(error: GraphQLError) -> bool:
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
-    limits = Limits.from_settings(settings)
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
@@ -40,7 +39,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         extensions=[  # factories: a fresh extension per request
             lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
             # depth, aliases, cost, repeated fields: one linear pass before graphql-core's validation
-            lambda: QueryLimits(limits),
+            lambda: QueryLimits(settings),
             lambda: MaskErrors(should_mask_error=_should_mask),
         ],
     )

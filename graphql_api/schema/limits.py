@@ -36,9 +36,9 @@ from graphql import (
     FragmentSpreadNode,
     GraphQLError,
     GraphQLField,
+    GraphQLInterfaceType,
     GraphQLNamedType,
     GraphQLObjectType,
-    GraphQLInterfaceType,
     GraphQLSchema,
     InlineFragmentNode,
     IntValueNode,
@@ -57,27 +57,6 @@ ANALYSIS_BUDGET = 50_000
 
 # A response-path trie: response name -> [occurrences, children].
 Trie = dict[str, list]
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_depth: int
-    max_aliases: int
-    max_cost: int
-    max_overlapping_pairs: int
-    page_size_default: int
-    page_size_max: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "Limits":
-        return cls(
-            max_depth=settings.max_query_depth,
-            max_aliases=settings.max_query_aliases,
-            max_cost=settings.max_query_cost,
-            max_overlapping_pairs=settings.max_query_overlapping_field_pairs,
-            page_size_default=settings.page_size_default,
-            page_size_max=settings.page_size_max,
-        )
 
 
 @dataclass
@@ -107,9 +86,9 @@ class DocumentAnalysis:
     """The figures of every operation of a document; `work` counts what the analysis did."""
 
     def __init__(self, schema: GraphQLSchema, document: Any, variables: Mapping[str, Any] | None,
-                 limits: Limits, budget: int = ANALYSIS_BUDGET) -> None:
+                 settings: Settings, budget: int = ANALYSIS_BUDGET) -> None:
         self.schema = schema
-        self.limits = limits
+        self.settings = settings
         self.variables = dict(variables or {})
         self.budget = budget
         self.work = 0
@@ -230,7 +209,7 @@ class _Operation:
         """The multiplier of a connection (a field taking `first`); 1 for any other field."""
         if definition is None or "first" not in definition.args:
             return 1
-        limits = self.analysis.limits
+        settings = self.analysis.settings
         value: Any = None
         for argument in node.arguments or ():
             if argument.name.value != "first":
@@ -241,8 +220,8 @@ class _Operation:
                 variable = argument.value.name.value
                 value = self.analysis.variables.get(variable, self.defaults.get(variable))
         if not isinstance(value, int) or isinstance(value, bool):
-            value = limits.page_size_default
-        return min(max(value, 1), limits.page_size_max)
+            value = settings.page_size_default
+        return min(max(value, 1), settings.page_size_max)
 
 
 def _field(parent: GraphQLNamedType | None, name: str) -> GraphQLField | None:
@@ -251,9 +230,10 @@ def _field(parent: GraphQLNamedType | None, name: str) -> GraphQLField | None:
     return None
 
 
-def check(schema: GraphQLSchema, document: Any, variables: Mapping[str, Any] | None, limits: Limits) -> list[GraphQLError]:
-    """The errors of a document over any limit (empty: within all of them)."""
-    analysis = DocumentAnalysis(schema, document, variables, limits)
+def check(schema: GraphQLSchema, document: Any, variables: Mapping[str, Any] | None,
+          settings: Settings) -> list[GraphQLError]:
+    """The errors of a document over any limit of `settings` (empty: within all of them)."""
+    analysis = DocumentAnalysis(schema, document, variables, settings)
     try:
         figures = list(analysis.figures())
     except (TooComplex, RecursionError):  # the parser caps nesting at 200; this is the safety net
@@ -261,23 +241,25 @@ def check(schema: GraphQLSchema, document: Any, variables: Mapping[str, Any] | N
                              extensions={"code": "QUERY_TOO_COMPLEX"})]
     errors = []
     for operation in figures:
-        if operation.depth > limits.max_depth:
-            errors.append(GraphQLError(f"'{operation.name}' exceeds maximum operation depth of {limits.max_depth}"))
-    aliases = sum(operation.aliases for operation in figures)
-    if aliases > limits.max_aliases:
-        errors.append(GraphQLError(f"{aliases} aliases found. Allowed: {limits.max_aliases}"))
-    for operation in figures:
-        if operation.cost > limits.max_cost:
+        if operation.depth > settings.max_query_depth:
             errors.append(GraphQLError(
-                f"'{operation.name}' costs {_shown(operation.cost)}, over the limit of {limits.max_cost} (every field "
-                "costs 1; a connection multiplies what it selects by `first`): ask for smaller pages or fewer fields",
+                f"'{operation.name}' exceeds maximum operation depth of {settings.max_query_depth}"))
+    aliases = sum(operation.aliases for operation in figures)
+    if aliases > settings.max_query_aliases:
+        errors.append(GraphQLError(f"{aliases} aliases found. Allowed: {settings.max_query_aliases}"))
+    for operation in figures:
+        if operation.cost > settings.max_query_cost:
+            errors.append(GraphQLError(
+                f"'{operation.name}' costs {_shown(operation.cost)}, over the limit of {settings.max_query_cost} "
+                "(every field costs 1; a connection multiplies what it selects by `first`): ask for smaller pages "
+                "or fewer fields",
                 extensions={"code": "QUERY_TOO_COSTLY", "cost": min(operation.cost, _SHOWN_MAX),
-                            "maxCost": limits.max_cost}))
-        if operation.overlapping_pairs > limits.max_overlapping_pairs:
+                            "maxCost": settings.max_query_cost}))
+        if operation.overlapping_pairs > settings.max_query_overlapping_field_pairs:
             errors.append(GraphQLError(
                 f"'{operation.name}' selects the same fields too many times at the same place "
                 f"({_shown(operation.overlapping_pairs)} pairs to compare; the limit is "
-                f"{limits.max_overlapping_pairs}): select each field once",
+                f"{settings.max_query_overlapping_field_pairs}): select each field once",
                 extensions={"code": "QUERY_TOO_COMPLEX"}))
     return errors
 
@@ -293,13 +275,13 @@ class QueryLimits(SchemaExtension):
     """Checks the document before graphql-core's validation; when it is over a limit, its errors
     become the result and graphql-core's rules (OverlappingFieldsCanBeMerged among them) never run."""
 
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
 
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
         if context.graphql_document is not None:
-            errors = check(context.schema._schema, context.graphql_document, context.variables, self.limits)
+            errors = check(context.schema._schema, context.graphql_document, context.variables, self.settings)
             if errors:
                 # Strawberry skips its own validation when an extension has set the errors already.
                 context.pre_execution_errors = errors

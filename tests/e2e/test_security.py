@@ -42,6 +42,7 @@ import psutil
 import pytest
 
 from tests.fixtures.stack import LocalStack, free_port_block
+from tests.graphql_api.hostile import fragment_doubling
 from tests.graphql_api.tokens import FORGED, forged
 from udagram.aws import client
 from udagram.stack import programs, seaweedfs, supervisor
@@ -589,10 +590,7 @@ def test_alias_token_and_body_limits_hold_on_the_running_api(local_stack):
     cyclic = "{ __schema { types { " + "possibleTypes { interfaces { " * 6 + "name" + " } }" * 6 + " } } }"
     assert "Maximum introspection depth exceeded" in error_messages(post(local_stack, cyclic))
     # fragments each spreading the next twice (~220 tokens): refused by cost at once, before any walk
-    doubling = ("{ groups { edges { node { ...F0 } } } } "
-                + " ".join(f"fragment F{i} on Group {{ ...F{i + 1} ...F{i + 1} }}" for i in range(20))
-                + " fragment F20 on Group { id name }")
-    response = post(local_stack, doubling)
+    response = post(local_stack, fragment_doubling(20))
     assert response.status_code == 200 and response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COSTLY"
 
 

@@ -7,20 +7,14 @@ import pytest
 from graphql import get_introspection_query, parse
 
 from graphql_api.schema import build_schema
-from graphql_api.schema.limits import DocumentAnalysis, Limits
+from graphql_api.schema.limits import DocumentAnalysis
+from tests.graphql_api.hostile import fragment_doubling, repeated_field
 from udagram.settings import Settings
-
-
-def doubling(levels: int, leaf: str = "id name") -> str:
-    """Fragments that each spread the next one twice: 2^levels paths in ~11 tokens a level."""
-    fragments = [f"fragment F{i} on Group {{ ...F{i + 1} ...F{i + 1} }}" for i in range(levels)]
-    fragments.append(f"fragment F{levels} on Group {{ {leaf} }}")
-    return "{ groups { edges { node { ...F0 } } } } " + " ".join(fragments)
 
 
 def analyse(query: str, variables: dict | None = None, **overrides) -> tuple[DocumentAnalysis, list]:
     settings = Settings(**overrides)
-    analysis = DocumentAnalysis(build_schema(settings)._schema, parse(query), variables, Limits.from_settings(settings))
+    analysis = DocumentAnalysis(build_schema(settings)._schema, parse(query), variables, settings)
     return analysis, list(analysis.figures())
 
 
@@ -34,7 +28,7 @@ def _errors(response) -> list[dict]:
 def test_fragment_doubling_attack_is_refused_before_execution(api):
     """The outside test's document: 20 fragments, each spreading the next twice (~220 tokens).
     Strawberry's depth and alias limiters walked its 2^20 paths: 9 s of blocked event loop."""
-    query = doubling(20)
+    query = fragment_doubling(20)
     assert len(query.split()) < 300  # small: under every size limit
     errors = _errors(api.post(query))
     costly = [e for e in errors if e.get("extensions", {}).get("code") == "QUERY_TOO_COSTLY"]
@@ -50,7 +44,7 @@ def test_analysis_work_grows_linearly_with_fragment_doubling_depth():
     double per level."""
     work, costs = [], []
     for levels in range(2, 26):
-        analysis, (figures,) = analyse(doubling(levels))
+        analysis, (figures,) = analyse(fragment_doubling(levels))
         work.append(analysis.work)
         costs.append(figures.cost)
     steps = {b - a for a, b in zip(work, work[1:])}
@@ -112,13 +106,13 @@ def test_legitimate_deep_and_wide_queries_still_work(api):
 def test_repeated_fields_are_limited(api):
     """graphql-core compares every pair of same-named fields at one place (OverlappingFieldsCanBeMerged):
     `{ me { id } me { id } ... }` x 400, 1600 tokens and cost 800, took 3.5 s to validate."""
-    many = "{" + " me { id }" * 400 + " }"
+    many = repeated_field(400)
     errors = _errors(api.post(many))
     assert errors[0]["extensions"] == {"code": "QUERY_TOO_COMPLEX"}
     # 400 * 399 / 2 pairs of `me`, and as many of the `id`s under them (one response path: me.id)
     assert "159600 pairs to compare" in errors[0]["message"]
     # ... and under the limit it is answered (the fields merge into one)
-    few = "{" + " me { id }" * 20 + " }"
+    few = repeated_field(20)
     assert api.post(few).json() == {"data": {"me": None}}
 
 
