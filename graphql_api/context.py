@@ -6,7 +6,7 @@ Reading is public: a missing or bad token only matters to a write, which then an
 A websocket (live updates) has one context for the whole connection: its user comes from the
 `connection_init` payload `{"authorization": "Bearer <token>"}` (browsers cannot set headers on a
 websocket), checked by `GraphQLApp.on_ws_connect`; its DataLoaders batch but do not cache, since
-the connection outlives any one answer.
+the connection outlives any one answer (presigned URLs expire).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from starlette.requests import Request
 from strawberry.dataloader import DataLoader
 
@@ -23,6 +24,8 @@ from graphql_api.live import Watcher
 from graphql_api.storage import Storage
 from udagram import data
 from udagram.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -45,12 +48,25 @@ class Context:
     connection_params: dict[str, Any] | None = None  # a websocket's connection_init payload
     groups: DataLoader[str, data.GroupModel | None] = field(init=False)
     images: DataLoader[str, data.ImageModel | None] = field(init=False)
+    download_urls: DataLoader[tuple[str, str], str] = field(init=False)  # (bucket, key) -> presigned GET
 
     def __post_init__(self) -> None:
         # One BatchGetItem per tick of the event loop for all ids asked for together (no N+1).
+        # A websocket's context lasts as long as the connection: its loaders batch but do not cache.
         cache = self.request.scope["type"] != "websocket"
         self.groups = DataLoader(load_fn=_batch_loader(data.GroupModel), cache=cache)
         self.images = DataLoader(load_fn=_batch_loader(data.ImageModel), cache=cache)
+        # SigV4 signing is CPU work (a page of 100 images: 200 signatures): one worker thread per tick.
+        self.download_urls = DataLoader(load_fn=self._sign, cache=cache)
+
+    async def _sign(self, objects: list[tuple[str, str]]) -> list[str]:
+        return await asyncio.to_thread(self.storage.download_urls, objects)
+
+    async def original_url(self, key: str) -> str:
+        return await self.download_urls.load((self.settings.originals_bucket, key))
+
+    async def processed_url(self, key: str) -> str:
+        return await self.download_urls.load((self.settings.processed_bucket, key))
 
     @property
     def settings(self) -> Settings:
@@ -94,6 +110,9 @@ async def authenticate(context: Context, authorization: Any) -> None:
                 context.user = await asyncio.to_thread(verifier.verify, token)
         except AuthError as exc:
             context.auth_error = str(exc)
+        except Exception:  # noqa: BLE001 - a token the verifier did not foresee: reads stay public
+            log.exception("token verification failed unexpectedly")
+            context.auth_error = "the token could not be verified"
 
 
 async def build_context(app: AppState, request: Request, response: Any) -> Context:

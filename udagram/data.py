@@ -9,6 +9,7 @@ Keys, and why:
   first. `created_key` is "<ISO time>#<id>", unique and ordered, and doubles as the cursor.
   `image_changes` counts additions, deletions and re-runs of the group's images: live group
   subscriptions (graphql_api/live.py) read it to know when to look at the group's images again.
+- the rate-limit counters (udagram/ratelimit.py) are a third table, created with the others.
 - `jobs` holds the admin's bulk re-runs (graphql_api/admin/) with their progress and the lease
   of the API process feeding each; `by_state` lists the running ones.
 """
@@ -35,6 +36,7 @@ from pynamodb.exceptions import UpdateError
 from pynamodb.models import Model
 from pynamodb.signals import pre_dynamodb_send
 
+from udagram.ratelimit import RateLimitModel
 from udagram.settings import Settings, get_settings
 
 
@@ -177,6 +179,9 @@ class ImageModel(Model):
     lease_owner = UnicodeAttribute(null=True)
     lease_expires_at = NumberAttribute(null=True)  # epoch seconds
     source_etag = UnicodeAttribute(null=True)  # ETag of the original the result was made from
+    # reprocessImage queued a re-run no worker has leased yet (epoch seconds): further requests are
+    # coalesced into it; the worker's lease removes it (workers/processor.py).
+    rerun_requested_at = NumberAttribute(null=True)
     created_at = UTCDateTimeAttribute()
     processed_at = UTCDateTimeAttribute(null=True)
 
@@ -227,7 +232,7 @@ class JobModel(Model):
     by_state = JobsByState()
 
 
-MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, JobModel)
+MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, RateLimitModel, JobModel)
 
 # DynamoDB requests of this process, by operation (served on the API's and the worker's /metrics):
 # shows that a page query costs a constant number of calls (bench/api.py reads it).
@@ -246,8 +251,9 @@ pre_dynamodb_send.connect(_count_dynamodb_call)  # PynamoDB's documented hook (b
 def configure(settings: Settings | None = None) -> None:
     """Point the models at the configured tables and endpoint (call once per process/test)."""
     settings = settings or get_settings()
-    for model, table in ((GroupModel, settings.groups_table), (ImageModel, settings.images_table),
-                         (JobModel, settings.jobs_table)):
+    tables = {GroupModel: settings.groups_table, ImageModel: settings.images_table,
+              RateLimitModel: settings.rate_limits_table, JobModel: settings.jobs_table}
+    for model, table in tables.items():
         model.Meta.table_name = table
         model.Meta.region = settings.aws_region
         model.Meta.host = settings.dynamodb_endpoint_url
@@ -261,10 +267,13 @@ def configure(settings: Settings | None = None) -> None:
 
 def ensure_tables(settings: Settings | None = None) -> None:
     """Create missing tables (on-demand billing) and wait until they are active."""
+    settings = settings or get_settings()
     configure(settings)
     for model in MODELS:
         if not model.exists():
-            model.create_table(billing_mode="PAY_PER_REQUEST", wait=True)
+            # Tables with a TTL attribute get TTL turned on; dynalite (local) does not support it.
+            model.create_table(billing_mode="PAY_PER_REQUEST", wait=True,
+                               ignore_update_ttl_errors=settings.mode == "local")
 
 
 # --- queries shared by the API (and usable by the worker) -------------------------------------
@@ -306,6 +315,11 @@ def batch_get(model: type[M], ids: Iterable[str]) -> dict[str, M]:
     return {item.id: item for item in model.batch_get(wanted)} if wanted else {}
 
 
+def condition_failed(exc: Exception) -> bool:
+    """Whether a PynamoDB write error is its condition failing (rather than DynamoDB failing)."""
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
 def add_to_image_count(group_id: str, delta: int) -> None:
     """Atomic ADD on the group's counter (and its change marker); fails (PutError/UpdateError)
     if the group is gone."""
@@ -323,7 +337,7 @@ def touch_groups(group_ids: Iterable[str]) -> None:
             GroupModel(id=group_id).update(actions=[GroupModel.image_changes.add(1)],
                                            condition=GroupModel.id.exists())
         except UpdateError as exc:
-            if getattr(exc, "cause_response_code", None) != "ConditionalCheckFailedException":
+            if not condition_failed(exc):
                 raise
 
 

@@ -88,7 +88,7 @@ def take_lease(job: JobModel, owner: str, seconds: float) -> bool:
                       | (JobModel.lease_owner == owner)))
         return True
     except UpdateError as exc:
-        if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
+        if data.condition_failed(exc):
             return False
         raise
 
@@ -114,7 +114,7 @@ def _claim(image: ImageModel, job: JobModel, settings: Settings) -> bool:
                      condition=still)
         return True
     except UpdateError as exc:
-        if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
+        if data.condition_failed(exc):
             return False  # changed meanwhile: deleted, retried by its owner, claimed by another feeder
         raise
 

@@ -64,6 +64,13 @@ class NotUploaded(Error):
     message: str = "the image has not been uploaded yet"
 
 
+@strawberry.type(description="Too many requests of this kind; try again after `retryAfterSeconds`.")
+class RateLimited(Error):
+    code: str = "RATE_LIMITED"
+    message: str = "too many requests"
+    retry_after_seconds: int = 0
+
+
 @strawberry.type(description="Signed in, but without the role this needs (the admin view: role `admin`).")
 class Forbidden(Error):
     code: str = "FORBIDDEN"

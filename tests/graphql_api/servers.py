@@ -43,7 +43,7 @@ def api_env(settings: Settings, port: int, public_url: str, **overrides: str) ->
             env[_AWS_NAMES[name]] = str(value)
         elif name.endswith(("_table", "_bucket", "_queue_name")) or name in ("queue_name", "data_dir"):
             env[f"UDAGRAM_{name.upper()}"] = str(value)
-    env.update(UDAGRAM_API_PORT=str(port), UDAGRAM_PUBLIC_URL=public_url,
+    env.update(UDAGRAM_API_PORT=str(port), UDAGRAM_API_METRICS_PORT=str(free_port()), UDAGRAM_PUBLIC_URL=public_url,
                UDAGRAM_ALLOWED_HOSTS=json.dumps(settings.allowed_hosts), UDAGRAM_LIVE_POLL_SECONDS="0.3",
                UDAGRAM_BULK_FEED_INTERVAL_SECONDS="0.3")
     env.update(overrides)
