@@ -151,9 +151,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     data.configure(settings)
     local = settings.mode == "local"
-    state = AppState(settings=settings, verifier=auth.TokenVerifier(settings), storage=Storage(settings),
-                     watcher=Watcher(settings))
     feeder = Feeder(settings)
+    state = AppState(settings=settings, verifier=auth.TokenVerifier(settings), storage=Storage(settings),
+                     watcher=Watcher(settings), feeder=feeder)
     graphql = GraphQLApp(
         state,
         graphql_ide="graphiql" if local else None,

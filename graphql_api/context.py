@@ -36,6 +36,7 @@ class AppState:
     verifier: TokenVerifier
     storage: Storage
     watcher: Watcher
+    feeder: Any = None  # graphql_api.admin.feeder.Feeder: told when a job starts here
 
 
 @dataclass

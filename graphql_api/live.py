@@ -116,6 +116,7 @@ class Watcher:
         self.groups: dict[str, _GroupTopic] = {}
         self.subscriptions = 0
         self.ticks = 0  # reads done (tests and metrics look at it)
+        self.group_requery_seconds = GROUP_REQUERY_SECONDS
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -192,7 +193,7 @@ class Watcher:
                 self._publish_group_gone(group_id, topic)
                 continue
             if not topic.seen or markers[group_id] != topic.marker:
-                topic.requery_until = now + GROUP_REQUERY_SECONDS
+                topic.requery_until = now + self.group_requery_seconds
             topic.marker = markers[group_id]
             if now <= topic.requery_until:
                 to_query.append(group_id)

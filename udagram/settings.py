@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     # Admin bulk re-runs (graphql_api/admin/): each API process looks for jobs to feed this often;
     # one process at a time feeds a job, holding its lease.
     bulk_feed_interval_seconds: float = 1.0
+    bulk_idle_check_seconds: float = 60.0  # no job running: look for one (started elsewhere) this often
     bulk_job_lease_seconds: int = 30
     # Cost: each field 1; a connection multiplies what it selects by its `first` (graphql_api/schema/limits.py).
     max_query_cost: int = 10_000

@@ -9,7 +9,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncGenerator
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from pynamodb.exceptions import DoesNotExist
@@ -163,6 +163,14 @@ def _rerun_older_model(info: Info, user: AuthUser, version: str | None) -> Admin
     return AdminJob.from_model(bulk.start(bulk.JobKind.RERUN_OLDER_MODEL, user.id, info.context.settings, target))
 
 
+def _started(info: Info, job: AdminJob | Any) -> Any:
+    """A job started here is fed at once by this process's feeder."""
+    feeder = info.context.app.feeder
+    if isinstance(job, AdminJob) and job.state == data.JobState.RUNNING and feeder is not None:
+        feeder.wake()
+    return job
+
+
 def _retry_failed(info: Info, user: AuthUser) -> AdminJob:
     # Pressing "Retry all failed" twice gives the running job, not a second one.
     running = [j for j in bulk.running() if j.kind == bulk.JobKind.RETRY_FAILED.value]
@@ -214,7 +222,7 @@ class AdminMutation:
         user = admin(info)
         if not isinstance(user, AuthUser):
             return user
-        return await asyncio.to_thread(_retry_failed, info, user)
+        return _started(info, await asyncio.to_thread(_retry_failed, info, user))
 
     @strawberry.mutation(description="Admin: re-run every DONE image made by another model version than "
                                      "`version` (default: TorchServe's default version), paced (a bulk job).")
@@ -224,7 +232,7 @@ class AdminMutation:
             return user
         if version is not None and not version.strip():
             return InvalidInput(message="version must not be empty", field="version")
-        return await asyncio.to_thread(_rerun_older_model, info, user, version)
+        return _started(info, await asyncio.to_thread(_rerun_older_model, info, user, version))
 
 
 @strawberry.type

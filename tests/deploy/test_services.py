@@ -96,6 +96,7 @@ def ids(synth) -> dict[str, str]:
         "groups": _named(synth, "AWS::DynamoDB::Table", "TableName", "GroupsTable"),
         "images": _named(synth, "AWS::DynamoDB::Table", "TableName", "ImagesTable"),
         "jobs": _named(synth, "AWS::DynamoDB::Table", "TableName", "JobsTable"),
+        "rate_limits": _named(synth, "AWS::DynamoDB::Table", "TableName", "RateLimitsTable"),
         "models": next(k for k, r in synth.resources("AWS::S3::Bucket").items()
                        if r["Properties"].get("VersioningConfiguration")),
     }
@@ -104,10 +105,11 @@ def ids(synth) -> dict[str, str]:
 # ---- least privilege: each role exactly the calls its code makes ----------------------------------
 
 def test_api_role_is_exactly_what_the_api_calls(synth, ids):
-    o, p, q, g, i, j = (ids[k] for k in ("originals", "processed", "queue", "groups", "images", "jobs"))
+    o, p, q, g, i, j, r = (ids[k] for k in ("originals", "processed", "queue", "groups", "images", "jobs",
+                                            "rate_limits"))
     dynamodb = {"BatchGetItem", "DeleteItem", "GetItem", "PutItem", "Query", "UpdateItem"}
     tables = [f"<{g}>", f"<{g}>/index/by_created", f"<{i}>", f"<{i}>/index/by_group", f"<{i}>/index/by_status",
-              f"<{j}>", f"<{j}>/index/by_state"]
+              f"<{j}>", f"<{j}>/index/by_state", f"<{r}>"]
     assert _grants(synth, _task_role(synth, "api")) == {
         # presigned POST (PutObject), presigned GET / HeadObject (GetObject), delete, on the app's prefixes
         *{(f"s3:{a}", f"<{o}>/originals/*") for a in ("PutObject", "GetObject", "DeleteObject")},

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -89,10 +90,16 @@ def _work(settings, limit: int = 10, fail: set[str] = frozenset()) -> list[dict]
 
 @pytest.fixture
 def admin_api(aws_settings):
-    """The API with a feeder that waits an hour between passes: the tests feed with their own."""
-    settings = aws_settings.model_copy(update={"bulk_feed_interval_seconds": 3600})
+    """The API without its background feeder: the tests feed with their own, step by step."""
+    with _without_feeder(aws_settings) as test_client:
+        yield Api(test_client, aws_settings)
+
+
+@contextmanager
+def _without_feeder(settings):
     with TestClient(create_app(settings)) as test_client:
-        yield Api(test_client, settings)
+        test_client.portal.call(test_client.app.state.udagram.feeder.stop)
+        yield test_client
 
 
 # --- who may ------------------------------------------------------------------------------------
@@ -286,11 +293,11 @@ def test_rerun_older_model_without_the_model_server_says_so(admin_api):
 def test_rerun_older_model_reruns_what_another_version_made(aws_settings, torchserve):
     """TorchServe (real) says which version is the default: images made by another one are re-run
     through it; those already made by it are left alone. An unknown version is refused."""
-    settings = aws_settings.model_copy(update={**torchserve.settings_overrides(), "bulk_feed_interval_seconds": 3600})
+    settings = aws_settings.model_copy(update=torchserve.settings_overrides())
     current = _images(3, ImageStatus.DONE, model_version="classifier 1.0")
     older = _images(4, ImageStatus.DONE, model_version="classifier 0.9")
     _images(2, ImageStatus.FAILED, error="broken")
-    with TestClient(create_app(settings)) as test_client:
+    with _without_feeder(settings) as test_client:
         api = Api(test_client, settings)
         token = _admin_token(settings)
         refused = api.gql(RERUN, {"v": "7.0"}, token=token)["rerunOlderModel"]
