@@ -188,3 +188,15 @@ def s3_event_body(settings: Settings, key: str, etag: str, size: int = 1, bucket
                "object": {"key": key, "size": size, "eTag": etag, "sequencer": "00"}},
     }]})
 
+
+
+def wait_settled(image_ids: list[str], statuses=("DONE", "FAILED"), timeout: float = 90) -> list[data.ImageModel]:
+    """Like wait_status, but also waits for the rest of the final write: moto applies an
+    UpdateItem's actions one by one, and every final write (DONE, FAILED, a re-run's kept result)
+    removes the lease last."""
+
+    def settled():
+        records = [record(i) for i in image_ids]
+        return records if all(r.status in statuses and r.lease_expires_at is None for r in records) else None
+
+    return wait_for(settled, timeout, f"images {image_ids} settled in {statuses}")  # type: ignore[return-value]

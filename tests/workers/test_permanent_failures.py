@@ -11,7 +11,8 @@ import pytest
 
 from tests.fixtures.ports import free_port
 from tests.workers.conftest import (
-    create_image, dlq_messages, dlq_reasons, new_upload, queue_empty, record, upload, wait_for, wait_status,
+    create_image, dlq_messages, dlq_reasons, new_upload, queue_empty, record, upload, wait_for, wait_settled,
+    wait_status,
 )
 from tests.workers.images import jpeg
 from udagram import data, jobs
@@ -25,13 +26,18 @@ def test_a_rerun_to_an_unknown_model_version_keeps_the_result_while_uploads_flow
     image keeps its DONE result with the reason, and the circuit breaker never pauses intake."""
     image_id = new_upload(settings, jpeg("chelsea"))
     worker = start_worker(settings)
-    [before] = wait_status([image_id])
+    [before] = wait_settled([image_id])
     assert before.status == "DONE", before.error
     wait_for(lambda: queue_empty(settings), 20, "queue drained")
     jobs.enqueue_reprocess([image_id], "9.9", settings=settings)
     others = [new_upload(settings, jpeg("coffee")) for _ in range(3)]
     assert [r.status for r in wait_status(others)] == ["DONE"] * 3
-    after = wait_for(lambda: record(image_id) if record(image_id).error else None, 30, "the re-run's error")
+
+    def rerun_noted():
+        rec = record(image_id)
+        return rec if rec.error and rec.lease_expires_at is None else None
+
+    after = wait_for(rerun_noted, 30, "the re-run's error")
     assert after.status == "DONE"
     assert "re-run failed" in after.error and "no version 9.9" in after.error, after.error
     assert (after.title, after.processed_key, after.processed_at, after.model_version, after.source_etag) == (
@@ -44,7 +50,8 @@ def test_a_rerun_to_an_unknown_model_version_keeps_the_result_while_uploads_flow
     # A later successful run clears the note.
     jobs.enqueue_reprocess([image_id], settings=settings)
     wait_for(lambda: record(image_id).processed_at > before.processed_at, 60, "the re-run")
-    assert record(image_id).error is None
+    [rerun] = wait_settled([image_id])
+    assert rerun.status == "DONE" and rerun.error is None
 
 
 def test_a_missing_default_model_pauses_intake_only_while_it_may_be_registering(make_settings, start_worker,
@@ -75,7 +82,7 @@ def test_a_missing_default_model_pauses_intake_only_while_it_may_be_registering(
 
     unregister()
     removed = new_upload(settings, jpeg("coffee"))
-    [rec] = wait_status([removed], timeout=120)
+    [rec] = wait_settled([removed], timeout=120)
     assert rec.status == "FAILED" and "gave up after 3 tries" in rec.error, rec.error
     assert "has no model classifier" in rec.error, rec.error
     [reason] = wait_for(lambda: dlq_reasons(settings), 20, "the DLQ message")
@@ -89,11 +96,11 @@ def test_tries_are_bounded_across_re_sends(make_settings, start_worker):
     re-sent message carries its tries, so the image ends FAILED after worker_max_message_tries
     and the message is in the DLQ with the reason, instead of looping forever."""
     settings = make_settings(worker_max_message_tries=4, queue_max_receive_count=2)
-    image_id = new_upload(settings, jpeg("chelsea"))
     worker = start_worker(settings)
     worker.consumer.processor.s3 = client("s3", settings.model_copy(
         update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"}))
-    [rec] = wait_status([image_id], timeout=120)
+    image_id = new_upload(settings, jpeg("chelsea"))  # after the swap: no try may reach S3
+    [rec] = wait_settled([image_id], timeout=120)
     assert rec.status == "FAILED", rec.error
     assert "gave up after 4 tries; last error: download of the original failed" in rec.error, rec.error
     assert rec.attempts == 1 and rec.lease_owner is None  # the last lease only: transient tries are given back
@@ -117,7 +124,7 @@ def test_a_missing_bucket_finishes_the_image_and_dead_letters_the_message(make_s
     settings = make_settings(**{f"{missing}_bucket": bucket})
     jobs.enqueue_reprocess([image_id], settings=settings)
     worker = start_worker(settings)
-    [rec] = wait_status([image_id])
+    [rec] = wait_settled([image_id])
     assert rec.status == "FAILED" and f"the bucket {bucket} does not exist" in rec.error, rec.error
     [reason] = wait_for(lambda: dlq_reasons(settings), 20, "the DLQ message")
     assert image_id in reason and bucket in reason

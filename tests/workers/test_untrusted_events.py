@@ -10,7 +10,7 @@ import pytest
 
 from tests.workers.conftest import (
     create_image, dlq_messages, new_upload, original_exists, processed_keys, queue_counts,
-    queue_empty, record, s3_event_body, send_body, upload, wait_for, wait_status,
+    queue_empty, record, s3_event_body, send_body, upload, wait_for, wait_settled,
 )
 from tests.workers.images import jpeg
 from udagram import data
@@ -35,7 +35,7 @@ def test_forged_events_change_nothing_on_a_done_image(settings, start_worker):
     acknowledged and logged; the record is not touched (not even marked PROCESSING)."""
     image_id = new_upload(settings, jpeg("chelsea"))
     start_worker(settings)
-    [done] = wait_status([image_id])
+    [done] = wait_settled([image_id])
     assert done.status == "DONE", done.error
     wait_for(lambda: queue_empty(settings), 20, "queue drained")
     before = snapshot(image_id)
