@@ -31,10 +31,10 @@ REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.properties"
 #   cores are shared (the whole stack runs on one laptop) spinning made 2-thread inference up to
 #   6x slower here (1.7-2.6 vs 12-16 img/s in-process under load).
 # - glibc malloc keeping freed memory: by default it serves the TorchScript model's activation
-#   buffers (several MB each) with mmap and hands them back to the kernel after every forward,
-#   ~4,700 minor page faults per image. A 32 MiB mmap threshold keeps them on the heap and a
-#   256 MiB trim threshold keeps the heap from shrinking: ~1 fault per image (either one alone
-#   still faults). ONNX Runtime reuses its own arena and barely faults either way.
+#   buffers (several MB each) with mmap and hands them back to the kernel after every forward:
+#   ~4,700 minor page faults (~26 ms of CPU) per image served. A 32 MiB mmap threshold keeps them
+#   on the heap and a 256 MiB trim threshold keeps the heap from shrinking: 0-160 faults per image
+#   (issue 12: either one alone is worse). ONNX Runtime reuses its own arena and faults little.
 WORKER_ENV = {
     "OMP_WAIT_POLICY": "PASSIVE",
     "MALLOC_MMAP_THRESHOLD_": "33554432",
