@@ -11,7 +11,8 @@ What the API-level tests (tests/graphql_api) cannot show, shown here on the runn
 - S3's keys are random per install, private files, each process holding only its identity's, and
   each identity can do only its process's job; the keys the source once held are refused;
 - S3 answers CORS to the web page's origin only, and only for its uploads;
-- TorchServe's token-less management API downloads no archive from a URL (ShellTorch);
+- TorchServe's token-less management API downloads no archive from a URL (ShellTorch), and its
+  port refuses what a web page sends;
 - no port of the stack grants a foreign web page CORS (beyond the explained SeaweedFS volume one),
   and dynalite refuses browser requests: pages the user opens can reach loopback ports;
 - every listening socket of every process under supervisord (Java and TorchServe's Python
@@ -771,6 +772,23 @@ def test_torchserve_management_fetches_no_archive_from_a_url(local_stack, tmp_pa
     archive = next(Path(local_stack.settings.model_store).glob("*.mar")).name
     again = httpx.post(f"{management}/models", params={"url": archive}, timeout=60)
     assert again.status_code in (200, 409) and "allowed URL" not in again.text, again.text
+
+
+def test_torchserve_management_refuses_a_web_pages_form_post(local_stack):
+    """A page the user opens may send a form POST to TorchServe's management port without CORS;
+    TorchServe would register the model it names. The port refuses requests carrying what only
+    browsers send (Origin, Sec-Fetch-*), and nothing changes; `udagram model` still works."""
+    management = local_stack.settings.torchserve_management_url
+    before = httpx.get(f"{management}/models", timeout=30).json()
+    archive = next(Path(local_stack.settings.model_store).glob("*.mar")).name
+    page_post = httpx.post(f"{management}/models?url={archive}&model_name=planted&initial_workers=1&synchronous=true",
+                           content=b"", timeout=120, headers={
+                               "Origin": "http://evil.example", "Content-Type": "application/x-www-form-urlencoded",
+                               "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"})
+    assert page_post.status_code == 403 and "refuses browser requests" in page_post.json()["message"], page_post.text
+    assert httpx.get(f"{management}/models", timeout=30).json() == before
+    listed = subprocess.run([UDAGRAM, "model", "list"], env=local_stack.env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "READY" in listed.stdout, listed.stdout + listed.stderr
 
 
 # --- GraphQL limits on the running API -----------------------------------------------------------
