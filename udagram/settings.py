@@ -6,8 +6,10 @@ Every variable is `UDAGRAM_<FIELD>` (e.g. `UDAGRAM_API_PORT=9000`), except the s
 usual names and meaning.
 
 `mode=local` (the default) is the embedded stack that `make up` runs on loopback: when no AWS
-endpoint is given, the endpoints point at the local S3/SQS/DynamoDB servers and fixed local
-credentials are used. `mode=aws` leaves endpoints and credentials to boto3's usual resolution.
+endpoint is given, the endpoints point at the local S3/SQS/DynamoDB servers, and unless AWS keys
+are given the process uses the keys of its local identity (`local_identity`), generated per
+install by `udagram up` (`udagram.stack.credentials`). `mode=aws` leaves endpoints and
+credentials to boto3's usual resolution.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-LOCAL_ACCESS_KEY = "udagram-local"
-LOCAL_SECRET_KEY = "udagram-local-secret"
+from udagram.stack import credentials
 
 
 def _aws(*names: str) -> AliasChoices:
@@ -87,6 +88,9 @@ class Settings(BaseSettings):
     images_table: str = "udagram-images"
     rate_limits_table: str = "udagram-rate-limits"  # udagram/ratelimit.py: fixed-window counters (TTL)
     create_resources: bool = True  # create tables/buckets/queues if missing (off for locked-down AWS)
+    # mode=local: whose generated keys (<data_dir>/secrets/<identity>.json) this process uses when no
+    # AWS keys are given; the local stack gives the API "api", the worker "worker", others "none".
+    local_identity: credentials.Identity = "admin"
 
     # --- local stand-ins (mode=local) ----------------------------------------------------------
     s3_port: int = 8333
@@ -155,8 +159,10 @@ class Settings(BaseSettings):
             self.dynamodb_endpoint_url = (
                 self.dynamodb_endpoint_url or base or f"http://{self.host}:{self.dynamodb_port}"
             )
-            self.aws_access_key_id = self.aws_access_key_id or LOCAL_ACCESS_KEY
-            self.aws_secret_access_key = self.aws_secret_access_key or LOCAL_SECRET_KEY
+            if self.aws_access_key_id is None and self.aws_secret_access_key is None:
+                keys = credentials.read(self.data_dir, self.local_identity)  # None before the first `up`
+                if keys:
+                    self.aws_access_key_id, self.aws_secret_access_key = keys["accessKeyId"], keys["secretAccessKey"]
             if self.auth_issuer is None:
                 self.auth_issuer = self.public_url + "/"
             if self.auth_jwks_url is None:
@@ -167,6 +173,24 @@ class Settings(BaseSettings):
             self.sqs_endpoint_url = self.sqs_endpoint_url or self.aws_endpoint_url
             self.dynamodb_endpoint_url = self.dynamodb_endpoint_url or self.aws_endpoint_url
         return self
+
+    @property
+    def page_origins(self) -> list[str]:
+        """Origins the web page runs on: public_url, and on loopback its localhost twin too."""
+        origins = [str(self.public_url)]
+        for a, b in (("//127.0.0.1:", "//localhost:"), ("//localhost:", "//127.0.0.1:")):
+            if a in origins[0]:
+                origins.append(origins[0].replace(a, b))
+        return origins
+
+    def as_local_identity(self, identity: credentials.Identity) -> "Settings":
+        """These settings with the keys of another local identity (e.g. `udagram up` creating the
+        buckets as admin). Only in mode=local, where the stand-ins know no other keys."""
+        if self.mode != "local":
+            return self
+        keys = credentials.read(self.data_dir, identity) or {"accessKeyId": None, "secretAccessKey": None}
+        return self.model_copy(update={"local_identity": identity, "aws_access_key_id": keys["accessKeyId"],
+                                       "aws_secret_access_key": keys["secretAccessKey"]})
 
     @property
     def local_signing_key_path(self) -> Path:

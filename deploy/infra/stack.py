@@ -199,9 +199,8 @@ class UdagramStack(Stack):
             "Originals", bucket_name=self.names["originals_bucket"], access_logs=self.access_logs,
             # Browsers POST uploads straight here from the page (presigned POST): that origin only.
             cors=[s3.CorsRule(
-                allowed_origins=[self.public_url],
-                allowed_methods=[s3.HttpMethods.POST, s3.HttpMethods.GET, s3.HttpMethods.HEAD],
-                allowed_headers=["*"], exposed_headers=["ETag"], max_age=3600)],
+                allowed_origins=[self.public_url], allowed_methods=[s3.HttpMethods.POST],
+                allowed_headers=["Content-Type"], max_age=3600)],
             lifecycle_rules=[abandoned_uploads])
         self.processed = self._bucket(
             "Processed", bucket_name=self.names["processed_bucket"], access_logs=self.access_logs,
