@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 # Every dependency group of pyproject.toml: a development machine runs every role.
-EXTRAS := serving,api,worker,local,dev,containers
+EXTRAS := serving,api,worker,local,dev,deploy,containers
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 help:
@@ -16,6 +16,7 @@ help:
 	@echo "make test    set up everything and run the whole test suite"
 	@echo "make bench   run the benchmarks and write bench/report/ (~12 min; BENCH_ARGS=--quick: ~4)"
 	@echo "make chaos   kill -9 each server mid-burst, check nothing is lost: bench/report/chaos.md (~3 min; CHAOS_ARGS=--short: ~2)"
+	@echo "make synth   write the AWS CloudFormation template to deploy/cdk.out/ (offline; docs/deploy.md)"
 	@echo "make images  build the container images with podman (docs/containers.md)"
 	@echo "make compose-smoke  run docker/compose.yaml with podman-compose, one upload to DONE, tear down"
 
@@ -68,6 +69,15 @@ chaos: venv
 	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory $(NODE_DEPS)
 	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 
+# The AWS CDK app (deploy/) runs on jsii, which starts Node: silence its Node-version banners.
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+# CloudFormation for AWS, offline (no account, no Docker); context as JSON, e.g.
+# make synth SYNTH_CONTEXT='{"model_server_gpu": "true"}'. Fails on unacknowledged cdk-nag findings.
+synth: venv
+	CDK_CONTEXT_JSON='$(SYNTH_CONTEXT)' $(BIN)/python deploy/app.py
+
 # The model-server, API, worker and stand-in images (tools/containers.py; docs/containers.md).
 images: venv container-deps
 	$(BIN)/python tools/containers.py build $(IMAGES_ARGS)
@@ -77,4 +87,4 @@ images: venv container-deps
 compose-smoke: images
 	$(BIN)/python -m pytest -m containers tests/e2e/test_compose.py -rP $(PYTEST_ARGS)
 
-.PHONY: help venv system-deps container-deps deps images compose-smoke up down status test bench chaos
+.PHONY: help venv system-deps container-deps deps up down status test bench chaos synth images compose-smoke
