@@ -20,6 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from tests.e2e.conftest import ARTIFACTS
 from tests.fixtures.stack import LocalStack, settings_from, stack_env
 from tests.udagram.test_local_stack import IMAGE, chelsea_jpeg, create_group, upload_image
 from udagram.stack import health
@@ -81,12 +82,15 @@ def wait_until(what: str, ready, timeout: float, compose: Compose) -> None:
         try:
             if ready():
                 return
+        except AssertionError:
+            raise
         except Exception:  # noqa: BLE001 - not up yet
             pass
         time.sleep(2)
     raise AssertionError(f"{what} not ready after {timeout:.0f} s\n{compose.logs()}")
 
 
+@pytest.mark.timeout(1800)
 def test_compose_runs_one_upload_to_done_and_leaves_nothing(tmp_path: Path) -> None:
     assert shutil.which("podman") and PODMAN_COMPOSE.exists(), "run `make container-deps venv` first"
     images = {service["image"] for service in SERVICES.values()}
@@ -94,8 +98,12 @@ def test_compose_runs_one_upload_to_done_and_leaves_nothing(tmp_path: Path) -> N
     assert not missing, f"images {missing} missing: run `make images`"
     env = stack_env(tmp_path / "unused", tmp_path / "unused")  # free ports for every UDAGRAM_*_PORT
     settings = settings_from(env)
-    compose = Compose(f"udagram-smoke-{uuid4().hex[:8]}", env, tmp_path / "podman-compose.log")
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / "compose-smoke.log"
+    log.unlink(missing_ok=True)
+    compose = Compose(f"udagram-smoke-{uuid4().hex[:8]}", env, log)
     timings: dict[str, float] = {}
+    image: dict = {}
     started = time.monotonic()
     try:
         compose.run("up", "-d")
@@ -110,6 +118,11 @@ def test_compose_runs_one_upload_to_done_and_leaves_nothing(tmp_path: Path) -> N
                        lambda c=container: subprocess.run(["podman", "healthcheck", "run", c["Id"]], env=compose.env,
                                                           capture_output=True).returncode == 0, 120, compose)
         timings["healthy"] = time.monotonic() - started
+        for service, container in containers.items():
+            assert compose.podman("exec", container["Id"], "id", "-u").strip() != "0", f"{service} runs as root"
+        for service in ("api", "worker", "sqs"):  # the API, worker and stand-ins images have no torch
+            compose.podman("exec", containers[service]["Id"], "python", "-c",
+                           "import importlib.util as u; assert u.find_spec('torch') is None, 'torch installed'")
 
         # Sign in as the compose file says: a token from the API container's local signing key.
         token = compose.run("exec", "-T", "api", "udagram", "token", "--user", "alice").stdout.strip()
@@ -118,7 +131,6 @@ def test_compose_runs_one_upload_to_done_and_leaves_nothing(tmp_path: Path) -> N
         group = create_group(stack, token, "Cats in containers")
         upload_started = time.monotonic()
         image_id = upload_image(stack, token, group["id"], chelsea_jpeg())
-        image: dict = {}
 
         def done() -> bool:
             nonlocal image
@@ -128,6 +140,9 @@ def test_compose_runs_one_upload_to_done_and_leaves_nothing(tmp_path: Path) -> N
 
         wait_until(f"image {image_id} DONE", done, 300, compose)
         timings["upload to DONE"] = time.monotonic() - upload_started
+        restarts = {service: compose.podman("inspect", "--format", "{{.RestartCount}}", c["Id"]).strip()
+                    for service, c in containers.items()}
+        print(f"restarts: {restarts}")
         assert image["predictions"][0]["label"] == "Egyptian cat", image
         assert image["title"].startswith("Egyptian cat - ") and image["title"].endswith("%"), image
         processed = httpx.get(image["processedImageUrl"], timeout=30)
@@ -140,6 +155,7 @@ def test_compose_runs_one_upload_to_done_and_leaves_nothing(tmp_path: Path) -> N
         timings["down"] = time.monotonic() - down_started
         timings["total"] = time.monotonic() - started
         print("compose smoke: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+        print(f"title: {image.get('title')}")
         print(f"podman-compose log: {compose.log}")
     assert compose.containers() == {}, "containers left behind"
     assert compose.leftovers() == {"volume": [], "network": []}, "left behind"
