@@ -6,7 +6,7 @@ No Docker engine and no image registry are reachable here (docs/containers.md):
   debian:bookworm-slim, then docker/base/*.Containerfile on top. The Dockerfiles stay standard.
 - `build`: every image docker/compose.yaml names, from its Dockerfile and .dockerignore, with
   host networking and this machine's pip and npm configuration (indexes, local wheel folders,
-  CA bundle) mounted read-only for the build only, so torch comes from the local disk and
+  CA bundle) visible to the build only (`build_home`), so torch comes from the local disk and
   nothing of the machine stays in the images. Prints build times and sizes.
 `make compose-smoke` then runs docker/compose.yaml with podman-compose: tests/e2e/test_compose.py.
 podman's quirks on this machine (runc, explicit ulimits) are in docker/podman/containers.conf.
@@ -45,7 +45,7 @@ BASES = {  # image -> its stand-in's Containerfile
     "docker.io/library/python:3.11-slim": DOCKER / "base" / "python.Containerfile",
     "docker.io/library/node:20-slim": DOCKER / "base" / "node.Containerfile",
 }
-HOST_MOUNTS = Path("/run/host")  # where the build sees this machine's pip/npm files
+BUILD_HOME = Path("/root")  # root's home in the images' RUN steps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -213,21 +213,12 @@ def pip_settings() -> dict[str, str]:
     return found
 
 
-@dataclass
-class BuildConfig:
-    """What a build RUN sees of this machine: files mounted under /run/host, read-only."""
-
-    mounts: dict[Path, Path]  # host path -> path in the build
-    files: Path  # generated pip.conf and npmrc
-
-    def volumes(self) -> list[str]:
-        args = [f"--volume={host}:{inside}:ro" for host, inside in self.mounts.items()]
-        args.append(f"--volume={self.files / 'pip.conf'}:/etc/pip.conf:ro")
-        args.append(f"--volume={self.files / 'npmrc'}:/usr/local/etc/npmrc:ro")
-        return args
-
-
-def build_config(files: Path) -> BuildConfig:
+def build_home(home: Path) -> list[str]:
+    """podman build arguments that show a build this machine's pip and npm settings, and nothing
+    stays in the image: the RUN steps get `home` as root's home folder (/root exists in every
+    base image, so no mount point is created in it), holding ~/.config/pip/pip.conf, ~/.npmrc and,
+    mounted read-only below ~/host/, every local file or folder those settings name (wheel
+    folders, local indexes, the constraints file, the CA bundle)."""
     mounts: dict[Path, Path] = {}
 
     def inside(value: str, whole_parent: bool = False) -> str:
@@ -240,16 +231,23 @@ def build_config(files: Path) -> BuildConfig:
                 continue
             # A local index (simple/<name>/index.html) links to its files relatively (../../files/).
             mounted = host.parent if whole_parent else host
-            mounts[mounted] = HOST_MOUNTS / mounted.relative_to("/")
-            words.append(word.replace(str(host), str(HOST_MOUNTS / host.relative_to("/")), 1))
+            mounts[mounted] = Path("host") / mounted.relative_to("/")
+            words.append(word.replace(str(host), str(BUILD_HOME / "host" / host.relative_to("/")), 1))
         return " ".join(words)
 
-    pip_lines = ["[global]"] + [f"{key} = {inside(value, whole_parent=key.endswith('index-url'))}"
-                                for key, value in sorted(pip_settings().items())]
-    (files / "pip.conf").write_text("\n".join(pip_lines) + "\n")
+    pip_conf = home / ".config" / "pip" / "pip.conf"
+    pip_conf.parent.mkdir(parents=True)
+    pip_conf.write_text("[global]\n" + "".join(f"{key} = {inside(value, whole_parent=key.endswith('index-url'))}\n"
+                                               for key, value in sorted(pip_settings().items())))
     ca = os.environ.get("NODE_EXTRA_CA_CERTS") or os.environ.get("SSL_CERT_FILE")
-    (files / "npmrc").write_text(f"cafile={inside(ca)}\n" if ca and _host_path(ca) else "")
-    return BuildConfig(mounts, files)
+    (home / ".npmrc").write_text(f"cafile={inside(ca)}\n" if ca and _host_path(ca) else "")
+    args = [f"--volume={home}:{BUILD_HOME}"]
+    for host, relative in mounts.items():
+        # The mount point, made here in `home` rather than by the runtime in the image.
+        (home / relative).parent.mkdir(parents=True, exist_ok=True)
+        (home / relative).mkdir() if host.is_dir() else (home / relative).touch()
+        args.append(f"--volume={host}:{BUILD_HOME / relative}:ro")
+    return args
 
 
 def torch_pins() -> list[str]:
@@ -280,12 +278,12 @@ def build(
     images = [i for i in compose_images() if not only or i.tag in only or i.dockerfile.name in only]
     timings = []
     with tempfile.TemporaryDirectory(prefix="udagram-build-") as tmp:
-        config = build_config(Path(tmp))
+        home_args = build_home(Path(tmp))
         for image in images:
             say(f"building {image.tag} from {image.dockerfile.relative_to(REPO)}")
             started = time.monotonic()
             torch_arg = ["--build-arg", f"TORCH={torch}"] if "ARG TORCH" in image.dockerfile.read_text() else []
-            podman("build", "--format=docker", "--network=host", "--pull=never", *config.volumes(), *torch_arg,
+            podman("build", "--format=docker", "--network=host", "--pull=never", *home_args, *torch_arg,
                    "--ignorefile", str(image.ignorefile),
                    "-f", str(image.dockerfile), "-t", image.tag, *(["--no-cache"] if no_cache else []), str(REPO))
             timings.append((image.tag, time.monotonic() - started, image_size(image.tag)))

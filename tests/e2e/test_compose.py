@@ -125,6 +125,9 @@ def test_compose_runs_one_upload_to_done_and_leaves_nothing(tmp_path: Path) -> N
         for service in ("api", "worker", "sqs"):  # the API, worker and stand-ins images have no torch
             compose.podman("exec", containers[service]["Id"], "python", "-c",
                            "import importlib.util as u; assert u.find_spec('torch') is None, 'torch installed'")
+        for service in ("api", "worker", "sqs", "model-server"):  # no pip settings of the build machine
+            settings_files = compose.podman("exec", containers[service]["Id"], "python", "-m", "pip", "config", "list")
+            assert all(line.startswith(":env:") for line in settings_files.splitlines()), settings_files
 
         # Sign in as the compose file says: a token from the API container's local signing key.
         token = compose.run("exec", "-T", "api", "udagram", "token", "--user", "alice").stdout.strip()
