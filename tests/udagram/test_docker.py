@@ -149,6 +149,13 @@ def test_compose_variables_are_settings_with_their_defaults() -> None:
         assert default == str(getattr(defaults, name.removeprefix("UDAGRAM_").lower())), name
 
 
+def test_every_port_setting_is_a_compose_variable() -> None:
+    """So an instance on other ports (make compose-smoke picks free ones) moves every listener."""
+    ports = {f"UDAGRAM_{name.upper()}" for name in Settings.model_fields
+             if name.endswith("_port") or name == "seaweedfs_port_base"}
+    assert ports - set(RAW_COMPOSE["x-environment"]) == set()
+
+
 def test_moving_the_ports_moves_every_listener_and_endpoint() -> None:
     moved = {name: str(20000 + i * 20) for i, name in enumerate(sorted(
         m.group(1) for m in VARIABLE.finditer(yaml.safe_dump(RAW_COMPOSE))))}
