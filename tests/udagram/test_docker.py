@@ -162,7 +162,15 @@ def test_moving_the_ports_moves_every_listener_and_endpoint() -> None:
     services = interpolated(RAW_COMPOSE, moved)["services"]
     env = services["api"]["environment"]
     settings = Settings(**{n.removeprefix("UDAGRAM_").lower(): v for n, v in env.items() if n.startswith("UDAGRAM_")})
-    assert all(service.get("environment", env) == env for service in services.values())
+
+    def shared(environment: dict[str, str]) -> dict[str, str]:  # all but the S3 identity it reads
+        return {n: v for n, v in environment.items() if n != "UDAGRAM_LOCAL_IDENTITY"}
+
+    assert all(shared(service.get("environment", env)) == shared(env) for service in services.values())
+    identities = {name: s["environment"].get("UDAGRAM_LOCAL_IDENTITY") for name, s in services.items()
+                  if "environment" in s}
+    assert (identities["api"], identities["worker"], identities["resources"]) == ("api", "worker", "admin")
+    assert {identities[name] for name in ("sqs", "s3", "s3-events", "model-server")} == {"none"}
     assert settings.s3_endpoint_url == f"http://127.0.0.1:{moved['UDAGRAM_S3_PORT']}"
     assert settings.sqs_endpoint_url == f"http://127.0.0.1:{moved['UDAGRAM_SQS_PORT']}"
     assert settings.dynamodb_endpoint_url == f"http://127.0.0.1:{moved['UDAGRAM_DYNAMODB_PORT']}"
