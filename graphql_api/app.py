@@ -1,9 +1,9 @@
-"""The API's Starlette app: /graphql, /healthz, /metrics (Prometheus), and in local mode the JWKS,
-a sign-in endpoint for named users and GraphiQL; the web page's static files at /."""
+"""The API's Starlette app: /graphql, /healthz, /metrics (Prometheus), /auth/config (where the web
+page signs in), in local mode GraphiQL and the built-in OpenID provider (graphql_api/oidc_provider.py);
+the web page's static files at /."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 
-from graphql_api import auth
+from graphql_api import auth, oidc_provider
 from graphql_api.context import AppState, build_context
 from graphql_api.schema import build_schema
 from graphql_api.storage import Storage
@@ -121,36 +121,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # Prometheus text: this process's counters (e.g. DynamoDB calls per operation, udagram/data.py).
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    async def jwks(request: Request) -> JSONResponse:
-        return JSONResponse(auth.local_jwks(settings), headers={"Cache-Control": "public, max-age=300"})
-
-    async def local_token(request: Request) -> JSONResponse:
-        """Local mode's sign-in: a token for a named user (there are no passwords on a laptop)."""
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return JSONResponse({"error": 'send JSON: {"user": "<name>"}'}, status_code=400)
-        user = body.get("user") if isinstance(body, dict) else None
-        try:
-            auth.validate_user_name(user)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        token = auth.issue_token(user, settings)
-        return JSONResponse(
-            {"token": token, "user": user, "expiresIn": settings.token_ttl_seconds},
-            headers={"Cache-Control": "no-store"},
-        )
+    async def auth_config(request: Request) -> JSONResponse:
+        """What the web page needs to sign in: the issuer (discovery), its client id, the audience
+        (Auth0 issues a JWT access token only when the authorize request names it) and the scopes."""
+        config = {"issuer": settings.auth_issuer, "clientId": settings.auth_client_id,
+                  "audience": settings.auth_audience, "scopes": settings.auth_scopes}
+        if settings.builtin_idp:
+            config["signupEnabled"] = settings.auth_signup_enabled
+        return JSONResponse(config, headers={"Cache-Control": "no-cache"})
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/auth/config", auth_config, methods=["GET"]),
     ]
-    if local:
-        routes += [
-            Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-            Route("/auth/local/token", local_token, methods=["POST"]),
-        ]
+    if settings.builtin_idp:
+        routes += oidc_provider.routes(settings, state.verifier)
     if not STATIC_DIR.is_dir():
         STATIC_DIR.mkdir(parents=True, exist_ok=True)
     if not (STATIC_DIR / "index.html").exists():

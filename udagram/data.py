@@ -21,6 +21,7 @@ from pynamodb.attributes import (
     ListAttribute,
     MapAttribute,
     NumberAttribute,
+    TTLAttribute,
     UnicodeAttribute,
     UTCDateTimeAttribute,
 )
@@ -177,7 +178,65 @@ class ImageModel(Model):
     by_status = ImagesByStatus()
 
 
-MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel)
+class UserModel(Model):
+    """An account of the built-in sign-in (graphql_api/accounts.py); `name` is the tokens' `sub`."""
+
+    class Meta:
+        table_name = "udagram-users"
+        region = "us-east-1"
+
+    name = UnicodeAttribute(hash_key=True)
+    password_hash = UnicodeAttribute()  # argon2id, with its parameters and salt
+    roles = ListAttribute(of=UnicodeAttribute, default=list)
+    created_at = UTCDateTimeAttribute()
+
+
+class AuthGrantModel(Model):
+    """What the built-in OpenID provider remembers between requests, so that any API process can
+    answer any step: authorization codes (single use, short-lived), refresh tokens (rotated on
+    each use) and the sign-in sessions they belong to. Secrets are stored only as SHA-256."""
+
+    class Meta:
+        table_name = "udagram-auth-grants"
+        region = "us-east-1"
+
+    id = UnicodeAttribute(hash_key=True)  # "code:<sha256>", "refresh:<sha256>" or "session:<id>"
+    user = UnicodeAttribute()
+    client_id = UnicodeAttribute(default="")
+    scope = UnicodeAttribute(default="")
+    session = UnicodeAttribute(null=True)  # codes and refresh tokens: the session they belong to
+    redirect_uri = UnicodeAttribute(null=True)  # codes
+    nonce = UnicodeAttribute(null=True)
+    code_challenge = UnicodeAttribute(null=True)
+    code_challenge_method = UnicodeAttribute(null=True)
+    auth_time = NumberAttribute(null=True)  # epoch seconds of the password check
+    expires_at = TTLAttribute()  # worthless after it; DynamoDB's TTL removes it (where supported)
+    used_at = NumberAttribute(null=True)  # codes and refresh tokens: redeemed (once), epoch seconds
+    revoked_at = NumberAttribute(null=True)  # sessions: signed out, or a replayed secret
+
+
+class RateLimitModel(Model):
+    """One counter of `udagram.ratelimit`: hits of a key in one time window."""
+
+    class Meta:
+        table_name = "udagram-rate-limits"
+        region = "us-east-1"
+
+    id = UnicodeAttribute(hash_key=True)  # "<key>#<window start, epoch seconds>"
+    hits = NumberAttribute(default=0)
+    expires_at = TTLAttribute()  # the counter means nothing after it
+
+
+MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, UserModel, AuthGrantModel, RateLimitModel)
+# The setting naming each model's table.
+TABLE_SETTINGS: dict[type[Model], str] = {
+    GroupModel: "groups_table",
+    ImageModel: "images_table",
+    UserModel: "users_table",
+    AuthGrantModel: "auth_grants_table",
+    RateLimitModel: "rate_limits_table",
+}
+BUILTIN_IDP_MODELS = (UserModel, AuthGrantModel)  # only where the API is its own OpenID provider
 
 # DynamoDB requests of this process, by operation (served on the API's and the worker's /metrics):
 # shows that a page query costs a constant number of calls (bench/api.py reads it).
@@ -196,8 +255,8 @@ pre_dynamodb_send.connect(_count_dynamodb_call)  # PynamoDB's documented hook (b
 def configure(settings: Settings | None = None) -> None:
     """Point the models at the configured tables and endpoint (call once per process/test)."""
     settings = settings or get_settings()
-    for model, table in ((GroupModel, settings.groups_table), (ImageModel, settings.images_table)):
-        model.Meta.table_name = table
+    for model in MODELS:
+        model.Meta.table_name = getattr(settings, TABLE_SETTINGS[model])
         model.Meta.region = settings.aws_region
         model.Meta.host = settings.dynamodb_endpoint_url
         model.Meta.aws_access_key_id = settings.aws_access_key_id
@@ -210,10 +269,14 @@ def configure(settings: Settings | None = None) -> None:
 
 def ensure_tables(settings: Settings | None = None) -> None:
     """Create missing tables (on-demand billing) and wait until they are active."""
+    settings = settings or get_settings()
     configure(settings)
     for model in MODELS:
+        if model in BUILTIN_IDP_MODELS and not settings.builtin_idp:
+            continue  # accounts live at the configured identity provider
         if not model.exists():
-            model.create_table(billing_mode="PAY_PER_REQUEST", wait=True)
+            # TTL (expired codes, tokens, counters) where the server has it; dynalite has not
+            model.create_table(billing_mode="PAY_PER_REQUEST", wait=True, ignore_update_ttl_errors=True)
 
 
 # --- queries shared by the API (and usable by the worker) -------------------------------------

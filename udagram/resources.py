@@ -45,7 +45,7 @@ def _error_code(exc: ClientError) -> str:
     return exc.response.get("Error", {}).get("Code", "")
 
 
-def _page_origins(settings: Settings) -> list[str]:
+def page_origins(settings: Settings) -> list[str]:
     """Where the web page runs: public_url, and on loopback its localhost twin too."""
     origins = [settings.public_url]
     for a, b in (("//127.0.0.1:", "//localhost:"), ("//localhost:", "//127.0.0.1:")):
@@ -86,7 +86,7 @@ def ensure_buckets(settings: Settings, s3: Any = None) -> None:
             CORSConfiguration={
                 "CORSRules": [
                     {
-                        "AllowedOrigins": _page_origins(settings),
+                        "AllowedOrigins": page_origins(settings),
                         "AllowedMethods": ["POST", "GET", "HEAD"],
                         "AllowedHeaders": ["*"],
                         "ExposeHeaders": ["ETag"],
