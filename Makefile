@@ -14,12 +14,13 @@ help:
 	@echo "make test    set up everything and run the whole test suite"
 	@echo "make bench   run the benchmarks and write bench/report/ (~12 min; BENCH_ARGS=--quick: ~4)"
 	@echo "make chaos   kill -9 each server mid-burst, check nothing is lost: bench/report/chaos.md (~3 min; CHAOS_ARGS=--short: ~2)"
+	@echo "make synth   write the AWS CloudFormation template to deploy/cdk.out/ (offline; docs/deploy.md)"
 
 # Python environment: rebuilt when pyproject.toml changes.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,deploy]'
 	touch $@
 
 venv: $(INSTALLED)
@@ -59,4 +60,13 @@ chaos: venv
 	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory $(NODE_DEPS)
 	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 
-.PHONY: help venv system-deps deps up down status test bench chaos
+# The AWS CDK app (deploy/) runs on jsii, which starts Node: silence its Node-version banners.
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+# CloudFormation for AWS, offline (no account, no Docker); context as JSON, e.g.
+# make synth SYNTH_CONTEXT='{"model_server_gpu": "true"}'. Fails on unacknowledged cdk-nag findings.
+synth: venv
+	CDK_CONTEXT_JSON='$(SYNTH_CONTEXT)' $(BIN)/python deploy/app.py
+
+.PHONY: help venv system-deps deps up down status test bench chaos synth

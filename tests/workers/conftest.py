@@ -100,7 +100,9 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60, what: str = "
 def wait_status(image_ids: list[str], statuses=("DONE", "FAILED"), timeout: float = 90) -> list[data.ImageModel]:
     def finished():
         records = [record(i) for i in image_ids]
-        return records if all(r.status in statuses for r in records) else None
+        # moto applies an UpdateItem's actions one by one, so a read can land half-way through the
+        # worker's final write (status DONE, processed_at not yet set): wait for the whole write.
+        return records if all(r.status in statuses and (r.status != "DONE" or r.processed_at) for r in records) else None
 
     return wait_for(finished, timeout, f"images {image_ids} to reach {statuses}")  # type: ignore[return-value]
 
