@@ -35,10 +35,19 @@ $(NODE_DEPS): tools/node/package.json tools/node/package-lock.json
 	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The web page's OpenID Connect client: oidc-client-ts bundled by esbuild into one ES module.
+# Committed (containers and pip installs have no Node); rebuilt from the locked packages when they
+# change, byte for byte the same otherwise (tests/graphql_api/test_web_vendor.py checks).
+WEB_VENDOR := graphql_api/static/vendor/oidc-client-ts.js
+$(WEB_VENDOR): $(NODE_DEPS) tools/node/web/build.mjs tools/node/web/oidc-client.js
+	npm run --prefix tools/node --silent build-web
+
+web: $(NODE_DEPS) $(WEB_VENDOR)
+
 deps: venv system-deps $(wildcard $(NODE_DEPS))
 
 up: venv
-	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory $(NODE_DEPS)
+	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory web
 	$(BIN)/udagram up
 
 down:
@@ -48,7 +57,7 @@ status:
 	$(BIN)/udagram status
 
 test: venv system-deps
-	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory $(NODE_DEPS)
+	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory web
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
@@ -69,4 +78,4 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 synth: venv
 	CDK_CONTEXT_JSON='$(SYNTH_CONTEXT)' $(BIN)/python deploy/app.py
 
-.PHONY: help venv system-deps deps up down status test bench chaos synth
+.PHONY: help venv system-deps deps web up down status test bench chaos synth
