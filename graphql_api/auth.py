@@ -2,7 +2,8 @@
 
 Verification checks the signature with the key named by the token's `kid` (RS256 only: `none`,
 HS256 and every other algorithm are refused before any key is looked up), the issuer, the
-audience and the expiry; the user id is the token's `sub`, its roles the `auth_role_claim` list.
+audience (`aud`, or Cognito's `client_id`) and the expiry; the user id is the token's `sub`, its
+roles the `auth_role_claim` list.
 The keys come from the JWKS named by the issuer's discovery document (`jwks_uri`).
 
 In local mode the API is its own issuer by default (graphql_api/oidc_provider.py): an RSA key is
@@ -217,16 +218,19 @@ class TokenVerifier:
         if not isinstance(kid, str) or not kid:
             raise AuthError("token has no key id (kid)")
         key = self._signing_key(token, kid)
+        audience_claim = self.settings.auth_audience_claim  # "client_id" for Cognito (no `aud`)
         try:
             claims = jwt.decode(
                 token,
                 key,
                 algorithms=[ALGORITHM],
-                audience=self.settings.auth_audience,
+                audience=self.settings.auth_audience if audience_claim == "aud" else None,
                 issuer=self.settings.auth_issuer,
-                options={"require": ["exp", "iss", "aud", "sub"]},
+                options={"require": ["exp", "iss", audience_claim, "sub"], "verify_aud": audience_claim == "aud"},
                 leeway=30,
             )
+            if audience_claim != "aud" and claims[audience_claim] != self.settings.auth_audience:
+                raise jwt.InvalidAudienceError(f"{audience_claim} is not {self.settings.auth_audience!r}")
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("token expired") from exc
         except jwt.InvalidAudienceError as exc:

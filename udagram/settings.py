@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     # built-in provider with accounts in DynamoDB (`udagram user add`).
     auth_issuer: str | None = None
     auth_audience: str = "udagram"  # the `aud` access tokens must carry (Auth0: the API identifier)
+    auth_audience_claim: Literal["aud", "client_id"] = "aud"  # Cognito: client_id (its access tokens have no aud)
     auth_client_id: str = "udagram-web"  # the web page's client id at the issuer
     auth_scopes: str = "openid profile offline_access"  # offline_access: refresh tokens (Auth0)
     auth_role_claim: str = "roles"  # the access-token claim holding the user's roles (a list)

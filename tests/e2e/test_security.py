@@ -23,14 +23,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,14 +36,13 @@ import httpx
 import psutil
 import pytest
 
-from tests.fixtures.stack import LocalStack, free_port_block
+from tests.fixtures.stack import LocalStack
 from tests.graphql_api.tokens import FORGED, forged
 from udagram.aws import client
 from udagram.stack import programs, seaweedfs, supervisor
 
 pytestmark = pytest.mark.aws
 
-UDAGRAM = str(Path(sys.executable).parent / "udagram")
 
 # Mutations that take another user's id on purpose, and why that is not a hole.
 MAY_TARGET_OTHERS = {
@@ -592,34 +587,9 @@ def test_alias_token_and_body_limits_hold_on_the_running_api(local_stack):
 def api_with_depth_limit(local_stack: LocalStack, tmp_path: Path):
     """A second `udagram api` process of the same stack (its data servers, its signing key) whose
     depth limit the test sets: the running stack's own API keeps its settings."""
-    processes = []
-
-    def start(max_depth: int) -> str:
-        port = free_port_block(1, set(declared_ports(local_stack)))
-        env = local_stack.env | {"UDAGRAM_API_PORT": str(port), "UDAGRAM_MAX_QUERY_DEPTH": str(max_depth)}
-        with (tmp_path / "api.log").open("wb") as log:
-            processes.append(subprocess.Popen([UDAGRAM, "api"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True))
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert processes[-1].poll() is None, (tmp_path / "api.log").read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        raise AssertionError(f"udagram api not healthy:\n{(tmp_path / 'api.log').read_text()[-3000:]}")
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+    with ExitStack() as apis:
+        yield lambda max_depth: apis.enter_context(
+            local_stack.extra_api(tmp_path / f"api-{max_depth}.log", UDAGRAM_MAX_QUERY_DEPTH=str(max_depth)))
 
 
 def test_depth_limit_holds_on_the_running_api(local_stack, schema, api_with_depth_limit):

@@ -139,3 +139,22 @@ def test_a_discovery_document_of_another_issuer_or_none_is_refused_clearly(remot
     handler.hits.clear()
     assert auth.TokenVerifier(direct).verify(token).id == "x"
     assert handler.hits == {"/keys/jwks.json": 1}
+
+
+def test_cognito_access_tokens_are_matched_by_client_id(remote_idp):
+    """Cognito's access tokens carry `client_id` and no `aud`; its groups are `cognito:groups`."""
+    settings, key, _ = remote_idp
+    cognito = settings.model_copy(update={"auth_audience": "app-client-1", "auth_audience_claim": "client_id",
+                                          "auth_role_claim": "cognito:groups"})
+    verifier = auth.TokenVerifier(cognito)
+    claims = {"sub": "4f1c-uuid", "iss": settings.auth_issuer, "client_id": "app-client-1", "token_use": "access",
+              "exp": int(time.time()) + 600, "cognito:groups": ["admin"]}
+
+    def sign(values: dict) -> str:
+        return jwt.encode(values, key, algorithm="RS256", headers={"kid": "idp-key-1"})
+
+    assert verifier.verify(sign(claims)) == auth.User(id="4f1c-uuid", roles=("admin",))
+    with pytest.raises(auth.AuthError, match="wrong audience"):
+        verifier.verify(sign(claims | {"client_id": "another-app"}))
+    with pytest.raises(auth.AuthError, match="lacks the 'client_id' claim"):
+        verifier.verify(sign({k: v for k, v in claims.items() if k != "client_id"}))

@@ -11,7 +11,6 @@ from starlette.testclient import TestClient
 
 from graphql_api import accounts
 from graphql_api.app import create_app
-from tests.graphql_api.conftest import CREATE_GROUP
 from tests.graphql_api.oidc_flow import (
     PASSWORD,
     Authorization,
