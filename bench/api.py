@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/api.py [--seconds 8]
 
-The web page's own `groups` and `group(id) { images }` queries (graphql_api/static/app.js),
+The web page's own `groups` and `group(id) { images }` queries (graphql_api/static/js/queries.js),
 sent over HTTP to the stack's API process:
 - p50/p95 latency and requests/s at 1 and 16 concurrent clients (page size 20, the default);
 - DynamoDB calls per query for page sizes 5, 20 and 100, read from the API process's own

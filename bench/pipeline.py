@@ -55,7 +55,7 @@ from udagram.stack import control  # noqa: E402
 STAGES = ("lease", "download", "decode", "predict", "render", "upload", "update")
 Say = Callable[[str], None]
 
-# The web page's own operations (graphql_api/static/app.js).
+# The web page's own operations (graphql_api/static/js/queries.js).
 IMAGE_FIELDS = """id groupId owner caption title status imageUrl processedImageUrl
     predictions { label probability } modelVersion error createdAt processedAt"""
 GROUP_FIELDS = "id name description owner createdAt imageCount"

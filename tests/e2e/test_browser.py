@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -45,6 +46,19 @@ def _base_url(stack) -> str:
     return stack.api_url.rstrip("/")
 
 
+def _record_csp_violations(page: Page) -> list[str]:
+    """Every Content-Security-Policy violation on `page`, in whatever document it loads: the
+    browser's console report and the page's `securitypolicyviolation` events."""
+    found: list[str] = []
+    page.on("console", lambda message: found.append(message.text) if "Content Security Policy" in message.text else None)
+    page.expose_function("reportCspViolation", lambda violation: found.append(violation))
+    page.add_init_script(  # runs before the page's own scripts, whatever the policy says
+        "document.addEventListener('securitypolicyviolation', (e) =>"
+        " window.reportCspViolation(`event: ${e.effectiveDirective} blocked ${e.blockedURI}`));"
+    )
+    return found
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     executable = shutil.which("chromium")
@@ -60,12 +74,14 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser, request: pytest.FixtureRequest, screenshot) -> Iterator[Page]:
-    """A desktop-sized page; on failure its last state is saved as failed-<test>.png."""
+    """A desktop-sized page; on failure its last state is saved as failed-<test>.png. Any JavaScript
+    error or Content-Security-Policy violation on it fails the test."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(UI_TIMEOUT_MS)
     page = context.new_page()
     script_errors: list[str] = []
     page.on("pageerror", lambda exc: script_errors.append(str(exc)))
+    csp_violations = _record_csp_violations(page)
     try:
         yield page
         if failed(request):
@@ -73,6 +89,7 @@ def page(browser: Browser, request: pytest.FixtureRequest, screenshot) -> Iterat
     finally:
         context.close()
     assert not script_errors, f"JavaScript errors on the page: {script_errors}"
+    assert not csp_violations, f"Content-Security-Policy violations on the page: {csp_violations}"
 
 
 @pytest.fixture(scope="session")
@@ -192,6 +209,82 @@ def test_sign_in_create_group_upload_watch_it_processed_and_delete(
     screenshot(page, "after-delete")
 
 
+# Appends an element the way an injection would, and reports what the policy made of it.
+_INJECT = """(kind) => new Promise((resolve) => {
+    const probe = kind === "script" ? document.createElement("script") : document.createElement("p");
+    document.addEventListener("securitypolicyviolation", (e) => resolve({
+        directive: e.effectiveDirective, blocked: e.blockedURI,
+        applied: kind === "script" ? window.injected === true : getComputedStyle(probe).color === "rgb(255, 0, 0)",
+    }), {once: true});
+    if (kind === "script") probe.textContent = "window.injected = true";
+    else probe.setAttribute("style", "color: rgb(255, 0, 0)");
+    document.body.append(probe);
+})"""
+
+
+def test_security_headers_and_an_enforced_content_security_policy(local_stack, browser: Browser):
+    """The page and its files carry the security headers; the policy lets the page's own modules run
+    (the other tests find no violation during their flows) and blocks an injected inline script,
+    an inline style and framing; GraphiQL has its own policy, under which its inline script runs."""
+    base = _base_url(local_stack)
+    s3 = "{0.scheme}://{0.netloc}".format(urlsplit(local_stack.settings.s3_endpoint_url))
+    context = browser.new_context()
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        violations = _record_csp_violations(page)
+        responses = []
+        page.on("response", lambda response: responses.append(response))
+        with page.expect_response(lambda response: response.url == base + "/graphql"):  # the groups query
+            page.goto(base + "/")
+        expect(page.get_by_role("heading", name="Groups", level=1)).to_be_visible()  # shown by the modules
+        expect(page.get_by_test_id("sign-in-form")).to_be_visible()
+
+        policy = (
+            f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' {s3} data: blob:; "
+            f"connect-src 'self' {s3}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+        )
+        own = {r.url.removeprefix(base): r.all_headers() for r in responses if r.url.startswith(base + "/")}
+        assert {"/", "/styles.css", "/js/main.js", "/js/auth.js", "/graphql"} <= set(own), sorted(own)
+        for path, headers in own.items():
+            assert headers.get("content-security-policy") == policy, path
+            assert headers.get("x-content-type-options") == "nosniff", path
+            assert headers.get("referrer-policy") == "no-referrer", path
+            assert headers.get("x-frame-options") == "DENY", path
+            assert headers.get("cross-origin-opener-policy") == "same-origin", path
+        assert not violations, violations
+
+        # Injected inline code is blocked, and the browser says so (what the other tests watch for).
+        assert page.evaluate(_INJECT, "script") == {"directive": "script-src-elem", "blocked": "inline", "applied": False}
+        assert page.evaluate(_INJECT, "style") == {"directive": "style-src-attr", "blocked": "inline", "applied": False}
+        assert any("Content Security Policy" in v and "inline script" in v for v in violations), violations
+        assert "event: script-src-elem blocked inline" in violations
+
+        # No page, not even one of the same origin, may show it in a frame.
+        framer = context.new_page()
+        framer_console: list[str] = []
+        framer.on("console", lambda message: framer_console.append(message.text))
+        framer.set_content(f'<iframe src="{base}/"></iframe>')
+        deadline = time.monotonic() + 10
+        while not any("frame-ancestors 'none'" in m for m in framer_console) and time.monotonic() < deadline:
+            framer.wait_for_timeout(100)
+        assert any("frame-ancestors 'none'" in m for m in framer_console), framer_console
+        assert framer.frames[1].url != f"{base}/"  # Chromium shows its error page instead
+
+        # GraphiQL (local mode): its own policy; its inline script runs (allowed by hash). The CDN is
+        # cut off so that the check is the same with or without internet.
+        ide = context.new_page()
+        ide_violations = _record_csp_violations(ide)
+        ide.route("https://unpkg.com/**", lambda route: route.abort())
+        ide_policy = ide.goto(base + "/graphql").all_headers()["content-security-policy"]
+        script_src = next(d for d in ide_policy.split("; ") if d.startswith("script-src "))
+        assert "'sha256-" in script_src and "'unsafe-inline'" not in script_src, ide_policy
+        assert ide.evaluate("typeof updateURL") == "function"  # declared by GraphiQL's inline script
+        assert not ide_violations, ide_violations
+    finally:
+        context.close()
+
+
 def test_anonymous_visitor_sees_groups_but_no_upload_or_create(local_stack, page: Page, screenshot):
     base = _base_url(local_stack)
     token = _token(base, "bob")
@@ -248,6 +341,7 @@ def test_phone_layout_client_side_checks_and_drag_and_drop(
     page = context.new_page()
     script_errors: list[str] = []
     page.on("pageerror", lambda exc: script_errors.append(str(exc)))
+    csp_violations = _record_csp_violations(page)
     try:
         page.goto(base + "/")
         page.get_by_label("User name").fill("carol")
@@ -286,6 +380,7 @@ def test_phone_layout_client_side_checks_and_drag_and_drop(
     finally:
         context.close()
     assert not script_errors, f"JavaScript errors on the page: {script_errors}"
+    assert not csp_violations, f"Content-Security-Policy violations on the page: {csp_violations}"
 
 
 def test_group_images_newest_first_with_load_more(local_stack, page: Page):

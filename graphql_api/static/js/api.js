@@ -1,0 +1,44 @@
+// The GraphQL API at /graphql: every failure becomes an ApiError with a readable message.
+import { authorizationHeader, sessionEnded, tokenRefused } from "./auth.js";
+import { ApiError, networkError } from "./errors.js";
+
+export async function gql(query, variables = {}) {
+  const headers = { "Content-Type": "application/json", Accept: "application/json" };
+  const authorization = authorizationHeader();
+  if (authorization) headers.Authorization = authorization;
+  let response;
+  try {
+    response = await fetch("/graphql", { method: "POST", headers, body: JSON.stringify({ query, variables }) });
+  } catch (e) {
+    throw networkError();
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (e) {
+    /* not JSON: reported below */
+  }
+  if (body && Array.isArray(body.errors) && body.errors.length) {
+    const first = body.errors[0];
+    const code = first.extensions && first.extensions.code;
+    throw new ApiError(body.errors.map((e) => e.message).join(" "), code);
+  }
+  if (!response.ok || !body || !body.data) {
+    if (response.status === 401) sessionEnded();
+    // e.g. 413 {"error": "request body too large: ..."} from the API's body limit
+    const detail = body && typeof body.error === "string" ? body.error : null;
+    throw new ApiError(detail || `The server answered ${response.status} ${response.statusText || ""}`.trim(), `HTTP_${response.status}`);
+  }
+  return body.data;
+}
+
+// A mutation answers a union of its success type and typed errors (`... on Error`).
+export function unwrap(result) {
+  if (!result) throw new ApiError("The server gave no answer.", "EMPTY");
+  if (typeof result.code === "string" && typeof result.message === "string") {
+    // A refused token (expired, or the server's key changed): sign out; the message says why.
+    if (result.code === "UNAUTHENTICATED") tokenRefused();
+    throw new ApiError(result.message, result.code);
+  }
+  return result;
+}

@@ -1,0 +1,89 @@
+// One group (#/groups/<id>): its header, its images newest first with "Load more images",
+// and its owner's controls.
+import { gql, unwrap } from "./api.js";
+import { currentUser, onAuthChange } from "./auth.js";
+import { $ } from "./dom.js";
+import { ApiError } from "./errors.js";
+import { formatDate, imagesCountText } from "./format.js";
+import { imageCard } from "./image-cards.js";
+import { showError, showMessage } from "./messages.js";
+import { isFinal, startPolling, stopAllPolling } from "./polling.js";
+import { PAGE_SIZE, Q } from "./queries.js";
+import { view } from "./view.js";
+
+function renderGroupHeader(group) {
+  $("group-heading").textContent = group.name;
+  $("group-description-text").textContent = group.description || "";
+  $("group-meta").textContent = `${imagesCountText(group.imageCount || 0)} · by ${group.owner} · created ${formatDate(group.createdAt)}`;
+  document.title = `${group.name} · Udagram`;
+}
+
+// An image was added (+1) or deleted (-1): the header's count follows, if the group is on screen.
+export function countImages(group, delta) {
+  group.imageCount = Math.max(0, (group.imageCount || 0) + delta);
+  if (view.group === group) renderGroupHeader(group);
+}
+
+export function renderEmptyNote() {
+  $("images-empty").hidden = $("images-list").children.length > 0;
+}
+
+export function renderGroupOwnerControls() {
+  const group = view.group;
+  const user = currentUser();
+  $("delete-group").hidden = !(group && user && group.owner === user);
+  $("upload-form").hidden = !(group && user);
+}
+
+export async function loadGroup(id, seq, more = false) {
+  const current = view.group;
+  const data = await gql(Q.group, { id, first: PAGE_SIZE, after: more && current ? current.cursor : null });
+  if (more ? view.group !== current : seq !== view.routeSeq) return null; // another view by now
+  const group = data.group;
+  if (!group) throw new ApiError("This group does not exist (it may have been deleted).", "NOT_FOUND");
+  const list = $("images-list");
+  if (!more) {
+    stopAllPolling();
+    list.replaceChildren();
+    view.group = { ...group, cursor: null, ids: new Set() };
+    renderGroupHeader(group);
+    renderGroupOwnerControls();
+  }
+  const g = view.group;
+  for (const { node } of group.images.edges) {
+    if (g.ids.has(node.id)) continue;
+    g.ids.add(node.id);
+    list.append(imageCard(node));
+    if (!isFinal(node.status)) startPolling(node.id);
+  }
+  g.cursor = group.images.pageInfo.endCursor;
+  $("images-more").hidden = !group.images.pageInfo.hasNextPage;
+  renderEmptyNote();
+  return g;
+}
+
+async function deleteGroup() {
+  const group = view.group;
+  if (!group) return;
+  if (!confirm(`Delete the group “${group.name}” and its images? This cannot be undone.`)) return;
+  const button = $("delete-group");
+  button.disabled = true;
+  try {
+    unwrap((await gql(Q.deleteGroup, { id: group.id })).deleteGroup);
+    showMessage(`Group “${group.name}” deleted.`, "info");
+    view.group = null;
+    location.hash = "#/";
+  } catch (e) {
+    showError(e);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+export function setUpGroup() {
+  $("delete-group").addEventListener("click", deleteGroup);
+  $("images-more").addEventListener("click", () => {
+    if (view.group) loadGroup(view.group.id, view.routeSeq, true).catch(showError);
+  });
+  onAuthChange(renderGroupOwnerControls);
+}

@@ -1,0 +1,18 @@
+// Udagram web page: plain JavaScript modules, no build step.
+// Talks to the GraphQL API at /graphql; uploads go straight to S3 with the presigned POST the API
+// returns. Every piece of API data reaches the page through textContent / attributes, never HTML.
+import { startAuth } from "./auth.js";
+import { setUpGroup } from "./group.js";
+import { setUpGroups } from "./groups.js";
+import { setUpDialog } from "./image-dialog.js";
+import { setUpImageUpdates } from "./image-updates.js";
+import { startRouter } from "./router.js";
+import { setUpUpload } from "./upload.js";
+
+setUpGroups();
+setUpGroup();
+setUpUpload();
+setUpDialog();
+setUpImageUpdates();
+startAuth(); // restores a kept session: the views wired above render for its user
+startRouter();
