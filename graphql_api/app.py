@@ -22,7 +22,7 @@ from strawberry.asgi import GraphQL
 from graphql_api import auth, oidc_provider
 from graphql_api.context import AppState, build_context
 from graphql_api.schema import build_schema
-from graphql_api.security_headers import SecurityHeaders, graphiql_policy, page_policy
+from graphql_api.security_headers import SecurityHeaders, graphiql_policy, origin, page_policy
 from graphql_api.storage import Storage
 from udagram import data
 from udagram.settings import Settings, get_settings
@@ -150,7 +150,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=local_hosts(settings)))
     # Outermost, so the host and body-size refusals carry the headers too (docs/web.md).
     graphiql = {"/graphql": graphiql_policy(graphql.graphql_ide_html)} if local else {}
-    middleware.insert(0, Middleware(SecurityHeaders, policy=page_policy(state.storage), html_policies=graphiql))
+    sign_in = [origin(settings.auth_issuer), *map(origin, settings.auth_connect_origins)]
+    middleware.insert(0, Middleware(SecurityHeaders, policy=page_policy(state.storage, sign_in), html_policies=graphiql))
     app = Starlette(routes=routes, middleware=middleware)
     app.state.udagram = state
     return app

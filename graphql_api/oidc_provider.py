@@ -556,7 +556,9 @@ class SignInForm:
                 f"form-action 'self' {' '.join(sorted(self.origins))}"
             ),
             "Cache-Control": "no-store",
-            "Referrer-Policy": "no-referrer",
+            # not no-referrer: with it, browsers send `Origin: null` with the form, and the origin
+            # check below must see the page's own origin
+            "Referrer-Policy": "same-origin",
             "X-Content-Type-Options": "nosniff",
         }
 

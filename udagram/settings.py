@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     auth_scopes: str = "openid profile offline_access"  # offline_access: refresh tokens (Auth0)
     auth_role_claim: str = "roles"  # the access-token claim holding the user's roles (a list)
     auth_jwks_url: str | None = None  # overrides the discovery document's jwks_uri (rarely needed)
+    # Origins besides the issuer's that the page fetches from to sign in (JSON list; Cognito: its
+    # hosted-UI domain, where the token endpoint is); the page's CSP connect-src allows them.
+    auth_connect_origins: list[str] = []
     auth_signup_enabled: bool = False  # built-in provider: anyone may create an account
     auth_access_token_ttl_seconds: int = 900  # built-in provider; the page renews before expiry
     auth_refresh_token_ttl_seconds: int = 14 * 24 * 3600  # a sign-in lasts this long unused
