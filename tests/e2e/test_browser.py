@@ -7,21 +7,25 @@ Screenshots are written to test-artifacts/ (gitignored); the run's summary lists
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import httpx
+import jwt
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.e2e.conftest import failed
+from tests.fixtures.stack import settings_from
 from tests.graphql_api.oidc_flow import PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
@@ -569,3 +573,109 @@ def test_groups_newest_first_with_load_more(local_stack, page: Page):
     assert f"Batch {tag} #00" in all_names
     ids = [c.get_attribute("data-id") for c in cards.all()]
     assert len(ids) == len(set(ids)) >= 13
+
+
+# --- the production path: any OpenID provider, by configuration only ------------------------------
+
+
+@dataclass(frozen=True)
+class ProductionApi:
+    url: str
+    issuer: str
+    user: str
+
+
+@pytest.fixture(scope="module")
+def production_api(local_stack, iam_server, tmp_path_factory) -> Iterator[ProductionApi]:
+    """An `udagram api` of the running stack configured as production is, by settings alone: its
+    users sign in at an independent OpenID provider, Canaille (run by pytest-iam on a free port,
+    in this process), whose access tokens are RS256 JWTs with `aud` = the client's id, `sub` = the
+    user name and the user's groups in a `groups` claim (the role claim here)."""
+    from udagram import resources
+
+    issuer = iam_server.url.rstrip("/")  # Canaille's issuer has no trailing slash: it must match exactly
+    client_id = "udagram-web-spa"
+    log = tmp_path_factory.mktemp("production-api") / "api.log"
+    with local_stack.extra_api(log, UDAGRAM_AUTH_ISSUER=issuer, UDAGRAM_AUTH_AUDIENCE=client_id,
+                               UDAGRAM_AUTH_CLIENT_ID=client_id, UDAGRAM_AUTH_SCOPES="openid profile groups",
+                               UDAGRAM_AUTH_ROLE_CLAIM="groups", UDAGRAM_CREATE_RESOURCES="false") as url:
+        with iam_server.app.app_context():
+            # A public client with PKCE, as one registers the page at Auth0, Keycloak or Cognito.
+            # client_uri: Canaille answers CORS for its origin and skips its consent screen for 127.0.0.1.
+            client = iam_server.models.Client(
+                client_id=client_id, client_name="Udagram", client_uri=url, redirect_uris=[f"{url}/"],
+                post_logout_redirect_uris=[f"{url}/"], grant_types=["authorization_code", "refresh_token"],
+                response_types=["code"], token_endpoint_auth_method="none", scope=["openid", "profile", "groups"])
+            iam_server.backend.save(client)
+            client.audience = [client]
+            iam_server.backend.save(client)
+        user = iam_server.random_user(user_name="grace", display_name="grace", password=PASSWORD)
+        iam_server.random_group(display_name="admin", members=[user])
+        # Uploads from this page's origin: the originals bucket's CORS names it while the test runs.
+        port = urlsplit(url).port
+        resources.ensure_buckets(settings_from(local_stack.env | {"UDAGRAM_API_PORT": str(port)}))
+        try:
+            yield ProductionApi(url=url, issuer=issuer, user="grace")
+        finally:
+            resources.ensure_buckets(local_stack.settings)
+            os.environ.pop("AUTHLIB_INSECURE_TRANSPORT", None)  # set by pytest-iam; the project never does
+
+
+def test_production_sign_in_at_an_independent_provider(production_api, local_stack, page: Page,
+                                                       chelsea_jpeg: Path, screenshot):
+    """The same flow as locally, against Canaille: sign in at its login form, create a group,
+    upload, see it processed, sign out; the API verified Canaille's tokens through its discovery
+    document and read the role from its `groups` claim."""
+    api, base = production_api, production_api.url
+    requests: list = []
+    page.on("request", lambda request: requests.append(request))
+    page.goto(base + "/")
+    assert page.evaluate("() => fetch('/auth/config').then((r) => r.json())")["issuer"] == api.issuer
+
+    page.get_by_test_id("sign-in-button").click()
+    page.wait_for_url(re.compile("^" + re.escape(api.issuer) + "/"))
+    page.locator("input[name=login]").fill(api.user)
+    page.get_by_role("button", name="Continue").click()
+    page.locator("input[name=password]").fill(PASSWORD)
+    page.locator("input[name=password]").press("Enter")
+    expect(page.get_by_test_id("signed-in-user")).to_have_text(api.user)
+    kept = _kept_session(page)
+    claims = jwt.decode(kept["access_token"], options={"verify_signature": False})
+    assert claims["iss"] == api.issuer and claims["aud"] == ["udagram-web-spa"] and claims["sub"] == api.user
+    me = page.evaluate("""(token) => fetch('/graphql', {method: 'POST', headers: {'Content-Type': 'application/json',
+        Authorization: `Bearer ${token}`}, body: JSON.stringify({query: '{ me { id roles } }'})}).then((r) => r.json())""",
+                       kept["access_token"])
+    assert me == {"data": {"me": {"id": api.user, "roles": ["admin"]}}}
+    # the code went to Canaille's token endpoint with the PKCE verifier
+    exchanges = [r for r in requests if r.url.startswith(api.issuer) and r.method == "POST" and "/token" in r.url]
+    assert exchanges and "code_verifier=" in exchanges[0].post_data
+
+    group_name = f"Production {uuid.uuid4().hex[:6]}"
+    page.get_by_label("Name", exact=True).fill(group_name)
+    page.get_by_role("button", name="Create group").click()
+    expect(page.get_by_test_id("group-name-heading")).to_have_text(group_name)
+    page.get_by_test_id("upload-file").set_input_files(str(chelsea_jpeg))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    card = page.get_by_test_id("image-card")
+    expect(card.get_by_test_id("image-card-title")).to_have_text(CAT_TITLE, timeout=PROCESSING_TIMEOUT_MS)
+    screenshot(page, "production-issuer-group")
+    owner = local_stack.graphql("query($id: ID!) { image(id: $id) { owner } }", {"id": card.get_attribute("data-id")})
+    assert owner == {"image": {"owner": api.user}}
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_test_id("sign-in-button")).to_be_visible()
+    expect(page.get_by_test_id("group-name-heading")).to_have_text(group_name)
+    assert page.url.startswith(base + "/")
+    assert not [r.url for r in requests if "/auth/local/" in r.url]
+
+
+def test_an_unreachable_issuer_gets_a_clear_message(production_api, page: Page):
+    """The sign-in service down (its discovery document cannot be fetched): the page says so and
+    stays usable."""
+    page.route(re.compile("^" + re.escape(production_api.issuer) + "/"), lambda route: route.abort("connectionrefused"))
+    page.goto(production_api.url + "/")
+    page.get_by_test_id("sign-in-button").click()
+    expect(page.get_by_test_id("error-message").last).to_contain_text(
+        f"Cannot reach the sign-in service ({production_api.issuer})")
+    expect(page.get_by_test_id("sign-in-button")).to_be_enabled()
+    expect(page.get_by_role("heading", name="Groups", level=1)).to_be_visible()

@@ -280,8 +280,9 @@ def test_the_password_less_sign_in_is_gone(idp):
     assert idp.post("/auth/local/token", json={"user": "alice"}).status_code in (404, 405)
 
 
-def test_a_non_loopback_http_address_is_refused(aws_settings):
+def test_a_non_loopback_http_address_is_refused(aws_settings, monkeypatch):
     """Passwords and tokens must not cross a network in clear: https, or loopback."""
+    monkeypatch.delenv("AUTHLIB_INSECURE_TRANSPORT", raising=False)  # set by pytest-iam's Canaille
     settings = aws_settings.model_copy(update={"public_url": "http://photos.example:8000",
                                                "auth_issuer": "http://photos.example:8000/",
                                                "allowed_hosts": ["testserver", "photos.example"]})

@@ -124,7 +124,10 @@ async function signOut() {
   try {
     // Ends the session at the issuer too (the built-in provider revokes its refresh tokens), then
     // the issuer sends the browser back here.
-    await manager.signoutRedirect({ id_token_hint: user && user.id_token, state: { hash: location.hash } });
+    // client_id too: an ID token may name several audiences (Canaille lists them), and the issuer
+    // then needs it to accept post_logout_redirect_uri.
+    await manager.signoutRedirect({ id_token_hint: user && user.id_token, client_id: manager.settings.client_id,
+      state: { hash: location.hash } });
   } catch (e) {
     await manager.removeUser().catch(() => {});
     const noEndpoint = /end session endpoint/i.test(String(e && e.message)); // an issuer without sign-out
