@@ -1,4 +1,5 @@
-"""The data layer shared by the API and the worker: groups and images in DynamoDB (PynamoDB).
+"""The data layer shared by the API and the worker: groups and images in DynamoDB (PynamoDB), and
+the accounts, sign-in grants and rate-limit counters of the API's built-in sign-in (docs/auth.md).
 
 Keys, and why:
 - `images` is keyed by the image id, so the worker (which learns the id from the S3 object key)
@@ -7,6 +8,8 @@ Keys, and why:
   `by_status` (status, status_changed_at) finds the stuck ones for the worker's reconciliation.
 - `groups` is keyed by id; the index `by_created` (kind, created_key) lists all groups newest
   first. `created_key` is "<ISO time>#<id>", unique and ordered, and doubles as the cursor.
+- `users` by name, `auth-grants` by "<kind>:<hash or id>", `rate-limits` by "<key>#<window>":
+  each read and written by key only, with conditions where single use matters.
 """
 
 from __future__ import annotations

@@ -10,8 +10,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,7 +43,6 @@ CHROMIUM_ARGS = [
 CAT_CLASSES = ["tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx", "tiger"]
 CAT_TITLE = re.compile(r"^(?:%s) - \d{1,3}\.\d%%$" % "|".join(re.escape(c) for c in CAT_CLASSES))
 
-UDAGRAM = str(Path(sys.executable).parent / "udagram")
 PROCESSING_TIMEOUT_MS = 120_000  # first inference on a busy 2-core machine can be slow
 UI_TIMEOUT_MS = 20_000  # the machine is shared: generous waits for ordinary page updates
 expect.set_options(timeout=UI_TIMEOUT_MS)
@@ -119,9 +116,7 @@ def account(local_stack) -> Callable[[str], str]:
 
     def add(name: str) -> str:
         if name not in made:
-            result = subprocess.run([UDAGRAM, "user", "add", name], input=PASSWORD, capture_output=True, text=True,
-                                    timeout=120, env=local_stack.env)
-            assert result.returncode == 0, result.stderr
+            local_stack.add_account(name, PASSWORD)
             made.add(name)
         return name
 

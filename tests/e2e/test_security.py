@@ -6,6 +6,8 @@ What the API-level tests (tests/graphql_api) cannot show, shown here on the runn
   the day it lands), is refused without a token, with each forged token of
   tests/graphql_api/tokens.py, and with a non-Bearer header, and nothing changes in DynamoDB/S3;
 - every mutation that takes an id refuses another signed-in user the owner's group and image;
+- the API's own sign-in has no password-less way to a token, answers a wrong password and an
+  unknown name alike, and refuses an authorization without PKCE or a code without its verifier;
 - S3 (SeaweedFS) refuses unsigned writes, reads and listings: the presigned URLs are the only way in;
   SeaweedFS's own filer and volume ports refuse unsigned access too (no way around S3's checks);
 - TorchServe's token-less management API downloads no archive from a URL (ShellTorch);
@@ -37,6 +39,7 @@ import psutil
 import pytest
 
 from tests.fixtures.stack import LocalStack
+from tests.graphql_api.oidc_flow import PASSWORD, Authorization, code_for, form_error, redeem, redirect_params, sign_in
 from tests.graphql_api.tokens import FORGED, forged
 from udagram.aws import client
 from udagram.stack import programs, seaweedfs, supervisor
@@ -296,6 +299,32 @@ def test_every_mutation_refuses_missing_bad_and_forged_tokens(local_stack, schem
     assert ok["__typename"] == "Group"
     assert local_stack.graphql("mutation($id: ID!) { deleteGroup(id: $id) { __typename } }", {"id": ok["id"]},
                                local_stack.token("alice"))["deleteGroup"]["__typename"] == "Deleted"
+
+
+# --- sign-in ------------------------------------------------------------------------------------
+
+
+def test_the_running_sign_in_needs_a_password_and_pkce(local_stack):
+    """The stack's API as issuer: no password-less way to a token, the password form refuses a
+    wrong password and an unknown name alike, and a code is worth nothing without its verifier."""
+    base = local_stack.api_url
+    gone = httpx.post(f"{base}/auth/local/token", json={"user": "alice"}, timeout=30)
+    assert gone.status_code in (404, 405), gone.text
+    name = f"pkce-{uuid.uuid4().hex[:6]}"
+    local_stack.add_account(name, PASSWORD)
+    with httpx.Client(base_url=base, timeout=30) as http:
+        authorization = Authorization(local_stack.settings)
+        wrong, unknown = (sign_in(http, authorization, user, password)
+                          for user, password in ((name, "not the password"), (f"no-{name}", PASSWORD)))
+        assert wrong.status_code == unknown.status_code == 401
+        assert form_error(wrong) == form_error(unknown) == "Wrong user name or password."
+        no_pkce = sign_in(http, authorization, name, PASSWORD, code_challenge=None, code_challenge_method=None)
+        assert "code" not in redirect_params(no_pkce) and redirect_params(no_pkce)["error"] == "invalid_request"
+        code = code_for(http, authorization, name)
+        assert redeem(http, authorization, code, verifier=None).json()["error"] == "invalid_grant"
+        tokens = redeem(http, authorization, code).json()
+        me = post(local_stack, "{ me { id } }", token=tokens["access_token"]).json()
+        assert me == {"data": {"me": {"id": name}}}
 
 
 # --- writes: ownership ---------------------------------------------------------------------------
