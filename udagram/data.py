@@ -239,7 +239,14 @@ TABLE_SETTINGS: dict[type[Model], str] = {
     AuthGrantModel: "auth_grants_table",
     RateLimitModel: "rate_limits_table",
 }
-BUILTIN_IDP_MODELS = (UserModel, AuthGrantModel)  # only where the API is its own OpenID provider
+# Only where the API is its own OpenID provider (local mode): its accounts, grants, and the counters
+# of failed sign-ins (the one rate limit so far).
+BUILTIN_IDP_MODELS: tuple[type[Model], ...] = (UserModel, AuthGrantModel, RateLimitModel)
+
+
+def models_for(settings: Settings) -> tuple[type[Model], ...]:
+    """The tables a deployment with these settings uses (ensure_tables, the CDK app)."""
+    return tuple(m for m in MODELS if settings.builtin_idp or m not in BUILTIN_IDP_MODELS)
 
 # DynamoDB requests of this process, by operation (served on the API's and the worker's /metrics):
 # shows that a page query costs a constant number of calls (bench/api.py reads it).
@@ -274,9 +281,7 @@ def ensure_tables(settings: Settings | None = None) -> None:
     """Create missing tables (on-demand billing) and wait until they are active."""
     settings = settings or get_settings()
     configure(settings)
-    for model in MODELS:
-        if model in BUILTIN_IDP_MODELS and not settings.builtin_idp:
-            continue  # accounts live at the configured identity provider
+    for model in models_for(settings):
         if not model.exists():
             # TTL (expired codes, tokens, counters) where the server has it; dynalite has not
             model.create_table(billing_mode="PAY_PER_REQUEST", wait=True, ignore_update_ttl_errors=True)
