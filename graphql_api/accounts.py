@@ -72,7 +72,7 @@ def add_user(name: str, password: str, *, admin: bool = False) -> data.UserModel
     try:
         user.save(condition=data.UserModel.name.does_not_exist())
     except PutError as exc:
-        if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
+        if data.condition_failed(exc):
             raise AccountError(f"there is already an account named {name!r}") from exc
         raise
     return user
@@ -95,7 +95,7 @@ def remove_user(name: str) -> None:
     try:
         data.UserModel(name=name).delete(condition=data.UserModel.name.exists())
     except DeleteError as exc:
-        if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
+        if data.condition_failed(exc):
             raise AccountError(f"there is no account named {name!r}") from exc
         raise
 

@@ -1,19 +1,21 @@
-"""The API's Starlette app: /graphql, /healthz, /metrics (Prometheus), /auth/config (where the web
-page signs in), in local mode GraphiQL and the built-in OpenID provider (graphql_api/oidc_provider.py);
-the web page's static files at /."""
+"""The API's Starlette app: /graphql, /healthz, /auth/config (where the web page signs in), in
+local mode GraphiQL and the built-in OpenID provider (graphql_api/oidc_provider.py); the web page's
+static files at /. The process's Prometheus metrics are served on their own listener
+(`start_metrics_server`), not by this public app."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import start_http_server
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -104,6 +106,14 @@ def local_hosts(settings: Settings) -> list[str]:
     return sorted(h for h in hosts if h)
 
 
+def start_metrics_server(settings: Settings) -> WSGIServer:
+    """This process's Prometheus metrics (e.g. DynamoDB calls per operation, udagram/data.py) at
+    http://api_metrics_host:api_metrics_port/metrics, loopback by default: counters are for the
+    operator, not for anyone who can reach the public API. Returns the server (to shut it down)."""
+    server, _thread = start_http_server(settings.api_metrics_port, addr=settings.api_metrics_host)
+    return server
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     data.configure(settings)
@@ -118,10 +128,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    async def metrics(request: Request) -> Response:
-        # Prometheus text: this process's counters (e.g. DynamoDB calls per operation, udagram/data.py).
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
     async def auth_config(request: Request) -> JSONResponse:
         """What the web page needs to sign in: the issuer (discovery), its client id, the audience
         (Auth0 issues a JWT access token only when the authorize request names it) and the scopes."""
@@ -134,7 +140,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
-        Route("/metrics", metrics, methods=["GET"]),
         Route("/auth/config", auth_config, methods=["GET"]),
     ]
     if settings.builtin_idp:

@@ -1,5 +1,5 @@
-"""The data layer shared by the API and the worker: groups and images in DynamoDB (PynamoDB), and
-the accounts, sign-in grants and rate-limit counters of the API's built-in sign-in (docs/auth.md).
+"""The data layer shared by the API and the worker: groups and images in DynamoDB (PynamoDB), the
+rate-limit counters, and the accounts and sign-in grants of the API's built-in sign-in (docs/auth.md).
 
 Keys, and why:
 - `images` is keyed by the image id, so the worker (which learns the id from the S3 object key)
@@ -8,8 +8,9 @@ Keys, and why:
   `by_status` (status, status_changed_at) finds the stuck ones for the worker's reconciliation.
 - `groups` is keyed by id; the index `by_created` (kind, created_key) lists all groups newest
   first. `created_key` is "<ISO time>#<id>", unique and ordered, and doubles as the cursor.
-- `users` by name, `auth-grants` by "<kind>:<hash or id>", `rate-limits` by "<key>#<window>":
-  each read and written by key only, with conditions where single use matters.
+- the rate-limit counters (udagram/ratelimit.py) are a third table, created with the others.
+- the built-in sign-in's `users` (by name) and `auth-grants` (by "<kind>:<hash or id>"): each read
+  and written by key only, with conditions where single use matters.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 from pynamodb.signals import pre_dynamodb_send
 
+from udagram.ratelimit import RateLimitModel
 from udagram.settings import Settings, get_settings
 
 
@@ -174,6 +176,9 @@ class ImageModel(Model):
     lease_owner = UnicodeAttribute(null=True)
     lease_expires_at = NumberAttribute(null=True)  # epoch seconds
     source_etag = UnicodeAttribute(null=True)  # ETag of the original the result was made from
+    # reprocessImage queued a re-run no worker has leased yet (epoch seconds): further requests are
+    # coalesced into it; the worker's lease removes it (workers/processor.py).
+    rerun_requested_at = NumberAttribute(null=True)
     created_at = UTCDateTimeAttribute()
     processed_at = UTCDateTimeAttribute(null=True)
 
@@ -218,30 +223,17 @@ class AuthGrantModel(Model):
     revoked_at = NumberAttribute(null=True)  # sessions: signed out, or a replayed secret
 
 
-class RateLimitModel(Model):
-    """One counter of `udagram.ratelimit`: hits of a key in one time window."""
-
-    class Meta:
-        table_name = "udagram-rate-limits"
-        region = "us-east-1"
-
-    id = UnicodeAttribute(hash_key=True)  # "<key>#<window start, epoch seconds>"
-    hits = NumberAttribute(default=0)
-    expires_at = TTLAttribute()  # the counter means nothing after it
-
-
-MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, UserModel, AuthGrantModel, RateLimitModel)
+MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, RateLimitModel, UserModel, AuthGrantModel)
 # The setting naming each model's table.
 TABLE_SETTINGS: dict[type[Model], str] = {
     GroupModel: "groups_table",
     ImageModel: "images_table",
+    RateLimitModel: "rate_limits_table",
     UserModel: "users_table",
     AuthGrantModel: "auth_grants_table",
-    RateLimitModel: "rate_limits_table",
 }
-# Only where the API is its own OpenID provider (local mode): its accounts, grants, and the counters
-# of failed sign-ins (the one rate limit so far).
-BUILTIN_IDP_MODELS: tuple[type[Model], ...] = (UserModel, AuthGrantModel, RateLimitModel)
+# Only where the API is its own OpenID provider (local mode): its accounts and grants.
+BUILTIN_IDP_MODELS: tuple[type[Model], ...] = (UserModel, AuthGrantModel)
 
 
 def models_for(settings: Settings) -> tuple[type[Model], ...]:
@@ -283,8 +275,9 @@ def ensure_tables(settings: Settings | None = None) -> None:
     configure(settings)
     for model in models_for(settings):
         if not model.exists():
-            # TTL (expired codes, tokens, counters) where the server has it; dynalite has not
-            model.create_table(billing_mode="PAY_PER_REQUEST", wait=True, ignore_update_ttl_errors=True)
+            # Tables with a TTL attribute get TTL turned on; dynalite (local) does not support it.
+            model.create_table(billing_mode="PAY_PER_REQUEST", wait=True,
+                               ignore_update_ttl_errors=settings.mode == "local")
 
 
 # --- queries shared by the API (and usable by the worker) -------------------------------------
@@ -324,6 +317,11 @@ def batch_get(model: type[M], ids: Iterable[str]) -> dict[str, M]:
     """Items by id in BatchGetItem calls of up to 100 keys (missing ids are absent)."""
     wanted = list(dict.fromkeys(i for i in ids if is_valid_id(i)))
     return {item.id: item for item in model.batch_get(wanted)} if wanted else {}
+
+
+def condition_failed(exc: Exception) -> bool:
+    """Whether a PynamoDB write error is its condition failing (rather than DynamoDB failing)."""
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
 
 
 def add_to_image_count(group_id: str, delta: int) -> None:

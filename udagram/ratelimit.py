@@ -1,14 +1,15 @@
-"""Rate limits shared by every process: counters in DynamoDB (`data.RateLimitModel`).
+"""Fixed-window rate limits kept in DynamoDB, so every API process counts against the same limit.
 
-`hit(key, limit, window_seconds)` counts one event for `key` and answers whether it stays within
-`limit` events per `window_seconds`; `check(...)` answers whether one more would, without
-counting it (e.g. a sign-in is refused before its password is checked once the failures reached
-the limit, and only failures are counted).
+    decision = ratelimit.hit("reprocess:user:alice", limit=10, window_seconds=60)
+    if not decision.allowed: ...  # tell the caller to come back in decision.retry_after seconds
 
-The count is a sliding window estimated from two fixed windows, the current one and the one
-before it weighted by how much of it still overlaps the sliding window (one atomic ADD and one
-read per hit; no burst of 2x the limit across a window boundary). Counters expire by DynamoDB
-TTL two windows after they start.
+`check(...)` answers the same question without counting (a limit on failed sign-ins checks first
+and counts only the failures: graphql_api/oidc_provider.py).
+
+Each (key, window) is one item whose `hits` is raised by an atomic ADD, conditional on it being
+below the limit: one UpdateItem per call, and concurrent callers (threads, processes) never let
+more than `limit` through in a window. Items carry a TTL (`expires_at`, the window's end plus one
+window) so DynamoDB deletes them; stand-ins without TTL support (dynalite) just keep them.
 """
 
 from __future__ import annotations
@@ -18,58 +19,64 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pynamodb.exceptions import DoesNotExist
+from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute
+from pynamodb.exceptions import UpdateError
+from pynamodb.models import Model
 
-from udagram.data import RateLimitModel
+
+class RateLimitModel(Model):
+    class Meta:
+        table_name = "udagram-rate-limits"  # settings.rate_limits_table (udagram/data.py configures it)
+        region = "us-east-1"
+
+    key = UnicodeAttribute(hash_key=True)  # "<caller's key>#<window seconds>#<window number>"
+    hits = NumberAttribute(default=0)
+    expires_at = TTLAttribute()
 
 
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
-    retry_after: int  # seconds until the key is below its limit again (0 when allowed)
+    retry_after: float  # seconds until the window ends (0 when allowed)
+    remaining: int  # calls left in this window after this one
+
+    @property
+    def retry_after_seconds(self) -> int:
+        """Whole seconds to wait, as a client is told: at least 1 when refused."""
+        return 0 if self.allowed else max(1, math.ceil(self.retry_after))
 
 
-def _count(item_id: str) -> int:
-    try:
-        return int(RateLimitModel.get(item_id, consistent_read=True).hits)
-    except DoesNotExist:
-        return 0
-
-
-def _decide(key: str, limit: int, window: int, cost: int, now: float | None) -> Decision:
-    if limit < 0 or window <= 0:
-        raise ValueError("limit must be >= 0 and window_seconds > 0")
+def check(key: str, limit: int, window_seconds: int, now: float | None = None) -> Decision:
+    """Whether a `hit` for `key` would be allowed now, counting nothing (one strongly consistent
+    read). For limits on failures: check before the attempt, `hit` only when it fails."""
     now = time.time() if now is None else now
-    start = int(now // window) * window
-    current_id, previous_id = f"{key}#{start}", f"{key}#{start - window}"
-    if cost:
-        item = RateLimitModel(id=current_id)
-        item.update(actions=[
-            RateLimitModel.hits.add(cost),
-            RateLimitModel.expires_at.set(datetime.fromtimestamp(start + 2 * window, timezone.utc)),
-        ])
-        current = int(item.hits)
-    else:
-        current = _count(current_id) + 1  # as if this one were counted
-    previous = _count(previous_id)
-    overlap = 1 - (now - start) / window  # share of the previous window still inside the sliding one
-    estimate = previous * overlap + current
-    if estimate <= limit:
-        return Decision(True, 0)
-    if current > limit:
-        # Over by this window alone: wait for it to end and then slide out far enough.
-        wait = (start + window - now) + window * (1 - limit / current)
-    else:
-        # The previous window's share must shrink until the estimate fits.
-        wait = window * (1 - (limit - current) / previous) - (now - start)
-    return Decision(False, max(1, math.ceil(wait)))
+    window = int(now // window_seconds)
+    window_end = (window + 1) * window_seconds
+    try:
+        hits = int(RateLimitModel.get(f"{key}#{window_seconds}#{window}", consistent_read=True).hits)
+    except RateLimitModel.DoesNotExist:
+        hits = 0
+    if hits < limit:
+        return Decision(allowed=True, retry_after=0.0, remaining=limit - hits)
+    return Decision(allowed=False, retry_after=max(window_end - now, 0.0), remaining=0)
 
 
-def hit(key: str, limit: int, window_seconds: int, *, now: float | None = None) -> Decision:
-    """Count one event for `key`; allowed if at most `limit` happened in the last `window_seconds`."""
-    return _decide(key, limit, window_seconds, 1, now)
-
-
-def check(key: str, limit: int, window_seconds: int, *, now: float | None = None) -> Decision:
-    """Whether one more event for `key` would be allowed now (nothing is counted)."""
-    return _decide(key, limit, window_seconds, 0, now)
+def hit(key: str, limit: int, window_seconds: int, now: float | None = None) -> Decision:
+    """Count one call against `limit` calls per `window_seconds` for `key` (refused calls do not count)."""
+    now = time.time() if now is None else now
+    window = int(now // window_seconds)
+    window_end = (window + 1) * window_seconds
+    item = RateLimitModel(f"{key}#{window_seconds}#{window}")
+    try:
+        item.update(
+            actions=[
+                RateLimitModel.hits.add(1),
+                RateLimitModel.expires_at.set(datetime.fromtimestamp(window_end + window_seconds, timezone.utc)),
+            ],
+            condition=RateLimitModel.hits.does_not_exist() | (RateLimitModel.hits < limit),
+        )
+    except UpdateError as exc:
+        if getattr(exc, "cause_response_code", None) != "ConditionalCheckFailedException":
+            raise
+        return Decision(allowed=False, retry_after=max(window_end - now, 0.0), remaining=0)
+    return Decision(allowed=True, retry_after=0.0, remaining=max(limit - int(item.hits), 0))

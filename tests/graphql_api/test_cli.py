@@ -98,10 +98,11 @@ def test_user_commands_need_the_built_in_provider(tmp_path):
 
 def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
     """`udagram api` against the moto server: tables/buckets/queues made, /healthz answers; a token
-    from `udagram token` (same data dir) can create a group over real HTTP, and so can an account
-    made with `udagram user add` that signs in with its password (code flow with PKCE)."""
-    port = free_port()
-    env = _moto_env(moto_server, tmp_path, UDAGRAM_API_PORT=str(port))
+    from `udagram token` (same data dir) can create a group over real HTTP, the metrics port counts
+    the DynamoDB calls, and an account made with `udagram user add` signs in with its password
+    (code flow with PKCE) and writes."""
+    port, metrics_port = free_port(), free_port()
+    env = _moto_env(moto_server, tmp_path, UDAGRAM_API_PORT=str(port), UDAGRAM_API_METRICS_PORT=str(metrics_port))
     log = tmp_path / "api.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([UDAGRAM, "api"], env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -126,6 +127,10 @@ def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
         # the JWKS the API serves is the one the token was signed with
         kid = jwt.get_unverified_header(token)["kid"]
         assert kid in [k["kid"] for k in httpx.get(f"{base}/.well-known/jwks.json").json()["keys"]]
+        # metrics on their own loopback listener (the DynamoDB calls made above), none on the public app
+        assert httpx.get(f"{base}/metrics", timeout=10).status_code == 404
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert 'udagram_dynamodb_calls_total{operation="PutItem"} 1.0' in metrics, metrics
 
         assert _user(env, "add", "dora", password=PASSWORD).returncode == 0
         with httpx.Client(base_url=base, timeout=30) as client:
