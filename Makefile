@@ -44,10 +44,19 @@ $(NODE_DEPS): tools/node/package.json tools/node/package-lock.json
 	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The web page's OpenID Connect client: oidc-client-ts bundled by esbuild into one ES module.
+# Committed (containers and pip installs have no Node); rebuilt from the locked packages when they
+# change, byte for byte the same otherwise (tests/graphql_api/test_web_vendor.py checks).
+WEB_VENDOR := graphql_api/static/vendor/oidc-client-ts.js
+$(WEB_VENDOR): $(NODE_DEPS) tools/node/web/build.mjs tools/node/web/oidc-client.js
+	npm run --prefix tools/node --silent build-web
+
+web: $(NODE_DEPS) $(WEB_VENDOR)
+
 deps: venv system-deps $(wildcard $(NODE_DEPS))
 
 up: venv
-	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory $(NODE_DEPS)
+	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory web
 	$(BIN)/udagram up
 
 down:
@@ -57,7 +66,7 @@ status:
 	$(BIN)/udagram status
 
 test: venv system-deps
-	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory $(NODE_DEPS)
+	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory web
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
@@ -87,4 +96,4 @@ images: venv container-deps
 compose-smoke: images
 	$(BIN)/python -m pytest -m containers tests/e2e/test_compose.py -rP $(PYTEST_ARGS)
 
-.PHONY: help venv system-deps container-deps deps up down status test bench chaos synth images compose-smoke
+.PHONY: help venv system-deps container-deps deps web up down status test bench chaos synth images compose-smoke

@@ -16,7 +16,7 @@ from workers.cli import register as register_worker
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Udagram Redux command line.")
 app.add_typer(model_app, name="model", help="Build, register and manage classifier versions.")
 register_stack(app)  # up, down, status
-register_api(app)  # api, token
+register_api(app)  # api, token, user
 register_worker(app)  # worker, reprocess
 
 if __name__ == "__main__":

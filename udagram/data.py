@@ -1,4 +1,5 @@
-"""The data layer shared by the API and the worker: groups and images in DynamoDB (PynamoDB).
+"""The data layer shared by the API and the worker: groups and images in DynamoDB (PynamoDB), the
+rate-limit counters, and the accounts and sign-in grants of the API's built-in sign-in (docs/auth.md).
 
 Keys, and why:
 - `images` is keyed by the image id, so the worker (which learns the id from the S3 object key)
@@ -8,6 +9,8 @@ Keys, and why:
 - `groups` is keyed by id; the index `by_created` (kind, created_key) lists all groups newest
   first. `created_key` is "<ISO time>#<id>", unique and ordered, and doubles as the cursor.
 - the rate-limit counters (udagram/ratelimit.py) are a third table, created with the others.
+- the built-in sign-in's `users` (by name) and `auth-grants` (by "<kind>:<hash or id>"): each read
+  and written by key only, with conditions where single use matters.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pynamodb.attributes import (
     ListAttribute,
     MapAttribute,
     NumberAttribute,
+    TTLAttribute,
     UnicodeAttribute,
     UTCDateTimeAttribute,
 )
@@ -182,7 +186,59 @@ class ImageModel(Model):
     by_status = ImagesByStatus()
 
 
-MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, RateLimitModel)
+class UserModel(Model):
+    """An account of the built-in sign-in (graphql_api/accounts.py); `name` is the tokens' `sub`."""
+
+    class Meta:
+        table_name = "udagram-users"
+        region = "us-east-1"
+
+    name = UnicodeAttribute(hash_key=True)
+    password_hash = UnicodeAttribute()  # argon2id, with its parameters and salt
+    roles = ListAttribute(of=UnicodeAttribute, default=list)
+    created_at = UTCDateTimeAttribute()
+
+
+class AuthGrantModel(Model):
+    """What the built-in OpenID provider remembers between requests, so that any API process can
+    answer any step: authorization codes (single use, short-lived), refresh tokens (rotated on
+    each use) and the sign-in sessions they belong to. Secrets are stored only as SHA-256."""
+
+    class Meta:
+        table_name = "udagram-auth-grants"
+        region = "us-east-1"
+
+    id = UnicodeAttribute(hash_key=True)  # "code:<sha256>", "refresh:<sha256>" or "session:<id>"
+    user = UnicodeAttribute()
+    client_id = UnicodeAttribute(default="")
+    scope = UnicodeAttribute(default="")
+    session = UnicodeAttribute(null=True)  # codes and refresh tokens: the session they belong to
+    redirect_uri = UnicodeAttribute(null=True)  # codes
+    nonce = UnicodeAttribute(null=True)
+    code_challenge = UnicodeAttribute(null=True)
+    code_challenge_method = UnicodeAttribute(null=True)
+    auth_time = NumberAttribute(null=True)  # epoch seconds of the password check
+    expires_at = TTLAttribute()  # worthless after it; DynamoDB's TTL removes it (where supported)
+    used_at = NumberAttribute(null=True)  # codes and refresh tokens: redeemed (once), epoch seconds
+    revoked_at = NumberAttribute(null=True)  # sessions: signed out, or a replayed secret
+
+
+MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, RateLimitModel, UserModel, AuthGrantModel)
+# The setting naming each model's table.
+TABLE_SETTINGS: dict[type[Model], str] = {
+    GroupModel: "groups_table",
+    ImageModel: "images_table",
+    RateLimitModel: "rate_limits_table",
+    UserModel: "users_table",
+    AuthGrantModel: "auth_grants_table",
+}
+# Only where the API is its own OpenID provider (local mode): its accounts and grants.
+BUILTIN_IDP_MODELS: tuple[type[Model], ...] = (UserModel, AuthGrantModel)
+
+
+def models_for(settings: Settings) -> tuple[type[Model], ...]:
+    """The tables a deployment with these settings uses (ensure_tables, the CDK app)."""
+    return tuple(m for m in MODELS if settings.builtin_idp or m not in BUILTIN_IDP_MODELS)
 
 # DynamoDB requests of this process, by operation (served on the API's and the worker's /metrics):
 # shows that a page query costs a constant number of calls (bench/api.py reads it).
@@ -201,10 +257,8 @@ pre_dynamodb_send.connect(_count_dynamodb_call)  # PynamoDB's documented hook (b
 def configure(settings: Settings | None = None) -> None:
     """Point the models at the configured tables and endpoint (call once per process/test)."""
     settings = settings or get_settings()
-    tables = {GroupModel: settings.groups_table, ImageModel: settings.images_table,
-              RateLimitModel: settings.rate_limits_table}
-    for model, table in tables.items():
-        model.Meta.table_name = table
+    for model in MODELS:
+        model.Meta.table_name = getattr(settings, TABLE_SETTINGS[model])
         model.Meta.region = settings.aws_region
         model.Meta.host = settings.dynamodb_endpoint_url
         model.Meta.aws_access_key_id = settings.aws_access_key_id
@@ -219,7 +273,7 @@ def ensure_tables(settings: Settings | None = None) -> None:
     """Create missing tables (on-demand billing) and wait until they are active."""
     settings = settings or get_settings()
     configure(settings)
-    for model in MODELS:
+    for model in models_for(settings):
         if not model.exists():
             # Tables with a TTL attribute get TTL turned on; dynalite (local) does not support it.
             model.create_table(billing_mode="PAY_PER_REQUEST", wait=True,

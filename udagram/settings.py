@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     api_port: int = 8000
     public_url: str | None = None  # how browsers reach the API; default http://host:api_port
     # Local mode answers only requests whose Host is public_url's, localhost, 127.0.0.1 or one of
-    # these (JSON list): a DNS-rebinding web page must not reach the password-less local sign-in.
+    # these (JSON list): a DNS-rebinding web page must not reach the local API and its sign-in.
     allowed_hosts: list[str] = []
     max_request_bytes: int = 64 * 1024
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -65,11 +65,29 @@ class Settings(BaseSettings):
     reprocess_rate_limit: int = 10  # reprocessImage calls per user per window (all API processes together)
     reprocess_rate_limit_window_seconds: int = 60
 
-    # --- auth (RS256 JWT against a JWKS, Auth0-compatible) -------------------------------------
-    auth_issuer: str | None = None  # local: the API itself (public_url + "/")
-    auth_audience: str = "udagram"
-    auth_jwks_url: str | None = None  # local: public_url + "/.well-known/jwks.json"
-    token_ttl_seconds: int = 12 * 3600
+    # --- auth: OpenID Connect (docs/auth.md) ----------------------------------------------------
+    # The issuer whose RS256 access tokens the API accepts (keys from its discovery document) and
+    # where the web page signs in. Local mode's default is the API itself, public_url + "/": its
+    # built-in provider with accounts in DynamoDB (`udagram user add`).
+    auth_issuer: str | None = None
+    auth_audience: str = "udagram"  # the `aud` access tokens must carry (Auth0: the API identifier)
+    auth_audience_claim: Literal["aud", "client_id"] = "aud"  # Cognito: client_id (its access tokens have no aud)
+    auth_client_id: str = "udagram-web"  # the web page's client id at the issuer
+    auth_scopes: str = "openid profile offline_access"  # offline_access: refresh tokens (Auth0)
+    auth_role_claim: str = "roles"  # the access-token claim holding the user's roles (a list)
+    auth_jwks_url: str | None = None  # overrides the discovery document's jwks_uri (rarely needed)
+    # Origins besides the issuer's that the page fetches from to sign in (JSON list; Cognito: its
+    # hosted-UI domain, where the token endpoint is); the page's CSP connect-src allows them.
+    auth_connect_origins: list[str] = []
+    auth_signup_enabled: bool = False  # built-in provider: anyone may create an account
+    auth_access_token_ttl_seconds: int = 900  # built-in provider; the page renews before expiry
+    auth_refresh_token_ttl_seconds: int = 14 * 24 * 3600  # a sign-in lasts this long unused
+    auth_code_ttl_seconds: int = 60  # authorization codes: single use, redeemed at once
+    token_ttl_seconds: int = 12 * 3600  # `udagram token` (the local admin path for scripts)
+    # Failed sign-ins at the built-in provider, counted per account and per address.
+    signin_max_failures_per_account: int = 5
+    signin_max_failures_per_address: int = 20
+    signin_failure_window_seconds: int = 900
 
     # --- AWS resources (same names locally and on AWS) -----------------------------------------
     aws_region: str = Field("us-east-1", validation_alias=_aws("AWS_REGION", "AWS_DEFAULT_REGION", "UDAGRAM_AWS_REGION"))
@@ -86,6 +104,8 @@ class Settings(BaseSettings):
     queue_max_receive_count: int = 5  # redrive to the DLQ after this many receives
     groups_table: str = "udagram-groups"
     images_table: str = "udagram-images"
+    users_table: str = "udagram-users"  # built-in provider: accounts
+    auth_grants_table: str = "udagram-auth-grants"  # built-in provider: codes, refresh tokens, sessions
     rate_limits_table: str = "udagram-rate-limits"  # udagram/ratelimit.py: fixed-window counters (TTL)
     create_resources: bool = True  # create tables/buckets/queues if missing (off for locked-down AWS)
     # mode=local: whose generated keys (<data_dir>/secrets/<identity>.json) this process uses when no
@@ -165,8 +185,6 @@ class Settings(BaseSettings):
                     self.aws_access_key_id, self.aws_secret_access_key = keys["accessKeyId"], keys["secretAccessKey"]
             if self.auth_issuer is None:
                 self.auth_issuer = self.public_url + "/"
-            if self.auth_jwks_url is None:
-                self.auth_jwks_url = self.public_url + "/.well-known/jwks.json"
         else:
             # On AWS, boto3 resolves AWS_ENDPOINT_URL itself; keep the per-service ones explicit.
             self.s3_endpoint_url = self.s3_endpoint_url or self.aws_endpoint_url
@@ -191,6 +209,10 @@ class Settings(BaseSettings):
         keys = credentials.read(self.data_dir, identity) or {"accessKeyId": None, "secretAccessKey": None}
         return self.model_copy(update={"local_identity": identity, "aws_access_key_id": keys["accessKeyId"],
                                        "aws_secret_access_key": keys["secretAccessKey"]})
+
+    def builtin_idp(self) -> bool:
+        """Whether the API is its own OpenID provider (local mode, no other issuer configured)."""
+        return self.mode == "local" and self.auth_issuer == self.public_url + "/"
 
     @property
     def local_signing_key_path(self) -> Path:

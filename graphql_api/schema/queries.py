@@ -49,4 +49,4 @@ class Query:
     @strawberry.field(description="The signed-in user; null when anonymous or the token is refused.")
     def me(self, info: Info) -> User | None:
         user = info.context.user
-        return User(id=strawberry.ID(user.id)) if user else None
+        return User(id=strawberry.ID(user.id), roles=list(user.roles)) if user else None

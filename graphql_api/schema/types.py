@@ -32,6 +32,7 @@ class Prediction:
 @strawberry.type
 class User:
     id: strawberry.ID
+    roles: list[str] = strawberry.field(description="From the access token's role claim, e.g. ['admin'].")
 
 
 @strawberry.type

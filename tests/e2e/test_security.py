@@ -6,6 +6,8 @@ What the API-level tests (tests/graphql_api) cannot show, shown here on the runn
   the day it lands), is refused without a token, with each forged token of
   tests/graphql_api/tokens.py, and with a non-Bearer header, and nothing changes in DynamoDB/S3;
 - every mutation that takes an id refuses another signed-in user the owner's group and image;
+- the API's own sign-in has no password-less way to a token, answers a wrong password and an
+  unknown name alike, and refuses an authorization without PKCE or a code without its verifier;
 - S3 (SeaweedFS) refuses unsigned writes, reads and listings: the presigned URLs are the only way in;
   SeaweedFS's own filer and volume ports refuse unsigned access too (no way around S3's checks);
 - S3's keys are random per install, private files, each process holding only its identity's, and
@@ -28,14 +30,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,15 +44,15 @@ import psutil
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.fixtures.stack import LocalStack, free_port_block
+from tests.fixtures.stack import LocalStack
 from tests.graphql_api.hostile import fragment_doubling
+from tests.graphql_api.oidc_flow import PASSWORD, Authorization, code_for, form_error, redeem, redirect_params, sign_in
 from tests.graphql_api.tokens import FORGED, forged
 from udagram.aws import client
 from udagram.stack import programs, seaweedfs, supervisor
 
 pytestmark = pytest.mark.aws
 
-UDAGRAM = str(Path(sys.executable).parent / "udagram")
 
 # Mutations that take another user's id on purpose, and why that is not a hole.
 MAY_TARGET_OTHERS = {
@@ -308,6 +306,32 @@ def test_every_mutation_refuses_missing_bad_and_forged_tokens(local_stack, schem
     assert ok["__typename"] == "Group"
     assert local_stack.graphql("mutation($id: ID!) { deleteGroup(id: $id) { __typename } }", {"id": ok["id"]},
                                local_stack.token("alice"))["deleteGroup"]["__typename"] == "Deleted"
+
+
+# --- sign-in ------------------------------------------------------------------------------------
+
+
+def test_the_running_sign_in_needs_a_password_and_pkce(local_stack):
+    """The stack's API as issuer: no password-less way to a token, the password form refuses a
+    wrong password and an unknown name alike, and a code is worth nothing without its verifier."""
+    base = local_stack.api_url
+    gone = httpx.post(f"{base}/auth/local/token", json={"user": "alice"}, timeout=30)
+    assert gone.status_code in (404, 405), gone.text
+    name = f"pkce-{uuid.uuid4().hex[:6]}"
+    local_stack.add_account(name, PASSWORD)
+    with httpx.Client(base_url=base, timeout=30) as http:
+        authorization = Authorization(local_stack.settings)
+        wrong, unknown = (sign_in(http, authorization, user, password)
+                          for user, password in ((name, "not the password"), (f"no-{name}", PASSWORD)))
+        assert wrong.status_code == unknown.status_code == 401
+        assert form_error(wrong) == form_error(unknown) == "Wrong user name or password."
+        no_pkce = sign_in(http, authorization, name, PASSWORD, code_challenge=None, code_challenge_method=None)
+        assert "code" not in redirect_params(no_pkce) and redirect_params(no_pkce)["error"] == "invalid_request"
+        code = code_for(http, authorization, name)
+        assert redeem(http, authorization, code, verifier=None).json()["error"] == "invalid_grant"
+        tokens = redeem(http, authorization, code).json()
+        me = post(local_stack, "{ me { id } }", token=tokens["access_token"]).json()
+        assert me == {"data": {"me": {"id": name}}}
 
 
 # --- writes: ownership ---------------------------------------------------------------------------
@@ -837,38 +861,9 @@ def test_api_metrics_are_not_on_the_public_port(local_stack):
 def api_with_depth_limit(local_stack: LocalStack, tmp_path: Path):
     """A second `udagram api` process of the same stack (its data servers, its signing key) whose
     depth limit the test sets: the running stack's own API keeps its settings."""
-    processes = []
-
-    def start(max_depth: int) -> str:
-        taken = set(declared_ports(local_stack))
-        port, metrics_port = free_port_block(1, taken), free_port_block(1, taken)
-        # as the stack runs its API: with the API's S3 identity (the admin's would reset the uploads'
-        # CORS rule to this process's own origin, and the stack's page could no longer upload)
-        env = local_stack.env | {"UDAGRAM_API_PORT": str(port), "UDAGRAM_API_METRICS_PORT": str(metrics_port),
-                                 "UDAGRAM_MAX_QUERY_DEPTH": str(max_depth), "UDAGRAM_LOCAL_IDENTITY": "api"}
-        with (tmp_path / "api.log").open("wb") as log:
-            processes.append(subprocess.Popen([UDAGRAM, "api"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True))
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert processes[-1].poll() is None, (tmp_path / "api.log").read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        raise AssertionError(f"udagram api not healthy:\n{(tmp_path / 'api.log').read_text()[-3000:]}")
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+    with ExitStack() as apis:
+        yield lambda max_depth: apis.enter_context(
+            local_stack.extra_api(tmp_path / f"api-{max_depth}.log", UDAGRAM_MAX_QUERY_DEPTH=str(max_depth)))
 
 
 def test_depth_limit_holds_on_the_running_api(local_stack, schema, api_with_depth_limit):
