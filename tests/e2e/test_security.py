@@ -31,6 +31,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from contextlib import ExitStack
@@ -52,6 +54,8 @@ from udagram.aws import client
 from udagram.stack import programs, seaweedfs, supervisor
 
 pytestmark = pytest.mark.aws
+
+UDAGRAM = str(Path(sys.executable).parent / "udagram")
 
 
 # Mutations that take another user's id on purpose, and why that is not a hole.
@@ -490,8 +494,7 @@ def test_s3_keys_are_private_files_each_process_reading_only_its_own(local_stack
         identity_of[" ".join(process.cmdline()[-2:])] = environment.get("UDAGRAM_LOCAL_IDENTITY")
     leaks = {where: sorted(value[:6] + "..." for value in secrets if value in text) for where, text in texts.items()}
     assert {where: found for where, found in leaks.items() if found} == {}
-    udagram = str(Path(sys.executable).parent / "udagram")
-    assert identity_of[f"{udagram} api"] == "api" and identity_of[f"{udagram} worker"] == "worker"
+    assert identity_of[f"{UDAGRAM} api"] == "api" and identity_of[f"{UDAGRAM} worker"] == "worker"
     assert identity_of["-m udagram.stack.s3_events"] == identity_of["model serve"] == "none"
 
 
