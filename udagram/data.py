@@ -7,6 +7,11 @@ Keys, and why:
   `by_status` (status, status_changed_at) finds the stuck ones for the worker's reconciliation.
 - `groups` is keyed by id; the index `by_created` (kind, created_key) lists all groups newest
   first. `created_key` is "<ISO time>#<id>", unique and ordered, and doubles as the cursor.
+- `image-labels` is the search index: keyed by (normalised label, the image's created_key), so one
+  Query lists a label's images newest first and the cursor is again the created_key. Its index
+  `by_image` finds an image's entries (to remove them). `label-counts` holds one row per label
+  under the constant partition "LABEL" (range key: the normalised label) for autocomplete with
+  `begins_with`. Written only through `udagram/labels.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pynamodb.attributes import (
     UTCDateTimeAttribute,
 )
 from prometheus_client import Counter
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 from pynamodb.signals import pre_dynamodb_send
 
@@ -170,6 +175,9 @@ class ImageModel(Model):
     lease_owner = UnicodeAttribute(null=True)
     lease_expires_at = NumberAttribute(null=True)  # epoch seconds
     source_etag = UnicodeAttribute(null=True)  # ETag of the original the result was made from
+    # Set by the worker's DONE write, cleared once the search index matches the new predictions:
+    # a delivery that finds it set (after a crash in between) finishes the index (udagram/labels.py).
+    labels_pending = UnicodeAttribute(null=True)
     created_at = UTCDateTimeAttribute()
     processed_at = UTCDateTimeAttribute(null=True)
 
@@ -177,7 +185,47 @@ class ImageModel(Model):
     by_status = ImagesByStatus()
 
 
-MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel)
+class ImageLabelsByImage(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_image"
+        projection = KeysOnlyProjection()
+
+    image_id = UnicodeAttribute(hash_key=True)
+    label_key = UnicodeAttribute(range_key=True)
+
+
+class ImageLabelModel(Model):
+    """One search index entry: an image whose top 5 holds `label` at or above the confidence threshold."""
+
+    class Meta:
+        table_name = "udagram-image-labels"
+        region = "us-east-1"
+
+    label_key = UnicodeAttribute(hash_key=True)  # normalised label (labels.normalise)
+    created_key = UnicodeAttribute(range_key=True)  # the image's: newest first, and the cursor
+    image_id = UnicodeAttribute()
+    group_id = UnicodeAttribute()
+    label = UnicodeAttribute()  # as the model names it
+    probability = NumberAttribute()
+    revision = NumberAttribute(default=0)  # every write adds 1: a write that reads back 1 created it
+
+    by_image = ImageLabelsByImage()
+
+
+class LabelCountModel(Model):
+    """How many index entries a label has (autocomplete); rows reaching 0 are removed."""
+
+    class Meta:
+        table_name = "udagram-label-counts"
+        region = "us-east-1"
+
+    kind = UnicodeAttribute(hash_key=True, default="LABEL")  # one partition: begins_with on the range key
+    label_key = UnicodeAttribute(range_key=True)
+    label = UnicodeAttribute()
+    image_count = NumberAttribute(default=0)  # (not `count`: Model.count() is a method)
+
+
+MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, ImageLabelModel, LabelCountModel)
 
 # DynamoDB requests of this process, by operation (served on the API's and the worker's /metrics):
 # shows that a page query costs a constant number of calls (bench/api.py reads it).
@@ -196,7 +244,9 @@ pre_dynamodb_send.connect(_count_dynamodb_call)  # PynamoDB's documented hook (b
 def configure(settings: Settings | None = None) -> None:
     """Point the models at the configured tables and endpoint (call once per process/test)."""
     settings = settings or get_settings()
-    for model, table in ((GroupModel, settings.groups_table), (ImageModel, settings.images_table)):
+    tables = {GroupModel: settings.groups_table, ImageModel: settings.images_table,
+              ImageLabelModel: settings.image_labels_table, LabelCountModel: settings.label_counts_table}
+    for model, table in tables.items():
         model.Meta.table_name = table
         model.Meta.region = settings.aws_region
         model.Meta.host = settings.dynamodb_endpoint_url
