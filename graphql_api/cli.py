@@ -41,3 +41,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"invalid --user: {exc}", err=True)
             raise typer.Exit(2)
         typer.echo(issue_token(user, settings))
+
+    @app.command()
+    def schema() -> None:
+        """Print the GraphQL schema (SDL), as committed in schema.graphql: `udagram schema > schema.graphql`."""
+        from graphql_api.schema import schema_sdl
+
+        typer.echo(schema_sdl(), nl=False)

@@ -18,7 +18,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Udagram Redu
 app.add_typer(model_app, name="model", help="Build, register and manage classifier versions.")
 app.add_typer(labels_app, name="labels", help="The label search index: rebuild it, list its labels.")
 register_stack(app)  # up, down, status
-register_api(app)  # api, token
+register_api(app)  # api, token, schema
 register_worker(app)  # worker, reprocess
 
 if __name__ == "__main__":
