@@ -7,6 +7,7 @@ import { setUpGroups } from "./groups.js";
 import { setUpDialog } from "./image-dialog.js";
 import { setUpImageUpdates } from "./image-updates.js";
 import { startRouter } from "./router.js";
+import { setUpSearch } from "./search.js";
 import { setUpUpload } from "./upload.js";
 
 setUpGroups();
@@ -14,5 +15,6 @@ setUpGroup();
 setUpUpload();
 setUpDialog();
 setUpImageUpdates();
+setUpSearch();
 startAuth(); // restores a kept session: the views wired above render for its user
 startRouter();
