@@ -23,7 +23,8 @@ class LabelCount:
 
 
 def _checked_label(value: str, argument: str) -> str:
-    if len(value) > label_index.LABEL_MAX_LENGTH:
+    # Normalised too: NFKC can make one character many (U+FDFA is 18), and DynamoDB keys are bounded.
+    if max(len(value), len(label_index.normalise(value))) > label_index.LABEL_MAX_LENGTH:
         raise UserInputError(f"`{argument}` must be at most {label_index.LABEL_MAX_LENGTH} characters")
     return value
 

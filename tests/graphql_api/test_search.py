@@ -79,6 +79,7 @@ def test_labels_for_autocomplete(api):
 @pytest.mark.parametrize("query,variables,message", [
     (SEARCH, {"label": "   "}, "`label` must not be empty"),
     (SEARCH, {"label": "x" * 101}, "`label` must be at most 100 characters"),
+    (SEARCH, {"label": "\ufdfa" * 10}, "`label` must be at most 100 characters"),  # 180 once normalised
     (SEARCH, {"label": "tabby", "min": -0.1}, "`minProbability` must be between 0 and 1"),
     (SEARCH, {"label": "tabby", "min": 1.5}, "`minProbability` must be between 0 and 1"),
     (SEARCH, {"label": "tabby", "first": 0}, "`first` must be between 1 and 100"),
