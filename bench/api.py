@@ -6,9 +6,16 @@ The web page's own `groups` and `group(id) { images }` queries (graphql_api/stat
 sent over HTTP to the stack's API process:
 - p50/p95 latency and requests/s at 1 and 16 concurrent clients (page size 20, the default);
 - DynamoDB calls per query for page sizes 5, 20 and 100, read from the API process's own
-  counter (`udagram_dynamodb_calls_total` on its /metrics, incremented by PynamoDB's
-  pre-send signal in udagram/data.py): before/after a few queries, nothing else running.
+  counter (`udagram_dynamodb_calls_total` on its metrics port, `api_metrics_port`, incremented by
+  PynamoDB's pre-send signal in udagram/data.py): before/after a few queries, nothing else running.
 Run standalone it starts its own stack and seeds it (101 groups, a group of 101 images).
+
+    .venv/bin/python bench/api.py --validation
+
+In-process, no stack: the time one document takes to check before execution, for hostile
+documents (fragments each spreading the next twice; one field repeated) and the web page's: the
+API's limits (graphql_api/schema/limits.py), graphql-core's own validation rules (run only on what
+the limits let through), and Strawberry's former QueryDepthLimiter + MaxAliasesLimiter.
 """
 
 from __future__ import annotations
@@ -129,10 +136,58 @@ def run(stack: LocalStack, seconds: float, say: Say = print, images_group: str |
         api.close()
 
 
+def _best_of(repeats: int, work: Callable[[], Any]) -> float:
+    """The fastest of `repeats` runs, in ms (what the code costs, least disturbed by other load)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+def validation(repeats: int = 3, strawberry_max_levels: int = 18) -> list[dict[str, Any]]:
+    """Check/validation time of hostile and ordinary documents (see the module's docstring)."""
+    from graphql import get_introspection_query, parse, specified_rules, validate
+    from strawberry.extensions.max_aliases import create_validator as aliases_rule
+    from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
+
+    from graphql_api.schema import build_schema
+    from graphql_api.schema.limits import check
+    from tests.graphql_api.hostile import fragment_doubling, repeated_field
+    from udagram.settings import Settings
+
+    settings = Settings()
+    schema = build_schema(settings)._schema
+    strawberry_rules = [depth_rule(settings.max_query_depth, None), aliases_rule(settings.max_query_aliases)]
+    documents = {f"fragment doubling, {n} levels": (fragment_doubling(n), {}) for n in (10, 14, 18, 20)}
+    documents |= {f"me {{ id }} x {n}": (repeated_field(n), {}) for n in (20, 31, 400)}
+    documents |= {"web page: group page (first 100)": (GROUP, {"first": 100}),
+                  "GraphiQL introspection": (get_introspection_query(descriptions=True), {})}
+    rows = []
+    for name, (text, variables) in documents.items():
+        document = parse(text, max_tokens=settings.max_query_tokens)
+        refused = check(schema, document, variables, settings)
+        row: dict[str, Any] = {"document": name, "refused_by_limits": [e.message[:70] for e in refused],
+                               "limits_ms": _best_of(repeats, lambda: check(schema, document, variables, settings))}
+        if not refused:  # what graphql-core's rules then cost (refused documents never reach them)
+            row["graphql_core_ms"] = _best_of(repeats, lambda: validate(schema, document, specified_rules))
+        levels = int(name.split(", ")[1].split()[0]) if name.startswith("fragment doubling") else 0
+        if levels <= strawberry_max_levels:  # beyond, each level doubles seconds of waiting
+            row["strawberry_limiters_ms"] = _best_of(1, lambda: validate(schema, document, strawberry_rules))
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--validation", action="store_true", help="only the in-process validation timings")
     args = parser.parse_args()
+    if args.validation:
+        for row in validation():
+            print(json.dumps(row))
+        return
     with bench_stack(print) as stack:
         result = run(stack, args.seconds)
     for row in result["load"]:

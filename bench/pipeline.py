@@ -94,7 +94,7 @@ class Api:
 
     def __init__(self, stack: LocalStack, user: str = "bench", connections: int = 16) -> None:
         self.url = f"{stack.api_url}/graphql"
-        self.metrics_url = f"{stack.api_url}/metrics"
+        self.metrics_url = f"http://{stack.settings.api_metrics_host}:{stack.settings.api_metrics_port}/metrics"
         self.headers = {"Authorization": f"Bearer {stack.token(user)}"}
         self.http = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=connections))
 

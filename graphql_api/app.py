@@ -1,5 +1,6 @@
-"""The API's Starlette app: /graphql, /healthz, /metrics (Prometheus), and in local mode the JWKS,
-a sign-in endpoint for named users and GraphiQL; the web page's static files at /."""
+"""The API's Starlette app: /graphql, /healthz, and in local mode the JWKS, a sign-in endpoint for
+named users and GraphiQL; the web page's static files at /. The process's Prometheus metrics are
+served on their own listener (`start_metrics_server`), not by this public app."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import start_http_server
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -104,6 +106,14 @@ def local_hosts(settings: Settings) -> list[str]:
     return sorted(h for h in hosts if h)
 
 
+def start_metrics_server(settings: Settings) -> WSGIServer:
+    """This process's Prometheus metrics (e.g. DynamoDB calls per operation, udagram/data.py) at
+    http://api_metrics_host:api_metrics_port/metrics, loopback by default: counters are for the
+    operator, not for anyone who can reach the public API. Returns the server (to shut it down)."""
+    server, _thread = start_http_server(settings.api_metrics_port, addr=settings.api_metrics_host)
+    return server
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     data.configure(settings)
@@ -117,10 +127,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
-
-    async def metrics(request: Request) -> Response:
-        # Prometheus text: this process's counters (e.g. DynamoDB calls per operation, udagram/data.py).
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     async def jwks(request: Request) -> JSONResponse:
         return JSONResponse(auth.local_jwks(settings), headers={"Cache-Control": "public, max-age=300"})
@@ -145,7 +151,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
-        Route("/metrics", metrics, methods=["GET"]),
     ]
     if local:
         routes += [

@@ -175,6 +175,8 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError as exc:
             raise AuthError("malformed token") from exc
+        except jwt.InvalidTokenError as exc:  # a readable header PyJWT refuses: kid not a string, crit
+            raise AuthError(f"malformed token header: {exc}") from exc
         if header.get("alg") != ALGORITHM:
             raise AuthError(f"token algorithm must be {ALGORITHM}, got {header.get('alg')!r}")
         kid = header.get("kid")

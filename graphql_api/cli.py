@@ -8,15 +8,17 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def api() -> None:
-        """Serve the GraphQL API and the web page on settings.host:settings.api_port."""
+        """Serve the GraphQL API and the web page on settings.host:settings.api_port (Prometheus
+        metrics on settings.api_metrics_host:settings.api_metrics_port)."""
         import uvicorn
 
-        from graphql_api.app import create_app
+        from graphql_api.app import create_app, start_metrics_server
         from udagram import resources
         from udagram.settings import get_settings
 
         settings = get_settings()
         resources.ensure_resources(settings)
+        start_metrics_server(settings)
         uvicorn.run(
             create_app(settings),
             host=settings.host,

@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from starlette.requests import Request
 from strawberry.dataloader import DataLoader
 
@@ -17,6 +18,8 @@ from graphql_api.auth import AuthError, TokenVerifier, User
 from graphql_api.storage import Storage
 from udagram import data
 from udagram.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -37,11 +40,23 @@ class Context:
     auth_error: str | None = None  # why a presented token was refused
     groups: DataLoader[str, data.GroupModel | None] = field(init=False)
     images: DataLoader[str, data.ImageModel | None] = field(init=False)
+    download_urls: DataLoader[tuple[str, str], str] = field(init=False)  # (bucket, key) -> presigned GET
 
     def __post_init__(self) -> None:
         # One BatchGetItem per tick of the event loop for all ids asked for together (no N+1).
         self.groups = DataLoader(load_fn=_batch_loader(data.GroupModel))
         self.images = DataLoader(load_fn=_batch_loader(data.ImageModel))
+        # SigV4 signing is CPU work (a page of 100 images: 200 signatures): one worker thread per tick.
+        self.download_urls = DataLoader(load_fn=self._sign)
+
+    async def _sign(self, objects: list[tuple[str, str]]) -> list[str]:
+        return await asyncio.to_thread(self.storage.download_urls, objects)
+
+    async def original_url(self, key: str) -> str:
+        return await self.download_urls.load((self.settings.originals_bucket, key))
+
+    async def processed_url(self, key: str) -> str:
+        return await self.download_urls.load((self.settings.processed_bucket, key))
 
     @property
     def settings(self) -> Settings:
@@ -85,4 +100,7 @@ async def build_context(app: AppState, request: Request, response: Any) -> Conte
                 context.user = await asyncio.to_thread(app.verifier.verify, token)
         except AuthError as exc:
             context.auth_error = str(exc)
+        except Exception:  # noqa: BLE001 - a token the verifier did not foresee: reads stay public
+            log.exception("token verification failed unexpectedly")
+            context.auth_error = "the token could not be verified"
     return context

@@ -48,7 +48,9 @@ def origin(url: str) -> str:
 
 def storage_origins(storage: Storage) -> tuple[list[str], list[str]]:
     """(origins of presigned picture URLs, origins of presigned upload POSTs), from real ones."""
-    pictures = {origin(storage.original_url(_PROBE_KEY)), origin(storage.processed_url(_PROBE_KEY))}
+    settings = storage.settings
+    pictures = {origin(storage.download_url(bucket, _PROBE_KEY))
+                for bucket in (settings.originals_bucket, settings.processed_bucket)}
     uploads = {origin(storage.presigned_upload(_PROBE_KEY, "image/jpeg", 1).url)}
     return sorted(pictures), sorted(uploads)
 

@@ -62,11 +62,10 @@ class Storage:
             ExpiresIn=self.settings.download_url_ttl_seconds,
         )
 
-    def original_url(self, key: str) -> str:
-        return self.download_url(self.settings.originals_bucket, key)
-
-    def processed_url(self, key: str) -> str:
-        return self.download_url(self.settings.processed_bucket, key)
+    def download_urls(self, objects: list[tuple[str, str]]) -> list[str]:
+        """Presigned GET URLs of (bucket, key) pairs: a page's worth of SigV4 signatures, made in one
+        worker thread (graphql_api/context.py batches them) instead of on the event loop."""
+        return [self.download_url(bucket, key) for bucket, key in objects]
 
     def original_exists(self, key: str) -> bool:
         try:

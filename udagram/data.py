@@ -7,6 +7,7 @@ Keys, and why:
   `by_status` (status, status_changed_at) finds the stuck ones for the worker's reconciliation.
 - `groups` is keyed by id; the index `by_created` (kind, created_key) lists all groups newest
   first. `created_key` is "<ISO time>#<id>", unique and ordered, and doubles as the cursor.
+- the rate-limit counters (udagram/ratelimit.py) are a table of their own, created with the others.
 - `image-labels` is the search index: keyed by (normalised label, the image's created_key), so one
   Query lists a label's images newest first and the cursor is again the created_key. Its index
   `by_image` finds an image's entries (to remove them). `label-counts` holds one row per label
@@ -34,6 +35,7 @@ from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjec
 from pynamodb.models import Model
 from pynamodb.signals import pre_dynamodb_send
 
+from udagram.ratelimit import RateLimitModel
 from udagram.settings import Settings, get_settings
 
 
@@ -175,6 +177,9 @@ class ImageModel(Model):
     lease_owner = UnicodeAttribute(null=True)
     lease_expires_at = NumberAttribute(null=True)  # epoch seconds
     source_etag = UnicodeAttribute(null=True)  # ETag of the original the result was made from
+    # reprocessImage queued a re-run no worker has leased yet (epoch seconds): further requests are
+    # coalesced into it; the worker's lease removes it (workers/processor.py).
+    rerun_requested_at = NumberAttribute(null=True)
     # Set by the worker's DONE write, cleared once the search index matches the new predictions:
     # a delivery that finds it set (after a crash in between) finishes the index (udagram/labels.py).
     labels_pending = UnicodeAttribute(null=True)
@@ -225,7 +230,7 @@ class LabelCountModel(Model):
     image_count = NumberAttribute(default=0)  # (not `count`: Model.count() is a method)
 
 
-MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, ImageLabelModel, LabelCountModel)
+MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, RateLimitModel, ImageLabelModel, LabelCountModel)
 
 # DynamoDB requests of this process, by operation (served on the API's and the worker's /metrics):
 # shows that a page query costs a constant number of calls (bench/api.py reads it).
@@ -245,6 +250,7 @@ def configure(settings: Settings | None = None) -> None:
     """Point the models at the configured tables and endpoint (call once per process/test)."""
     settings = settings or get_settings()
     tables = {GroupModel: settings.groups_table, ImageModel: settings.images_table,
+              RateLimitModel: settings.rate_limits_table,
               ImageLabelModel: settings.image_labels_table, LabelCountModel: settings.label_counts_table}
     for model, table in tables.items():
         model.Meta.table_name = table
@@ -260,10 +266,13 @@ def configure(settings: Settings | None = None) -> None:
 
 def ensure_tables(settings: Settings | None = None) -> None:
     """Create missing tables (on-demand billing) and wait until they are active."""
+    settings = settings or get_settings()
     configure(settings)
     for model in MODELS:
         if not model.exists():
-            model.create_table(billing_mode="PAY_PER_REQUEST", wait=True)
+            # Tables with a TTL attribute get TTL turned on; dynalite (local) does not support it.
+            model.create_table(billing_mode="PAY_PER_REQUEST", wait=True,
+                               ignore_update_ttl_errors=settings.mode == "local")
 
 
 # --- queries shared by the API (and usable by the worker) -------------------------------------
@@ -303,6 +312,11 @@ def batch_get(model: type[M], ids: Iterable[str]) -> dict[str, M]:
     """Items by id in BatchGetItem calls of up to 100 keys (missing ids are absent)."""
     wanted = list(dict.fromkeys(i for i in ids if is_valid_id(i)))
     return {item.id: item for item in model.batch_get(wanted)} if wanted else {}
+
+
+def condition_failed(exc: Exception) -> bool:
+    """Whether a PynamoDB write error is its condition failing (rather than DynamoDB failing)."""
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
 
 
 def add_to_image_count(group_id: str, delta: int) -> None:

@@ -51,7 +51,7 @@ from typing import Callable, Iterable
 import structlog
 from pynamodb.exceptions import DeleteError, DoesNotExist, UpdateError
 
-from udagram.data import ImageLabelModel, ImageModel, LabelCountModel
+from udagram.data import ImageLabelModel, ImageModel, LabelCountModel, condition_failed
 
 log = structlog.get_logger(__name__)
 
@@ -105,10 +105,6 @@ def record_labels(record: ImageModel | None, threshold: float) -> dict[str, Entr
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _condition_failed(exc: Exception) -> bool:
-    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
-
-
 def _add_to_count(label_key: str, label: str | None, delta: int) -> None:
     row = LabelCountModel(COUNTS_PARTITION, label_key)
     actions = [LabelCountModel.image_count.add(delta)]
@@ -119,7 +115,7 @@ def _add_to_count(label_key: str, label: str | None, delta: int) -> None:
         try:  # conditional: a +1 that landed meanwhile keeps the row
             row.delete(condition=LabelCountModel.image_count <= 0)
         except DeleteError as exc:
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 raise
 
 
@@ -142,7 +138,7 @@ def _remove_entry(label_key: str, created_key: str) -> bool:
     try:
         ImageLabelModel(label_key, created_key).delete(condition=ImageLabelModel.label_key.exists())
     except DeleteError as exc:
-        if _condition_failed(exc):
+        if condition_failed(exc):
             return False
         raise
     _add_to_count(label_key, None, -1)
@@ -210,7 +206,7 @@ def _clear_pending(image_id: str, value: str) -> None:
         ImageModel(image_id).update(actions=[ImageModel.labels_pending.remove()],
                                     condition=ImageModel.labels_pending == value)
     except UpdateError as exc:
-        if not _condition_failed(exc):
+        if not condition_failed(exc):
             raise  # a newer result set its own marker: its writer clears it
 
 

@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     max_query_depth: int = 10
     max_query_tokens: int = 2000
     max_query_aliases: int = 30
+    # Cost: each field 1; a connection multiplies what it selects by its `first` (graphql_api/schema/limits.py).
+    max_query_cost: int = 10_000
+    # Fields selected more than once at the same place (fragments expanded) are compared in pairs by
+    # graphql-core's OverlappingFieldsCanBeMerged (~40 us a pair): `{ me { id } me { id } ... }` x 400 took 3.5 s.
+    max_query_overlapping_field_pairs: int = 1000
+    # Prometheus metrics of the API process, on their own listener (not the public app): loopback by default.
+    api_metrics_host: str = "127.0.0.1"
+    api_metrics_port: int = 9401
+    reprocess_rate_limit: int = 10  # reprocessImage calls per user per window (all API processes together)
+    reprocess_rate_limit_window_seconds: int = 60
 
     # --- auth (RS256 JWT against a JWKS, Auth0-compatible) -------------------------------------
     auth_issuer: str | None = None  # local: the API itself (public_url + "/")
@@ -73,6 +83,7 @@ class Settings(BaseSettings):
     queue_max_receive_count: int = 5  # redrive to the DLQ after this many receives
     groups_table: str = "udagram-groups"
     images_table: str = "udagram-images"
+    rate_limits_table: str = "udagram-rate-limits"  # udagram/ratelimit.py: fixed-window counters (TTL)
     image_labels_table: str = "udagram-image-labels"  # the search index: label -> images (udagram/labels.py)
     label_counts_table: str = "udagram-label-counts"  # how many images carry each label (autocomplete)
     create_resources: bool = True  # create tables/buckets/queues if missing (off for locked-down AWS)

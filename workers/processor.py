@@ -97,6 +97,7 @@ class Processor:
                     M.lease_owner.set(token),
                     M.lease_expires_at.set(now + self.lease_seconds),
                     M.attempts.add(1),
+                    M.rerun_requested_at.remove(),  # picked up: a new reprocessImage queues a new run
                 ],
                 condition=cond,
             )

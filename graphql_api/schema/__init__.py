@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors, MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import MaskErrors, MaxTokensLimiter
 
 from graphql_api.schema import errors, types
 from graphql_api.schema.errors import UserInputError
+from graphql_api.schema.limits import QueryLimits
 from graphql_api.schema.mutations import Mutation
 from graphql_api.schema.queries import Query
 from udagram.settings import Settings
@@ -32,12 +33,13 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             errors.UploadTooLarge,
             errors.GroupNotEmpty,
             errors.NotUploaded,
+            errors.RateLimited,
             types.ImageUpload,
         ],
         extensions=[  # factories: a fresh extension per request
-            lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
             lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
-            lambda: MaxAliasesLimiter(max_alias_count=settings.max_query_aliases),
+            # depth, aliases, cost, repeated fields: one linear pass before graphql-core's validation
+            lambda: QueryLimits(settings),
             lambda: MaskErrors(should_mask_error=_should_mask),
         ],
     )

@@ -64,6 +64,13 @@ class NotUploaded(Error):
     message: str = "the image has not been uploaded yet"
 
 
+@strawberry.type(description="Too many requests of this kind; try again after `retryAfterSeconds`.")
+class RateLimited(Error):
+    code: str = "RATE_LIMITED"
+    message: str = "too many requests"
+    retry_after_seconds: int = 0
+
+
 class UserInputError(GraphQLError):
     """A bad argument to a query (queries return data, not unions): shown to the client as is."""
 

@@ -7,6 +7,7 @@ thread; the event loop keeps serving other requests.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
@@ -22,13 +23,14 @@ from graphql_api.schema.errors import (
     NotFound,
     NotOwner,
     NotUploaded,
+    RateLimited,
     UnsupportedContentType,
     UploadTooLarge,
     not_authenticated,
 )
 from graphql_api.schema.types import Deleted, Group, Image, ImageUpload, PresignedPost
 from graphql_api.storage import ALLOWED_CONTENT_TYPES
-from udagram import data, jobs, labels
+from udagram import data, jobs, labels, ratelimit
 
 if TYPE_CHECKING:
     from graphql_api.context import Context
@@ -52,7 +54,7 @@ DeleteResult = Annotated[
     strawberry.union("DeleteResult"),
 ]
 ReprocessResult = Annotated[
-    Image | NotAuthenticated | InvalidInput | NotFound | NotOwner | NotUploaded,
+    Image | NotAuthenticated | InvalidInput | NotFound | NotOwner | NotUploaded | RateLimited,
     strawberry.union("ReprocessResult"),
 ]
 
@@ -144,7 +146,7 @@ def _create_image(context: Context, user: AuthUser, group_id: str, caption: str,
             model.delete()
         except PynamoDBException:
             pass  # DynamoDB is down: reconciliation marks it FAILED once its upload URL expired
-        if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
+        if data.condition_failed(exc):
             return NotFound(message="no group with this id", id=group_id)
         raise
     upload = context.storage.presigned_upload(model.original_key, content_type, content_length)
@@ -219,7 +221,17 @@ def _delete_group(context: Context, user: AuthUser, group_id: str) -> Deleted | 
     return Deleted(id=strawberry.ID(group_id))
 
 
-def _reprocess_image(context: Context, user: AuthUser, image_id: str) -> Image | NotFound | NotOwner | NotUploaded:
+def _reprocess_image(context: Context, user: AuthUser, image_id: str) -> ReprocessResult:
+    settings = context.settings
+    limit = ratelimit.hit(f"reprocessImage:user:{user.id}", settings.reprocess_rate_limit,
+                          settings.reprocess_rate_limit_window_seconds)
+    if not limit.allowed:
+        window = settings.reprocess_rate_limit_window_seconds
+        return RateLimited(
+            message=f"at most {settings.reprocess_rate_limit} re-runs every {window} s per user; "
+                    f"try again in {limit.retry_after_seconds} s",
+            retry_after_seconds=limit.retry_after_seconds,
+        )
     try:
         model = data.ImageModel.get(image_id, consistent_read=True)
     except DoesNotExist:
@@ -230,19 +242,41 @@ def _reprocess_image(context: Context, user: AuthUser, image_id: str) -> Image |
         model.original_key
     ):
         return NotUploaded(message="upload the image's file first")
+    M = data.ImageModel
+    requested_at = time.time()
     try:
         model.update(
             actions=[
-                data.ImageModel.status.set(data.ImageStatus.PROCESSING.value),
-                data.ImageModel.status_changed_at.set(data.sortable_time()),
-                data.ImageModel.error.remove(),
-                data.ImageModel.attempts.set(0),  # a re-run asked for by the owner gets fresh tries
+                M.status.set(data.ImageStatus.PROCESSING.value),
+                M.status_changed_at.set(data.sortable_time()),
+                M.error.remove(),
+                M.attempts.set(0),  # a re-run asked for by the owner gets fresh tries
+                M.rerun_requested_at.set(requested_at),
             ],
-            condition=data.ImageModel.id.exists(),
+            # A re-run already queued and not yet picked up by a worker takes this request too. A
+            # marker older than the worker's stale-processing time is ignored: by then reconciliation
+            # has re-queued the image if its message was lost.
+            condition=M.id.exists() & (
+                M.rerun_requested_at.does_not_exist()
+                | (M.rerun_requested_at < requested_at - settings.worker_stale_processing_seconds)
+            ),
         )
-    except UpdateError:
-        return NotFound(message="no image with this id", id=image_id)
-    jobs.enqueue_reprocess([image_id], settings=context.settings)
+    except UpdateError as exc:
+        if not data.condition_failed(exc):
+            raise
+        try:  # gone, or coalesced into the pending re-run: answer the image as it is
+            return Image.from_model(data.ImageModel.get(image_id, consistent_read=True))
+        except DoesNotExist:
+            return NotFound(message="no image with this id", id=image_id)
+    try:
+        jobs.enqueue_reprocess([image_id], settings=settings)
+    except Exception:
+        # Nothing was queued: take the marker back so a retry queues the re-run.
+        try:
+            model.update(actions=[M.rerun_requested_at.remove()], condition=M.rerun_requested_at == requested_at)
+        except PynamoDBException:
+            pass  # it expires after worker_stale_processing_seconds anyway
+        raise
     return Image.from_model(model)
 
 
@@ -317,7 +351,10 @@ class Mutation:
             return error
         return await asyncio.to_thread(_delete_group, info.context, user, id)
 
-    @strawberry.mutation(description="Queue an image for classification again (owner only).")
+    @strawberry.mutation(
+        description="Queue an image for classification again (owner only). A request while a re-run is "
+        "already queued joins it; each user has reprocess_rate_limit calls per window (RateLimited)."
+    )
     async def reprocess_image(self, info: Info, id: strawberry.ID) -> ReprocessResult:
         user = _user(info)
         if isinstance(user, NotAuthenticated):

@@ -81,16 +81,16 @@ class Image:
         return labels.is_confident(self.predictions[0].probability, info.context.settings.confidence_threshold)
 
     @strawberry.field(description="Short-lived URL of the original (null until uploaded).")
-    def image_url(self, info: Info) -> str | None:
+    async def image_url(self, info: Info) -> str | None:
         if self.status == data.ImageStatus.AWAITING_UPLOAD:
             return None
-        return info.context.storage.original_url(self.original_key)
+        return await info.context.original_url(self.original_key)
 
     @strawberry.field(description="Short-lived URL of the processed copy (null until DONE).")
-    def processed_image_url(self, info: Info) -> str | None:
+    async def processed_image_url(self, info: Info) -> str | None:
         if not self.processed_key:
             return None
-        return info.context.storage.processed_url(self.processed_key)
+        return await info.context.processed_url(self.processed_key)
 
 
 @strawberry.type

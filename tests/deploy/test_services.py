@@ -97,6 +97,7 @@ def ids(synth) -> dict[str, str]:
         "images": _named(synth, "AWS::DynamoDB::Table", "TableName", "ImagesTable"),
         "image_labels": _named(synth, "AWS::DynamoDB::Table", "TableName", "ImageLabelsTable"),
         "label_counts": _named(synth, "AWS::DynamoDB::Table", "TableName", "LabelCountsTable"),
+        "rate_limits": _named(synth, "AWS::DynamoDB::Table", "TableName", "RateLimitsTable"),
         "models": next(k for k, r in synth.resources("AWS::S3::Bucket").items()
                        if r["Properties"].get("VersioningConfiguration")),
     }
@@ -109,7 +110,7 @@ def test_api_role_is_exactly_what_the_api_calls(synth, ids):
     labels, counts = ids["image_labels"], ids["label_counts"]
     dynamodb = {"BatchGetItem", "DeleteItem", "GetItem", "PutItem", "Query", "UpdateItem"}
     tables = [f"<{g}>", f"<{g}>/index/by_created", f"<{i}>", f"<{i}>/index/by_group", f"<{i}>/index/by_status",
-              f"<{labels}>", f"<{labels}>/index/by_image", f"<{counts}>"]
+              f"<{labels}>", f"<{labels}>/index/by_image", f"<{counts}>", f"<{ids['rate_limits']}>"]
     assert _grants(synth, _task_role(synth, "api")) == {
         # presigned POST (PutObject), presigned GET / HeadObject (GetObject), delete, on the app's prefixes
         *{(f"s3:{a}", f"<{o}>/originals/*") for a in ("PutObject", "GetObject", "DeleteObject")},

@@ -14,8 +14,9 @@ What the API-level tests (tests/graphql_api) cannot show, shown here on the runn
 - every listening socket of every process under supervisord (Java and TorchServe's Python
   workers, `weed`, node, moto included) is bound to loopback, and connecting to each of those
   ports (and every port the stack declares) on each non-loopback address of this machine is refused;
-- the GraphQL limits (aliases, tokens, body size, depth, batching, GET, introspection depth) hold
-  on the running API over HTTP, with the status codes the product defines.
+- the GraphQL limits (aliases, tokens, body size, depth, cost, batching, GET, introspection depth)
+  hold on the running API over HTTP, with the status codes the product defines; the API's metrics
+  are on their own port, not the public one.
 Presigned URL expiry is proved at API level against SeaweedFS (tests/graphql_api/test_uploads.py).
 """
 
@@ -41,6 +42,7 @@ import psutil
 import pytest
 
 from tests.fixtures.stack import LocalStack, free_port_block
+from tests.graphql_api.hostile import fragment_doubling
 from tests.graphql_api.tokens import FORGED, forged
 from udagram.aws import client
 from udagram.stack import programs, seaweedfs, supervisor
@@ -480,8 +482,9 @@ def test_every_listener_of_the_stack_is_bound_to_loopback(local_stack):
     # the check saw the stack's services, not an empty list
     listening_ports = {p for _, p, kind in listeners if kind == "tcp"}
     st = local_stack.settings
-    for port in (st.s3_port, st.sqs_port, st.dynamodb_port, st.s3_events_port, st.api_port, st.worker_metrics_port,
-                 st.torchserve_inference_port, st.torchserve_management_port, st.torchserve_metrics_port):
+    for port in (st.s3_port, st.sqs_port, st.dynamodb_port, st.s3_events_port, st.api_port, st.api_metrics_port,
+                 st.worker_metrics_port, st.torchserve_inference_port, st.torchserve_management_port,
+                 st.torchserve_metrics_port):
         assert port in listening_ports, (port, declared_ports(local_stack).get(port), listeners)
     # and every port anything listens on is one the stack declares (and so one `udagram up` checks)
     undeclared = {f"{a}:{p}/{kind}": who for (a, p, kind), who in listeners.items()
@@ -586,6 +589,16 @@ def test_alias_token_and_body_limits_hold_on_the_running_api(local_stack):
     # introspection is outside the depth limiter; graphql-core's own rule bounds its cycles
     cyclic = "{ __schema { types { " + "possibleTypes { interfaces { " * 6 + "name" + " } }" * 6 + " } } }"
     assert "Maximum introspection depth exceeded" in error_messages(post(local_stack, cyclic))
+    # fragments each spreading the next twice (~220 tokens): refused by cost at once, before any walk
+    response = post(local_stack, fragment_doubling(20))
+    assert response.status_code == 200 and response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COSTLY"
+
+
+def test_api_metrics_are_not_on_the_public_port(local_stack):
+    st = local_stack.settings
+    assert httpx.get(f"{local_stack.api_url}/metrics", timeout=30).status_code == 404
+    metrics = httpx.get(f"http://{st.api_metrics_host}:{st.api_metrics_port}/metrics", timeout=30)
+    assert metrics.status_code == 200 and "udagram_dynamodb_calls_total" in metrics.text
 
 
 @pytest.fixture
@@ -595,8 +608,10 @@ def api_with_depth_limit(local_stack: LocalStack, tmp_path: Path):
     processes = []
 
     def start(max_depth: int) -> str:
-        port = free_port_block(1, set(declared_ports(local_stack)))
-        env = local_stack.env | {"UDAGRAM_API_PORT": str(port), "UDAGRAM_MAX_QUERY_DEPTH": str(max_depth)}
+        taken = set(declared_ports(local_stack))
+        port, metrics_port = free_port_block(1, taken), free_port_block(1, taken)
+        env = local_stack.env | {"UDAGRAM_API_PORT": str(port), "UDAGRAM_API_METRICS_PORT": str(metrics_port),
+                                 "UDAGRAM_MAX_QUERY_DEPTH": str(max_depth)}
         with (tmp_path / "api.log").open("wb") as log:
             processes.append(subprocess.Popen([UDAGRAM, "api"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                               start_new_session=True))

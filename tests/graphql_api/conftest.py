@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -9,6 +10,8 @@ from starlette.testclient import TestClient
 
 from graphql_api.app import create_app
 from graphql_api.auth import issue_token
+from udagram.aws import client
+from udagram.jobs import REPROCESS_SOURCE
 from udagram.settings import Settings
 
 
@@ -83,6 +86,20 @@ REPROCESS = """
 mutation($id: ID!) {
   reprocessImage(id: $id) { __typename ... on Image { id status error } ... on Error { code message } }
 }"""
+
+
+def queued_reprocess_ids(settings: Settings) -> list[str]:
+    """The image ids of every re-run message on the uploads queue (received until it is empty)."""
+    sqs = client("sqs", settings)
+    url = sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
+    ids: list[str] = []
+    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                          VisibilityTimeout=60).get("Messages", []):
+        for message in messages:
+            for record in json.loads(message["Body"]).get("Records", []):
+                if record.get("eventSource") == REPROCESS_SOURCE:
+                    ids.append(record["imageId"])
+    return ids
 
 
 @pytest.fixture

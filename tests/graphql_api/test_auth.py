@@ -60,6 +60,32 @@ def test_forged_tokens_cannot_write_through_the_api(api, case):
     assert api.gql("{ groups { edges { node { id } } } }")["groups"]["edges"] == []
 
 
+@pytest.mark.parametrize("case", ["kid a number", "kid a list", "crit header", "crit not a list", "alg a list",
+                                  "aud a list without ours", "iss a list", "sub huge", "garbage"])
+def test_malformed_tokens_leave_reads_public_and_writes_refused(api, case):
+    """Header and claim types a verifier may not foresee: a public read ignores the token and
+    answers (it was HTTP 500 for a number or list kid and for crit); a write says why it refused."""
+    group = api.create_group("alice", "public")
+    token = forged(api.settings, case)
+    read = api.post("{ groups { edges { node { id name } } } me { id } }", token=token)
+    assert read.status_code == 200, read.text
+    assert read.json() == {"data": {"groups": {"edges": [{"node": {"id": group["id"], "name": "public"}}]}, "me": None}}
+    result = api.gql(CREATE_GROUP, {"input": {"name": "pwned"}}, token=token)["createGroup"]
+    assert result["__typename"] == "NotAuthenticated" and FORGED[case] in result["message"], result
+
+
+def test_an_unforeseen_verifier_failure_leaves_reads_public(api, monkeypatch):
+    def broken(self, token):
+        raise KeyError("something PyJWT did not foresee")
+
+    monkeypatch.setattr(auth.TokenVerifier, "verify", broken)
+    read = api.post("{ me { id } }", token="x.y.z")
+    assert read.status_code == 200 and read.json() == {"data": {"me": None}}
+    result = api.gql(CREATE_GROUP, {"input": {"name": "pwned"}}, token="x.y.z")["createGroup"]
+    assert result == {"__typename": "NotAuthenticated", "code": "UNAUTHENTICATED",
+                      "message": "sign in to do this: the token could not be verified"}
+
+
 class _JWKSHandler(BaseHTTPRequestHandler):
     jwks: dict = {}
     hits = 0

@@ -44,10 +44,12 @@ def test_token_refuses_a_bad_user_name(tmp_path):
 
 def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
     """`udagram api` against the moto server: tables/buckets/queues made, /healthz answers, a token
-    from `udagram token` (same data dir) can create a group over real HTTP."""
-    port = free_port()
+    from `udagram token` (same data dir) can create a group over real HTTP, and the metrics port
+    counts the DynamoDB calls."""
+    port, metrics_port = free_port(), free_port()
     env = _env(
-        UDAGRAM_DATA_DIR=str(tmp_path), UDAGRAM_API_PORT=str(port), AWS_ENDPOINT_URL=moto_server,
+        UDAGRAM_DATA_DIR=str(tmp_path), UDAGRAM_API_PORT=str(port), UDAGRAM_API_METRICS_PORT=str(metrics_port),
+        AWS_ENDPOINT_URL=moto_server,
         UDAGRAM_GROUPS_TABLE="cli-groups", UDAGRAM_IMAGES_TABLE="cli-images",
         UDAGRAM_ORIGINALS_BUCKET="cli-originals", UDAGRAM_PROCESSED_BUCKET="cli-processed",
         UDAGRAM_QUEUE_NAME="cli-uploads", UDAGRAM_DEAD_LETTER_QUEUE_NAME="cli-uploads-dlq",
@@ -76,6 +78,10 @@ def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
         # the JWKS the API serves is the one the token was signed with
         kid = jwt.get_unverified_header(token)["kid"]
         assert kid in [k["kid"] for k in httpx.get(f"{base}/.well-known/jwks.json").json()["keys"]]
+        # metrics on their own loopback listener (the DynamoDB calls made above), none on the public app
+        assert httpx.get(f"{base}/metrics", timeout=10).status_code == 404
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert 'udagram_dynamodb_calls_total{operation="PutItem"} 1.0' in metrics, metrics
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 
-from tests.graphql_api.conftest import CREATE_GROUP, CREATE_IMAGE, DELETE_GROUP, DELETE_IMAGE, REPROCESS
+from tests.graphql_api.conftest import (
+    CREATE_GROUP, CREATE_IMAGE, DELETE_GROUP, DELETE_IMAGE, REPROCESS, queued_reprocess_ids,
+)
 from udagram import data
 from udagram.aws import client
 
@@ -195,20 +195,6 @@ def test_image_in_a_deleted_group_is_refused(api):
     assert data.ImageModel.count() == 0
 
 
-def _queued_reprocess_ids(settings) -> list[str]:
-    sqs = client("sqs", settings)
-    url = sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
-    ids = []
-    for _ in range(3):
-        for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
-            for record in json.loads(message["Body"]).get("Records", []):
-                if record.get("eventSource") == "udagram:reprocess":
-                    ids.append(record["imageId"])
-        if ids:
-            break
-    return ids
-
-
 def test_reprocess_image_owner_only_sets_processing_and_queues(api):
     group = api.create_group("alice")
     result = api.create_image("alice", group["id"])
@@ -226,7 +212,7 @@ def test_reprocess_image_owner_only_sets_processing_and_queues(api):
     assert done == {"__typename": "Image", "id": image_id, "status": "PROCESSING", "error": None}
     stored = data.ImageModel.get(image_id)
     assert stored.status == "PROCESSING" and stored.error is None and stored.attempts == 0
-    assert _queued_reprocess_ids(api.settings) == [image_id]
+    assert queued_reprocess_ids(api.settings) == [image_id]
 
     assert api.gql(REPROCESS, {"id": "0" * 32}, user="alice")["reprocessImage"]["__typename"] == "NotFound"
     assert api.gql(REPROCESS, {"id": "zz"}, user="alice")["reprocessImage"]["__typename"] == "InvalidInput"

@@ -15,8 +15,8 @@ import json
 import time
 
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from graphql_api import auth
 from udagram.settings import Settings
@@ -41,6 +41,15 @@ FORGED = {
     "no aud": "'aud'",
     "no iss": "'iss'",
     "garbage": "malformed token",
+    # header and claim types the outside test sent (a number or list kid, crit gave HTTP 500)
+    "kid a number": "Key ID header parameter must be a string",
+    "kid a list": "Key ID header parameter must be a string",
+    "crit header": "Unsupported critical extension",
+    "crit not a list": "Invalid 'crit' header",
+    "alg a list": "algorithm must be RS256",
+    "aud a list without ours": "wrong audience",
+    "iss a list": "wrong issuer",
+    "sub huge": "subject (sub) is invalid",
 }
 
 
@@ -64,8 +73,16 @@ def signed(settings: Settings, algorithm: str = "RS256", headers: dict | None = 
                       headers={"kid": key.kid} if headers is None else headers)
 
 
+def raw_signed(settings: Settings, header: dict, payload: dict) -> str:
+    """Signed (RS256, the API's key) as is: PyJWT's encode refuses odd headers such as a number kid."""
+    signing_input = f"{b64(header)}.{b64(payload)}"
+    signature = auth.local_key(settings).private_key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{b64(signature)}"
+
+
 def forged(settings: Settings, case: str) -> str:
     key = auth.local_key(settings)
+    header = {"alg": "RS256", "typ": "JWT", "kid": key.kid}
     now = int(time.time())
     if case == "alg none":
         return f"{b64({'alg': 'none', 'typ': 'JWT', 'kid': key.kid})}.{b64(claims(settings))}."
@@ -113,4 +130,20 @@ def forged(settings: Settings, case: str) -> str:
         return signed(settings, iss=None)
     if case == "garbage":
         return "garbage.token.here"
+    if case == "kid a number":
+        return raw_signed(settings, header | {"kid": 12345}, claims(settings))
+    if case == "kid a list":
+        return raw_signed(settings, header | {"kid": [key.kid]}, claims(settings))
+    if case == "crit header":
+        return raw_signed(settings, header | {"crit": ["exp"]}, claims(settings))
+    if case == "crit not a list":
+        return raw_signed(settings, header | {"crit": "exp"}, claims(settings))
+    if case == "alg a list":
+        return raw_signed(settings, header | {"alg": ["RS256"]}, claims(settings))
+    if case == "aud a list without ours":
+        return signed(settings, aud=["someone-else", "another"])
+    if case == "iss a list":
+        return raw_signed(settings, header, claims(settings, iss=[settings.auth_issuer]))
+    if case == "sub huge":
+        return signed(settings, sub="a" * 5000)
     raise AssertionError(f"unknown forged-token case {case!r}")

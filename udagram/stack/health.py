@@ -65,6 +65,7 @@ def torchserve(settings: Settings) -> None:
 
 def api(settings: Settings) -> None:
     http_ok(f"http://{settings.host}:{settings.api_port}/healthz")
+    http_ok(f"http://{settings.api_metrics_host}:{settings.api_metrics_port}/metrics")
 
 
 def worker(settings: Settings) -> None:

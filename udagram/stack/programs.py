@@ -155,7 +155,8 @@ def services(settings: Settings) -> list[Program]:
                 title="GraphQL API and web page",
                 command=[udagram, "api"],
                 stage=SERVICES,
-                ports=(Port(settings.api_port, "API", "UDAGRAM_API_PORT"),),
+                ports=(Port(settings.api_port, "API", "UDAGRAM_API_PORT"),
+                       Port(settings.api_metrics_port, "API metrics", "UDAGRAM_API_METRICS_PORT")),
                 health=health.api,
             )
         )
