@@ -55,6 +55,13 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         typer.echo(issue_token(user, settings))
 
+    @app.command()
+    def schema() -> None:
+        """Print the GraphQL schema (SDL), as committed in schema.graphql: `udagram schema > schema.graphql`."""
+        from graphql_api.schema import schema_sdl
+
+        typer.echo(schema_sdl(), nl=False)
+
 
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)

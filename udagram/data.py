@@ -11,6 +11,11 @@ Keys, and why:
 - the rate-limit counters (udagram/ratelimit.py) are a third table, created with the others.
 - the built-in sign-in's `users` (by name) and `auth-grants` (by "<kind>:<hash or id>"): each read
   and written by key only, with conditions where single use matters.
+- `image-labels` is the search index: keyed by (normalised label, the image's created_key), so one
+  Query lists a label's images newest first and the cursor is again the created_key. Its index
+  `by_image` finds an image's entries (to remove them). `label-counts` holds one row per label
+  under the constant partition "LABEL" (range key: the normalised label) for autocomplete with
+  `begins_with`. Written only through `udagram/labels.py`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pynamodb.attributes import (
     UTCDateTimeAttribute,
 )
 from prometheus_client import Counter
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 from pynamodb.signals import pre_dynamodb_send
 
@@ -179,11 +184,55 @@ class ImageModel(Model):
     # reprocessImage queued a re-run no worker has leased yet (epoch seconds): further requests are
     # coalesced into it; the worker's lease removes it (workers/processor.py).
     rerun_requested_at = NumberAttribute(null=True)
+    # Set by the worker's DONE write, cleared once the search index matches the new predictions:
+    # a delivery that finds it set (after a crash in between) finishes the index (udagram/labels.py).
+    labels_pending = UnicodeAttribute(null=True)
     created_at = UTCDateTimeAttribute()
     processed_at = UTCDateTimeAttribute(null=True)
 
     by_group = ImagesByGroup()
     by_status = ImagesByStatus()
+
+
+class ImageLabelsByImage(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_image"
+        projection = KeysOnlyProjection()
+
+    image_id = UnicodeAttribute(hash_key=True)
+    label_key = UnicodeAttribute(range_key=True)
+
+
+class ImageLabelModel(Model):
+    """One search index entry: an image whose top 5 holds `label` at or above the confidence threshold."""
+
+    class Meta:
+        table_name = "udagram-image-labels"
+        region = "us-east-1"
+
+    label_key = UnicodeAttribute(hash_key=True)  # normalised label (labels.normalise)
+    created_key = UnicodeAttribute(range_key=True)  # the image's: newest first, and the cursor
+    image_id = UnicodeAttribute()
+    group_id = UnicodeAttribute()
+    label = UnicodeAttribute()  # as the model names it
+    probability = NumberAttribute()
+    revision = NumberAttribute(default=0)  # every write adds 1: a write that reads back 1 created it
+
+    by_image = ImageLabelsByImage()
+
+
+class LabelCountModel(Model):
+    """How many index entries a label has (autocomplete); rows reaching 0 are removed."""
+
+    class Meta:
+        table_name = "udagram-label-counts"
+        region = "us-east-1"
+
+    kind = UnicodeAttribute(hash_key=True, default="LABEL")  # one partition: begins_with on the range key
+    label_key = UnicodeAttribute(range_key=True)
+    label = UnicodeAttribute()
+    image_count = NumberAttribute(default=0)  # (not `count`: Model.count() is a method)
+
 
 
 class UserModel(Model):
@@ -223,12 +272,15 @@ class AuthGrantModel(Model):
     revoked_at = NumberAttribute(null=True)  # sessions: signed out, or a replayed secret
 
 
-MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, RateLimitModel, UserModel, AuthGrantModel)
+MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, RateLimitModel, ImageLabelModel, LabelCountModel,
+                                   UserModel, AuthGrantModel)
 # The setting naming each model's table.
 TABLE_SETTINGS: dict[type[Model], str] = {
     GroupModel: "groups_table",
     ImageModel: "images_table",
     RateLimitModel: "rate_limits_table",
+    ImageLabelModel: "image_labels_table",
+    LabelCountModel: "label_counts_table",
     UserModel: "users_table",
     AuthGrantModel: "auth_grants_table",
 }

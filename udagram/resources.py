@@ -4,7 +4,7 @@
 running it again changes nothing. With `settings.create_resources = False` (a locked-down AWS
 account where infrastructure is provisioned elsewhere) it creates nothing.
 
-- DynamoDB: the groups and images tables (`data.ensure_tables`).
+- DynamoDB: every table of `data.MODELS` (groups, images, the label index; `data.ensure_tables`).
 - S3: the originals and processed buckets, private (public access blocked where the server
   supports it); CORS on the originals bucket lets the web page's own origin POST uploads to it
   directly (nothing else, no other origin); no CORS on the processed bucket. In mode=local only

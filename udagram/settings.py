@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     users_table: str = "udagram-users"  # built-in provider: accounts
     auth_grants_table: str = "udagram-auth-grants"  # built-in provider: codes, refresh tokens, sessions
     rate_limits_table: str = "udagram-rate-limits"  # udagram/ratelimit.py: fixed-window counters (TTL)
+    image_labels_table: str = "udagram-image-labels"  # the search index: label -> images (udagram/labels.py)
+    label_counts_table: str = "udagram-label-counts"  # how many images carry each label (autocomplete)
     create_resources: bool = True  # create tables/buckets/queues if missing (off for locked-down AWS)
     # mode=local: whose generated keys (<data_dir>/secrets/<identity>.json) this process uses when no
     # AWS keys are given; the local stack gives the API "api", the worker "worker", others "none".
@@ -162,6 +164,9 @@ class Settings(BaseSettings):
     classifier_input_short_side: int = 584  # downscaled copy sent to TorchServe (2x its 292 px resize)
     torchserve_timeout_seconds: float = 30
     reprocess_max_outstanding: int = 16  # re-runs wait while the queue holds more: uploads stay first
+    # A label below this probability is "unsure": the title says "Probably <label> - 14.0%" and the
+    # search index leaves the label out (the overlay and `predictions` keep every number).
+    confidence_threshold: float = Field(0.2, ge=0, le=1)
 
     @model_validator(mode="after")
     def _local_defaults(self) -> "Settings":

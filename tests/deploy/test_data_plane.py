@@ -131,12 +131,15 @@ def test_table_keys_indexes_and_projections_equal_the_model(synth, model):
     table = _table_for(synth, model)
     props = table["Properties"]
     schema = model._get_schema()
-    assert sorted(props["KeySchema"], key=json.dumps) == sorted(schema["key_schema"], key=json.dumps)
-    assert sorted(props["AttributeDefinitions"], key=json.dumps) == sorted(schema["attribute_definitions"],
-                                                                           key=json.dumps)
+    def canonical(item: dict) -> str:  # the same order whatever order each side wrote the keys in
+        return json.dumps(item, sort_keys=True)
+
+    assert sorted(props["KeySchema"], key=canonical) == sorted(schema["key_schema"], key=canonical)
+    assert sorted(props["AttributeDefinitions"], key=canonical) == sorted(schema["attribute_definitions"],
+                                                                          key=canonical)
 
     def indexes(items, name_key, keys_key, projection_key):
-        return {i[name_key]: (sorted(i[keys_key], key=json.dumps), i[projection_key]) for i in items}
+        return {i[name_key]: (sorted(i[keys_key], key=canonical), i[projection_key]) for i in items}
 
     assert indexes(props.get("GlobalSecondaryIndexes", []), "IndexName", "KeySchema", "Projection") == \
         indexes(schema["global_secondary_indexes"], "index_name", "key_schema", "projection")

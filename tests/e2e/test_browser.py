@@ -272,6 +272,74 @@ def test_sign_in_create_group_upload_watch_it_processed_delete_and_sign_out(
     assert not [r.url for r in requests if "/auth/local/" in r.url]  # no password-less sign-in anywhere
 
 
+def test_search_by_label_from_the_search_box(local_stack, page: Page, chelsea_jpeg: Path, screenshot):
+    """Upload the cat photo; once processed, its top label is suggested while typing in the search
+    box; the results show it newest first with the model's confidence; a minimum confidence above
+    it hides it; a label below the confidence threshold does not find it; a result opens."""
+    base = _base_url(local_stack)
+    page.goto(base + "/")
+    page.get_by_label("User name").fill(f"sam-{uuid.uuid4().hex[:6]}")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_label("Name", exact=True).fill(f"Search {uuid.uuid4().hex[:6]}")
+    page.get_by_role("button", name="Create group").click()
+    page.get_by_test_id("upload-file").set_input_files(str(chelsea_jpeg))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    card = page.get_by_test_id("image-card").first
+    expect(card.get_by_test_id("image-card-title")).to_have_text(CAT_TITLE, timeout=PROCESSING_TIMEOUT_MS)
+    image_id = card.get_attribute("data-id")
+    predictions = local_stack.graphql(
+        "query($id: ID!) { image(id: $id) { predictions { label probability } } }", {"id": image_id}
+    )["image"]["predictions"]
+    top = predictions[0]
+    threshold = local_stack.settings.confidence_threshold
+    weak = [p for p in predictions if p["probability"] < threshold]
+    assert top["probability"] >= threshold and weak, predictions  # chelsea: one sure class, some unsure
+
+    # Typing the start of the label suggests it (with how many images carry it).
+    box = page.get_by_role("combobox", name="Search images by label")
+    box.press_sequentially(top["label"][:3].lower(), delay=50)
+    suggestions = page.get_by_test_id("search-suggestion")
+    ours = suggestions.filter(has_text=top["label"])
+    expect(ours).to_have_count(1, timeout=UI_TIMEOUT_MS)
+    assert int(ours.locator(".count").text_content()) >= 1
+    box.press("ArrowDown")  # the keyboard walks the suggestions
+    expect(suggestions.first).to_have_attribute("aria-selected", "true")
+    expect(box).to_have_attribute("aria-activedescendant", suggestions.first.get_attribute("id"))
+    screenshot(page, "search-suggestions")
+    ours.click()
+
+    expect(page).to_have_url(re.compile(r"#/search/[^?]+$"))
+    expect(page.get_by_test_id("search-heading")).to_have_text(f"Images labelled “{top['label']}”")
+    result = page.locator(f'#search-results li[data-id="{image_id}"]')
+    expect(result).to_be_visible()
+    expect(result.get_by_test_id("search-match")).to_have_text(
+        f"{top['label']}: {top['probability'] * 100:.1f}%")
+    assert page.get_by_test_id("search-results").get_by_test_id("image-card").first.get_attribute("data-id") == image_id
+    screenshot(page, "search-results")
+
+    # A minimum confidence above the label's probability leaves the image out.
+    above = next(v for v in (30, 50, 70, 90) if v / 100 > top["probability"])
+    page.get_by_test_id("search-min").select_option(str(above))
+    expect(page).to_have_url(re.compile(rf"\?min={above}$"))
+    expect(result).to_have_count(0)
+    page.get_by_test_id("search-min").select_option("0")
+    expect(result).to_be_visible()
+
+    # A label the model was unsure of is not searchable (typed and submitted with Enter).
+    box.fill(weak[0]["label"])
+    box.press("Enter")
+    expect(page.get_by_test_id("search-heading")).to_have_text(f"Images labelled “{weak[0]['label']}”")
+    expect(page.get_by_test_id("search-meta")).not_to_be_empty()
+    expect(page.locator(f'#search-results li[data-id="{image_id}"]')).to_have_count(0)
+
+    # Back to the results, and a result opens in the image dialog.
+    page.go_back()
+    expect(result).to_be_visible()
+    result.get_by_role("link").click()
+    expect(page.get_by_test_id("image-dialog")).to_be_visible()
+    expect(page.get_by_test_id("prediction")).to_have_count(5)
+
+
 # Appends an element the way an injection would, and reports what the policy made of it.
 _INJECT = """(kind) => new Promise((resolve) => {
     const probe = kind === "script" ? document.createElement("script") : document.createElement("p");

@@ -8,6 +8,7 @@ import { setUpGroups } from "./groups.js";
 import { setUpDialog } from "./image-dialog.js";
 import { setUpImageUpdates } from "./image-updates.js";
 import { startRouter } from "./router.js";
+import { setUpSearch } from "./search.js";
 import { setUpUpload } from "./upload.js";
 
 setUpGroups();
@@ -15,5 +16,6 @@ setUpGroup();
 setUpUpload();
 setUpDialog();
 setUpImageUpdates();
+setUpSearch();
 startAuth().catch(showError); // restores a kept session (or finishes a sign-in): the views re-render for its user
 startRouter();
