@@ -1,13 +1,12 @@
 """The API's Starlette app: /graphql (POST, and websockets speaking graphql-transport-ws for the
-subscriptions), /healthz, and in local mode the JWKS, a sign-in endpoint for named users and
-GraphiQL; the web page's static files at /. The process's Prometheus metrics are served on their
-own listener (`start_metrics_server`), not by this public app. While it runs, each process feeds
-the admin's bulk jobs (graphql_api/admin/feeder.py) and, while anyone is subscribed, watches
-DynamoDB for the subscriptions (graphql_api/live.py)."""
+subscriptions), /healthz, /auth/config (where the web page signs in), in local mode GraphiQL and
+the built-in OpenID provider (graphql_api/oidc_provider.py); the web page's static files at /. The
+process's Prometheus metrics are served on their own listener (`start_metrics_server`), not by this
+public app. While it runs, each process feeds the admin's bulk jobs (graphql_api/admin/feeder.py)
+and, while anyone is subscribed, watches DynamoDB for the subscriptions (graphql_api/live.py)."""
 
 from __future__ import annotations
 
-import json
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -29,15 +28,14 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET
 
-from graphql_api import auth
+from graphql_api import auth, oidc_provider
 from graphql_api.admin.feeder import Feeder
 from graphql_api.context import AppState, Context, authenticate, build_context
 from graphql_api.live import Watcher
 from graphql_api.schema import build_schema
-from graphql_api.security_headers import SecurityHeaders, graphiql_policy, page_policy
+from graphql_api.security_headers import SecurityHeaders, graphiql_policy, origin, page_policy
 from graphql_api.storage import Storage
 from udagram import data
-from udagram.resources import page_origins
 from udagram.settings import Settings, get_settings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -115,7 +113,7 @@ class GraphQLApp(GraphQL):
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
             connection_init_wait_timeout=timedelta(seconds=10),
             max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
-            allowed_origins=page_origins(settings),
+            allowed_origins=settings.page_origins,
             **kwargs,
         )
         self.state = state
@@ -163,36 +161,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    async def jwks(request: Request) -> JSONResponse:
-        return JSONResponse(auth.local_jwks(settings), headers={"Cache-Control": "public, max-age=300"})
-
-    async def local_token(request: Request) -> JSONResponse:
-        """Local mode's sign-in: a token for a named user (there are no passwords on a laptop)."""
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return JSONResponse({"error": 'send JSON: {"user": "<name>"}'}, status_code=400)
-        user = body.get("user") if isinstance(body, dict) else None
-        try:
-            auth.validate_user_name(user)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        token = auth.issue_token(user, settings)
-        return JSONResponse(
-            {"token": token, "user": user, "expiresIn": settings.token_ttl_seconds},
-            headers={"Cache-Control": "no-store"},
-        )
+    async def auth_config(request: Request) -> JSONResponse:
+        """What the web page needs to sign in: the issuer (discovery), its client id, the audience
+        (Auth0 issues a JWT access token only when the authorize request names it) and the scopes."""
+        config = {"issuer": settings.auth_issuer, "clientId": settings.auth_client_id,
+                  "audience": settings.auth_audience, "scopes": settings.auth_scopes}
+        if settings.builtin_idp:
+            config["signupEnabled"] = settings.auth_signup_enabled
+        return JSONResponse(config, headers={"Cache-Control": "no-cache"})
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
+        Route("/auth/config", auth_config, methods=["GET"]),
     ]
-    if local:
-        routes += [
-            Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-            Route("/auth/local/token", local_token, methods=["POST"]),
-        ]
+    if settings.builtin_idp:
+        routes += oidc_provider.routes(settings, state.verifier)
     if not STATIC_DIR.is_dir():
         STATIC_DIR.mkdir(parents=True, exist_ok=True)
     if not (STATIC_DIR / "index.html").exists():
@@ -204,8 +189,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=local_hosts(settings)))
     # Outermost, so the host and body-size refusals carry the headers too (docs/web.md).
     graphiql = {"/graphql": graphiql_policy(graphql.graphql_ide_html)} if local else {}
-    middleware.insert(0, Middleware(SecurityHeaders, policy=page_policy(state.storage, page_origins(settings)),
+    sign_in = [origin(settings.auth_issuer), *map(origin, settings.auth_connect_origins)]
+    middleware.insert(0, Middleware(SecurityHeaders, policy=page_policy(state.storage, settings.page_origins, sign_in),
                                      html_policies=graphiql))
+
     @asynccontextmanager
     async def lifespan(app: Starlette):
         feeder.start()

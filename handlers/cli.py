@@ -45,7 +45,10 @@ def build(
     batch_size: int = typer.Option(2, help="TorchServe dynamic batch size"),
     max_batch_delay: int = typer.Option(5, help="ms TorchServe waits to fill a batch"),
     workers: int = typer.Option(0, help="model workers (0: one per core)"),
-    threads: int = typer.Option(1, help="torch threads per worker (0: all cores)"),
+    threads: int = typer.Option(1, help="intra-op threads per worker (0: all cores)"),
+    runtime: Optional[str] = typer.Option(
+        None, help="onnx or torchscript (default: onnx, the faster, if it passes verification, else torchscript)"
+    ),
     store: Optional[Path] = typer.Option(None, help="model store directory (default: settings.model_store)"),
     force: bool = typer.Option(False, help="rebuild even if the archive exists"),
 ) -> None:
@@ -63,15 +66,23 @@ def build(
             labels=labels,
             batching=Batching(batch_size=batch_size, max_batch_delay_ms=max_batch_delay,
                               **({"workers": workers} if workers > 0 else {})),
-            torch_threads=threads,
+            threads=threads,
             force=force,
+            runtime=runtime,  # type: ignore[arg-type]
         )
     except ArchiveError as exc:
         _fail(str(exc))
         return
     meta = archive_info(path)["meta"]
     state = "kept (exists; --force rebuilds)" if existed and not force else "built"
-    typer.echo(f"{path} {state}: {meta['arch']}, {meta['num_classes']} classes, version {version}")
+    runtime_used = meta.get("runtime", "torchscript")
+    typer.echo(f"{path} {state}: {meta['arch']}, {meta['num_classes']} classes, version {version}, {runtime_used}")
+    checked = meta.get("verification") or {}
+    if checked and not (existed and not force):
+        typer.echo(f"verified on {checked['photos']} reference photos: same top 5 as the eager model, "
+                   f"max |Δp| {checked['max_abs_dp']:.1e}")
+        for rejected, why in checked.get("rejected", {}).items():
+            typer.echo(f"not {rejected}: {why}")
 
 
 @model_app.command()

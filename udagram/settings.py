@@ -6,8 +6,10 @@ Every variable is `UDAGRAM_<FIELD>` (e.g. `UDAGRAM_API_PORT=9000`), except the s
 usual names and meaning.
 
 `mode=local` (the default) is the embedded stack that `make up` runs on loopback: when no AWS
-endpoint is given, the endpoints point at the local S3/SQS/DynamoDB servers and fixed local
-credentials are used. `mode=aws` leaves endpoints and credentials to boto3's usual resolution.
+endpoint is given, the endpoints point at the local S3/SQS/DynamoDB servers, and unless AWS keys
+are given the process uses the keys of its local identity (`local_identity`), generated per
+install by `udagram up` (`udagram.stack.credentials`). `mode=aws` leaves endpoints and
+credentials to boto3's usual resolution.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-LOCAL_ACCESS_KEY = "udagram-local"
-LOCAL_SECRET_KEY = "udagram-local-secret"
+from udagram.stack import credentials
 
 
 def _aws(*names: str) -> AliasChoices:
@@ -40,11 +41,13 @@ class Settings(BaseSettings):
     api_port: int = 8000
     public_url: str | None = None  # how browsers reach the API; default http://host:api_port
     # Local mode answers only requests whose Host is public_url's, localhost, 127.0.0.1 or one of
-    # these (JSON list): a DNS-rebinding web page must not reach the password-less local sign-in.
+    # these (JSON list): a DNS-rebinding web page must not reach the local API and its sign-in.
     allowed_hosts: list[str] = []
     max_request_bytes: int = 64 * 1024
     max_upload_bytes: int = 20 * 1024 * 1024
-    upload_url_ttl_seconds: int = 900
+    # The page asks for the URL right before its POST, which must END within it (SeaweedFS checks the
+    # policy after the body): 20 MiB at 0.6 Mbit/s. Shorter: less time to use a deleted image's URL.
+    upload_url_ttl_seconds: int = 300
     download_url_ttl_seconds: int = 3600
     page_size_default: int = 20
     page_size_max: int = 100
@@ -73,12 +76,29 @@ class Settings(BaseSettings):
     reprocess_rate_limit: int = 10  # reprocessImage calls per user per window (all API processes together)
     reprocess_rate_limit_window_seconds: int = 60
 
-    # --- auth (RS256 JWT against a JWKS, Auth0-compatible) -------------------------------------
-    auth_issuer: str | None = None  # local: the API itself (public_url + "/")
-    auth_audience: str = "udagram"
-    auth_jwks_url: str | None = None  # local: public_url + "/.well-known/jwks.json"
+    # --- auth: OpenID Connect (docs/auth.md) ----------------------------------------------------
+    # The issuer whose RS256 access tokens the API accepts (keys from its discovery document) and
+    # where the web page signs in. Local mode's default is the API itself, public_url + "/": its
+    # built-in provider with accounts in DynamoDB (`udagram user add`).
+    auth_issuer: str | None = None
+    auth_audience: str = "udagram"  # the `aud` access tokens must carry (Auth0: the API identifier)
+    auth_audience_claim: Literal["aud", "client_id"] = "aud"  # Cognito: client_id (its access tokens have no aud)
+    auth_client_id: str = "udagram-web"  # the web page's client id at the issuer
+    auth_scopes: str = "openid profile offline_access"  # offline_access: refresh tokens (Auth0)
     auth_role_claim: str = "roles"  # the access-token claim holding the user's roles (a list)
-    token_ttl_seconds: int = 12 * 3600
+    auth_jwks_url: str | None = None  # overrides the discovery document's jwks_uri (rarely needed)
+    # Origins besides the issuer's that the page fetches from to sign in (JSON list; Cognito: its
+    # hosted-UI domain, where the token endpoint is); the page's CSP connect-src allows them.
+    auth_connect_origins: list[str] = []
+    auth_signup_enabled: bool = False  # built-in provider: anyone may create an account
+    auth_access_token_ttl_seconds: int = 900  # built-in provider; the page renews before expiry
+    auth_refresh_token_ttl_seconds: int = 14 * 24 * 3600  # a sign-in lasts this long unused
+    auth_code_ttl_seconds: int = 60  # authorization codes: single use, redeemed at once
+    token_ttl_seconds: int = 12 * 3600  # `udagram token` (the local admin path for scripts)
+    # Failed sign-ins at the built-in provider, counted per account and per address.
+    signin_max_failures_per_account: int = 5
+    signin_max_failures_per_address: int = 20
+    signin_failure_window_seconds: int = 900
 
     # --- AWS resources (same names locally and on AWS) -----------------------------------------
     aws_region: str = Field("us-east-1", validation_alias=_aws("AWS_REGION", "AWS_DEFAULT_REGION", "UDAGRAM_AWS_REGION"))
@@ -96,8 +116,15 @@ class Settings(BaseSettings):
     groups_table: str = "udagram-groups"
     images_table: str = "udagram-images"
     jobs_table: str = "udagram-jobs"  # admin bulk re-runs and their progress
+    users_table: str = "udagram-users"  # built-in provider: accounts
+    auth_grants_table: str = "udagram-auth-grants"  # built-in provider: codes, refresh tokens, sessions
     rate_limits_table: str = "udagram-rate-limits"  # udagram/ratelimit.py: fixed-window counters (TTL)
+    image_labels_table: str = "udagram-image-labels"  # the search index: label -> images (udagram/labels.py)
+    label_counts_table: str = "udagram-label-counts"  # how many images carry each label (autocomplete)
     create_resources: bool = True  # create tables/buckets/queues if missing (off for locked-down AWS)
+    # mode=local: whose generated keys (<data_dir>/secrets/<identity>.json) this process uses when no
+    # AWS keys are given; the local stack gives the API "api", the worker "worker", others "none".
+    local_identity: credentials.Identity = "admin"
 
     # --- local stand-ins (mode=local) ----------------------------------------------------------
     s3_port: int = 8333
@@ -124,6 +151,15 @@ class Settings(BaseSettings):
     worker_metrics_port: int = 9400
     worker_visibility_timeout_seconds: int = 60
     worker_max_attempts: int = 5  # tries before a poison image ends FAILED
+    # Deliveries of one message (carried across re-sends) before its image is finished with the last
+    # transient error and the message dead-lettered: about an hour of back-off with the defaults.
+    worker_max_message_tries: int = Field(16, ge=1)
+    # An original with no image record is deleted if it still has none this long after its event
+    # (re-queued with this DelaySeconds, so at most SQS's 900).
+    worker_orphan_grace_seconds: int = Field(60, ge=0, le=900)
+    # TorchServe answering 404 for the default model is taken for one still registering it (intake
+    # paused) this long; then intake resumes and such messages end after worker_max_message_tries.
+    worker_model_missing_grace_seconds: float = 120
     worker_stale_processing_seconds: int = 300  # PROCESSING this long without a live lease: re-queued
     worker_stale_upload_seconds: int = 30  # original uploaded, record still AWAITING_UPLOAD this long: re-queued
     max_original_bytes: int = 50 * 1024 * 1024
@@ -140,6 +176,9 @@ class Settings(BaseSettings):
     classifier_input_short_side: int = 584  # downscaled copy sent to TorchServe (2x its 292 px resize)
     torchserve_timeout_seconds: float = 30
     reprocess_max_outstanding: int = 16  # re-runs wait while the queue holds more: uploads stay first
+    # A label below this probability is "unsure": the title says "Probably <label> - 14.0%" and the
+    # search index leaves the label out (the overlay and `predictions` keep every number).
+    confidence_threshold: float = Field(0.2, ge=0, le=1)
 
     @model_validator(mode="after")
     def _local_defaults(self) -> "Settings":
@@ -157,18 +196,40 @@ class Settings(BaseSettings):
             self.dynamodb_endpoint_url = (
                 self.dynamodb_endpoint_url or base or f"http://{self.host}:{self.dynamodb_port}"
             )
-            self.aws_access_key_id = self.aws_access_key_id or LOCAL_ACCESS_KEY
-            self.aws_secret_access_key = self.aws_secret_access_key or LOCAL_SECRET_KEY
+            if self.aws_access_key_id is None and self.aws_secret_access_key is None:
+                keys = credentials.read(self.data_dir, self.local_identity)  # None before the first `up`
+                if keys:
+                    self.aws_access_key_id, self.aws_secret_access_key = keys["accessKeyId"], keys["secretAccessKey"]
             if self.auth_issuer is None:
                 self.auth_issuer = self.public_url + "/"
-            if self.auth_jwks_url is None:
-                self.auth_jwks_url = self.public_url + "/.well-known/jwks.json"
         else:
             # On AWS, boto3 resolves AWS_ENDPOINT_URL itself; keep the per-service ones explicit.
             self.s3_endpoint_url = self.s3_endpoint_url or self.aws_endpoint_url
             self.sqs_endpoint_url = self.sqs_endpoint_url or self.aws_endpoint_url
             self.dynamodb_endpoint_url = self.dynamodb_endpoint_url or self.aws_endpoint_url
         return self
+
+    @property
+    def page_origins(self) -> list[str]:
+        """Origins the web page runs on: public_url, and on loopback its localhost twin too."""
+        origins = [str(self.public_url)]
+        for a, b in (("//127.0.0.1:", "//localhost:"), ("//localhost:", "//127.0.0.1:")):
+            if a in origins[0]:
+                origins.append(origins[0].replace(a, b))
+        return origins
+
+    def as_local_identity(self, identity: credentials.Identity) -> "Settings":
+        """These settings with the keys of another local identity (e.g. `udagram up` creating the
+        buckets as admin). Only in mode=local, where the stand-ins know no other keys."""
+        if self.mode != "local":
+            return self
+        keys = credentials.read(self.data_dir, identity) or {"accessKeyId": None, "secretAccessKey": None}
+        return self.model_copy(update={"local_identity": identity, "aws_access_key_id": keys["accessKeyId"],
+                                       "aws_secret_access_key": keys["secretAccessKey"]})
+
+    def builtin_idp(self) -> bool:
+        """Whether the API is its own OpenID provider (local mode, no other issuer configured)."""
+        return self.mode == "local" and self.auth_issuer == self.public_url + "/"
 
     @property
     def local_signing_key_path(self) -> Path:

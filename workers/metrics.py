@@ -9,7 +9,9 @@ from typing import Iterator
 from prometheus_client import Counter, Gauge, Histogram
 
 PROCESSED = Counter("udagram_worker_images_processed_total", "Images that reached DONE")
-FAILED = Counter("udagram_worker_images_failed_total", "Images that ended FAILED (poison input)")
+FAILED = Counter("udagram_worker_images_failed_total", "Images that ended FAILED (poison input, given up)")
+RERUNS_FAILED = Counter("udagram_worker_reruns_failed_total",
+                        "Re-runs that failed while the image kept its earlier result (error recorded)")
 RETRIES = Counter("udagram_worker_retries_total", "Deliveries backed off for a transient fault", ["reason"])
 SKIPPED = Counter("udagram_worker_messages_skipped_total", "Records acknowledged without work", ["reason"])
 DEAD_LETTERED = Counter("udagram_worker_dead_lettered_total", "Messages moved to the DLQ by the worker")
@@ -18,7 +20,7 @@ CIRCUIT_OPEN = Gauge("udagram_worker_model_server_circuit_open", "1 while TorchS
 STAGE_SECONDS = Histogram(
     "udagram_worker_stage_seconds",
     "Time per processing stage",
-    ["stage"],  # lease, download, decode, predict, render, upload, update
+    ["stage"],  # lease, download, decode, predict, render, upload, update, index
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 

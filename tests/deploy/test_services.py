@@ -96,6 +96,8 @@ def ids(synth) -> dict[str, str]:
         "groups": _named(synth, "AWS::DynamoDB::Table", "TableName", "GroupsTable"),
         "images": _named(synth, "AWS::DynamoDB::Table", "TableName", "ImagesTable"),
         "jobs": _named(synth, "AWS::DynamoDB::Table", "TableName", "JobsTable"),
+        "image_labels": _named(synth, "AWS::DynamoDB::Table", "TableName", "ImageLabelsTable"),
+        "label_counts": _named(synth, "AWS::DynamoDB::Table", "TableName", "LabelCountsTable"),
         "rate_limits": _named(synth, "AWS::DynamoDB::Table", "TableName", "RateLimitsTable"),
         "models": next(k for k, r in synth.resources("AWS::S3::Bucket").items()
                        if r["Properties"].get("VersioningConfiguration")),
@@ -105,11 +107,12 @@ def ids(synth) -> dict[str, str]:
 # ---- least privilege: each role exactly the calls its code makes ----------------------------------
 
 def test_api_role_is_exactly_what_the_api_calls(synth, ids):
-    o, p, q, g, i, j, r = (ids[k] for k in ("originals", "processed", "queue", "groups", "images", "jobs",
-                                            "rate_limits"))
+    o, p, q, g, i, j = ids["originals"], ids["processed"], ids["queue"], ids["groups"], ids["images"], ids["jobs"]
+    labels, counts = ids["image_labels"], ids["label_counts"]
     dynamodb = {"BatchGetItem", "DeleteItem", "GetItem", "PutItem", "Query", "UpdateItem"}
     tables = [f"<{g}>", f"<{g}>/index/by_created", f"<{i}>", f"<{i}>/index/by_group", f"<{i}>/index/by_status",
-              f"<{j}>", f"<{j}>/index/by_state", f"<{r}>"]
+              f"<{j}>", f"<{j}>/index/by_state", f"<{labels}>", f"<{labels}>/index/by_image", f"<{counts}>",
+              f"<{ids['rate_limits']}>"]
     assert _grants(synth, _task_role(synth, "api")) == {
         # presigned POST (PutObject), presigned GET / HeadObject (GetObject), delete, on the app's prefixes
         *{(f"s3:{a}", f"<{o}>/originals/*") for a in ("PutObject", "GetObject", "DeleteObject")},
@@ -127,6 +130,8 @@ def test_worker_role_is_exactly_what_the_worker_calls(synth, ids):
            "SendMessage"}
     dynamodb = {"BatchGetItem", "GetItem", "Query", "Scan", "UpdateItem"}
     tables = [f"<{i}>", f"<{i}>/index/by_group", f"<{i}>/index/by_status"]
+    label_index = {"DeleteItem", "Query", "Scan", "UpdateItem"}  # udagram/labels.py, `udagram labels rebuild`
+    label_tables = [f"<{ids['image_labels']}>", f"<{ids['image_labels']}>/index/by_image", f"<{ids['label_counts']}>"]
     assert _grants(synth, _task_role(synth, "worker")) == {
         *{(f"sqs:{a}", f"<{q}>") for a in sqs},
         ("sqs:GetQueueUrl", f"<{d}>"), ("sqs:SendMessage", f"<{d}>"),
@@ -134,6 +139,7 @@ def test_worker_role_is_exactly_what_the_worker_calls(synth, ids):
         ("s3:ListBucket", f"<{o}>"),
         ("s3:PutObject", f"<{p}>/processed/*"), ("s3:DeleteObject", f"<{p}>/processed/*"),
         *{(f"dynamodb:{a}", t) for a in dynamodb for t in tables},
+        *{(f"dynamodb:{a}", t) for a in label_index for t in label_tables},
     }
 
 

@@ -73,8 +73,7 @@ def api_process(settings: Settings, log: Path, public_url: str | None = None, **
             assert time.monotonic() < deadline, f"udagram api not healthy:\n{log.read_text()[-3000:]}"
             time.sleep(0.2)
         seen = settings.model_copy(update={"api_port": port, "public_url": public_url,
-                                           "auth_issuer": public_url + "/",
-                                           "auth_jwks_url": public_url + "/.well-known/jwks.json"})
+                                           "auth_issuer": public_url + "/"})
         yield ApiProcess(url=url, settings=seen)
     finally:
         stop_process_group(process)

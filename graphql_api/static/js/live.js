@@ -10,7 +10,7 @@
 // A subscription has handlers: next(data) (true when it is over), poll() (the socket is down or
 // the server refused the subscription: poll instead) and unpoll() (live again: stop polling; the
 // subscription is sent again and its first message is the current state, so nothing is missed).
-import { authorizationHeader, onAuthChange } from "./auth.js";
+import { authorizationHeader, currentUser, onAuthChange } from "./auth.js";
 import { isFinal, onImageUpdate as onPolledImage, startPolling, stopAllPolling, stopPolling } from "./polling.js";
 import { Q } from "./queries.js";
 
@@ -27,6 +27,7 @@ let acknowledged = false;
 let reconnectDelay = RECONNECT_FIRST_MS;
 let reconnectTimer = null;
 let lastId = 0;
+let socketUser = null; // whose token the socket sent in connection_init (null: anonymous)
 
 // `listener(image)` receives every fresh copy of a watched image, live or polled.
 export function onImageUpdate(listener) {
@@ -41,8 +42,16 @@ function connect() {
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/graphql`, PROTOCOL);
   socket = ws;
   const ackTimer = setTimeout(() => ws.close(), ACK_TIMEOUT_MS);
-  ws.addEventListener("open", () => {
-    const authorization = authorizationHeader();
+  ws.addEventListener("open", async () => {
+    const user = currentUser();
+    let authorization = null;
+    try {
+      authorization = await authorizationHeader(); // renewed first if it is about to expire
+    } catch (e) {
+      /* the issuer is unreachable: anonymous (subscriptions are public) */
+    }
+    if (ws !== socket || ws.readyState !== WebSocket.OPEN) return;
+    socketUser = authorization ? user : null;
     ws.send(JSON.stringify({ type: "connection_init", payload: authorization ? { authorization } : {} }));
   });
   ws.addEventListener("message", (event) => {
@@ -119,9 +128,10 @@ function onClosed() {
   reconnectDelay = Math.min(reconnectDelay * 2, RECONNECT_MAX_MS);
 }
 
-// Another user (or none): a new connection, so private subscriptions run as them.
+// Another user (or none): a new connection, so private subscriptions run as them. A renewed
+// token of the same user changes nothing here (the socket checked who it is when it opened).
 function reconnectAsNewUser() {
-  if (!socket) return;
+  if (!socket || currentUser() === socketUser) return;
   const old = socket;
   socket = null;
   acknowledged = false;

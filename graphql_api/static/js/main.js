@@ -2,6 +2,7 @@
 // Talks to the GraphQL API at /graphql; uploads go straight to S3 with the presigned POST the API
 // returns. Every piece of API data reaches the page through textContent / attributes, never HTML.
 import { startAuth } from "./auth.js";
+import { showError } from "./messages.js";
 import { setUpGroup } from "./group.js";
 import { setUpGroups } from "./groups.js";
 import { setUpDialog } from "./image-dialog.js";
@@ -9,6 +10,7 @@ import { setUpImageUpdates } from "./image-updates.js";
 import { startLive } from "./live.js";
 import { setUpAdmin } from "./admin.js";
 import { startRouter } from "./router.js";
+import { setUpSearch } from "./search.js";
 import { setUpUpload } from "./upload.js";
 
 setUpGroups();
@@ -16,7 +18,8 @@ setUpGroup();
 setUpUpload();
 setUpDialog();
 setUpImageUpdates();
+setUpSearch();
 setUpAdmin();
-startAuth(); // restores a kept session: the views wired above render for its user
-startLive(); // after the session: the socket signs in with its token
+startAuth().catch(showError); // restores a kept session (or finishes a sign-in): the views re-render for its user
+startLive(); // the socket signs in with the session's token, and again as whoever signs in later
 startRouter();

@@ -10,12 +10,14 @@ import { loadAdmin } from "./admin.js";
 import { unwatchAll } from "./live.js";
 import { Q } from "./queries.js";
 import { parseRoute } from "./routes.js";
+import { showSearch } from "./search.js";
 import { view } from "./view.js";
 
 function setView(name) {
   $("groups-view").hidden = name !== "groups";
   $("group-view").hidden = name !== "group";
   $("admin-view").hidden = name !== "admin";
+  $("search-view").hidden = name !== "search";
   $("loading").hidden = name !== "loading";
 }
 
@@ -33,9 +35,9 @@ async function route() {
   const seq = ++view.routeSeq;
   const r = parseRoute();
   try {
-    if (r.name === "groups") {
-      showOutsideGroups("groups", "Udagram");
-      await loadGroups(seq);
+    if (r.name === "groups" || r.name === "search") {
+      showOutsideGroups(r.name, "Udagram");
+      await (r.name === "groups" ? loadGroups(seq) : showSearch(r, seq));
     } else if (r.name === "admin") {
       showOutsideGroups("admin", "Admin · Udagram");
       await loadAdmin(seq);

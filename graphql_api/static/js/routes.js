@@ -1,7 +1,8 @@
 // The page's addresses: #/ (groups), #/groups/<id>, #/images/<id> (the image dialog over its group),
-// #/admin (the admin view).
+// #/search/<label>[?min=<percent>] (images with a label), #/admin (the admin view).
 export const groupHref = (id) => `#/groups/${encodeURIComponent(id)}`;
 export const imageHref = (id) => `#/images/${encodeURIComponent(id)}`;
+export const searchHref = (label, min = 0) => `#/search/${encodeURIComponent(label)}${min ? `?min=${min}` : ""}`;
 
 export function parseRoute() {
   const hash = location.hash || "#/";
@@ -10,5 +11,15 @@ export function parseRoute() {
   m = hash.match(/^#\/images\/([^/?#]+)$/);
   if (m) return { name: "image", id: decodeURIComponent(m[1]) };
   if (hash === "#/admin") return { name: "admin" };
+  m = hash.match(/^#\/search\/([^/?#]+)(?:\?min=(\d{1,2}))?$/);
+  if (m) return { name: "search", label: safeDecode(m[1]), min: Number(m[2] || 0) };
   return { name: "groups" };
+}
+
+function safeDecode(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch (e) {
+    return text; // a hand-typed address with a stray "%": search for it as typed
+  }
 }
