@@ -13,6 +13,7 @@ import httpx
 import jwt
 
 from graphql_api import accounts, auth
+from tests.fixtures.aws import TEST_KEYS
 from tests.fixtures.ports import free_port
 from tests.fixtures.stack import settings_from
 from tests.graphql_api.oidc_flow import PASSWORD, tokens_for
@@ -61,6 +62,8 @@ def _moto_env(moto_server: str, tmp_path: Path, **values: str) -> dict[str, str]
     suffix = tmp_path.name[-12:].replace("_", "-").lower()
     return _env(
         UDAGRAM_DATA_DIR=str(tmp_path), AWS_ENDPOINT_URL=moto_server,
+        # the moto server takes any keys; local mode has no fixed ones (they come from `udagram up`)
+        AWS_ACCESS_KEY_ID=TEST_KEYS["accessKeyId"], AWS_SECRET_ACCESS_KEY=TEST_KEYS["secretAccessKey"],
         UDAGRAM_GROUPS_TABLE=f"cli-groups-{suffix}", UDAGRAM_IMAGES_TABLE=f"cli-images-{suffix}",
         UDAGRAM_USERS_TABLE=f"cli-users-{suffix}", UDAGRAM_AUTH_GRANTS_TABLE=f"cli-grants-{suffix}",
         UDAGRAM_RATE_LIMITS_TABLE=f"cli-limits-{suffix}",
