@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import httpx
-
-from tests.fixtures.aws import _stop as stop_process_group
+from tests.fixtures.aws import udagram_api
 from tests.fixtures.ports import free_port
 from udagram.settings import Settings
 
-UDAGRAM = str(Path(sys.executable).parent / "udagram")
 _AWS_NAMES = {"s3_endpoint_url": "AWS_ENDPOINT_URL_S3", "sqs_endpoint_url": "AWS_ENDPOINT_URL_SQS",
               "dynamodb_endpoint_url": "AWS_ENDPOINT_URL_DYNAMODB", "aws_region": "AWS_REGION",
               "aws_access_key_id": "AWS_ACCESS_KEY_ID", "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY"}
@@ -58,22 +52,6 @@ def api_process(settings: Settings, log: Path, public_url: str | None = None, **
     url = f"http://127.0.0.1:{port}"
     public_url = public_url or url
     env = api_env(settings, port, public_url, **overrides)
-    with log.open("wb") as out:
-        process = subprocess.Popen([UDAGRAM, "api"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"udagram api not healthy:\n{log.read_text()[-3000:]}"
-            time.sleep(0.2)
-        seen = settings.model_copy(update={"api_port": port, "public_url": public_url,
-                                           "auth_issuer": public_url + "/"})
-        yield ApiProcess(url=url, settings=seen)
-    finally:
-        stop_process_group(process)
+    with udagram_api(env, log):
+        yield ApiProcess(url=url, settings=settings.model_copy(update={
+            "api_port": port, "public_url": public_url, "auth_issuer": public_url + "/"}))

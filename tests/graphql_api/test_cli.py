@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import jwt
 
 from graphql_api import accounts, auth
-from tests.fixtures.aws import TEST_KEYS
+from tests.fixtures.aws import TEST_KEYS, udagram_api
 from tests.fixtures.ports import free_port
 from tests.fixtures.stack import settings_from
 from tests.graphql_api.oidc_flow import PASSWORD, tokens_for
@@ -118,22 +116,7 @@ def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
     (code flow with PKCE) and writes."""
     port, metrics_port = free_port(), free_port()
     env = _moto_env(moto_server, tmp_path, UDAGRAM_API_PORT=str(port), UDAGRAM_API_METRICS_PORT=str(metrics_port))
-    log = tmp_path / "api.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([UDAGRAM, "api"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
+    with udagram_api(env, tmp_path / "api.log") as base:
         token = subprocess.run([UDAGRAM, "token", "--user", "carol"], capture_output=True, text=True,
                                timeout=120, env=env, check=True).stdout.strip()
         response = httpx.post(f"{base}/graphql", headers={"Authorization": f"Bearer {token}"}, timeout=30, json={
@@ -153,6 +136,3 @@ def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
             response = client.post("/graphql", headers={"Authorization": f"Bearer {access}"}, json={
                 "query": "{ me { id roles } }"})
             assert response.json() == {"data": {"me": {"id": "dora", "roles": ["admin"]}}}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
