@@ -14,10 +14,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
 
-from graphql_api.auth import validate_user_name
+from graphql_api.auth import ADMIN_ROLE, validate_user_name
 from udagram import data
 
-ADMIN = "admin"
+ADMIN = ADMIN_ROLE  # may use the admin view (graphql_api/admin/)
 ROLES = (ADMIN,)
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024  # hashing a megabyte per attempt would be a cheap denial of service

@@ -1,10 +1,14 @@
-"""The API's Starlette app: /graphql, /healthz, /auth/config (where the web page signs in), in
-local mode GraphiQL and the built-in OpenID provider (graphql_api/oidc_provider.py); the web page's
-static files at /. The process's Prometheus metrics are served on their own listener
-(`start_metrics_server`), not by this public app."""
+"""The API's Starlette app: /graphql (POST, and websockets speaking graphql-transport-ws for the
+subscriptions), /healthz, /auth/config (where the web page signs in), in local mode GraphiQL and
+the built-in OpenID provider (graphql_api/oidc_provider.py); the web page's static files at /. The
+process's Prometheus metrics are served on their own listener (`start_metrics_server`), not by this
+public app. While it runs, each process feeds the admin's bulk jobs (graphql_api/admin/feeder.py)
+and, while anyone is subscribed, watches DynamoDB for the subscriptions (graphql_api/live.py)."""
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,13 +20,18 @@ from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UNSET
 
 from graphql_api import auth, oidc_provider
-from graphql_api.context import AppState, build_context
+from graphql_api.admin.feeder import Feeder
+from graphql_api.context import AppState, Context, authenticate, build_context
+from graphql_api.live import Watcher
 from graphql_api.schema import build_schema
 from graphql_api.security_headers import SecurityHeaders, graphiql_policy, origin, page_policy
 from graphql_api.storage import Storage
@@ -92,12 +101,34 @@ class _TooLarge(Exception):
 
 
 class GraphQLApp(GraphQL):
+    """Strawberry's ASGI view. Websockets: graphql-transport-ws only; a handshake whose Origin is
+    neither the page's (public_url, or its localhost twin) nor the Host it was sent to is refused
+    (403: cross-site WebSocket hijacking); a connection_init whose `authorization` is refused
+    closes the socket with 4403."""
+
     def __init__(self, state: AppState, **kwargs: Any) -> None:
-        super().__init__(build_schema(state.settings), **kwargs)
+        settings = state.settings
+        super().__init__(
+            build_schema(settings),
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            connection_init_wait_timeout=timedelta(seconds=10),
+            max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+            allowed_origins=settings.page_origins,
+            **kwargs,
+        )
         self.state = state
 
     async def get_context(self, request, response):  # type: ignore[override]
         return await build_context(self.state, request, response)
+
+    async def on_ws_connect(self, context: Context):  # type: ignore[override]
+        authorization = (context.connection_params or {}).get("authorization")
+        if authorization is not None:  # none: anonymous, for public data
+            context.user, context.auth_error = None, None
+            await authenticate(context, authorization)
+            if context.user is None:
+                raise ConnectionRejectionError({"reason": context.auth_error})
+        return UNSET
 
 
 def local_hosts(settings: Settings) -> list[str]:
@@ -118,7 +149,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     data.configure(settings)
     local = settings.mode == "local"
-    state = AppState(settings=settings, verifier=auth.TokenVerifier(settings), storage=Storage(settings))
+    feeder = Feeder(settings)
+    state = AppState(settings=settings, verifier=auth.TokenVerifier(settings), storage=Storage(settings),
+                     watcher=Watcher(settings), feeder=feeder)
     graphql = GraphQLApp(
         state,
         graphql_ide="graphiql" if local else None,
@@ -140,6 +173,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
         Route("/auth/config", auth_config, methods=["GET"]),
     ]
     if settings.builtin_idp:
@@ -156,7 +190,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # Outermost, so the host and body-size refusals carry the headers too (docs/web.md).
     graphiql = {"/graphql": graphiql_policy(graphql.graphql_ide_html)} if local else {}
     sign_in = [origin(settings.auth_issuer), *map(origin, settings.auth_connect_origins)]
-    middleware.insert(0, Middleware(SecurityHeaders, policy=page_policy(state.storage, sign_in), html_policies=graphiql))
-    app = Starlette(routes=routes, middleware=middleware)
+    middleware.insert(0, Middleware(SecurityHeaders, policy=page_policy(state.storage, settings.page_origins, sign_in),
+                                     html_policies=graphiql))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        feeder.start()
+        try:
+            yield
+        finally:
+            await feeder.stop()
+            await state.watcher.close()
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.udagram = state
     return app

@@ -37,6 +37,7 @@ from udagram.settings import Settings
 ALGORITHM = "RS256"
 # Local user names: what the sign-in form accepts and `udagram token --user` takes.
 USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+ADMIN_ROLE = "admin"  # the role that may use the admin view (graphql_api/admin/)
 
 
 class AuthError(Exception):
@@ -47,6 +48,10 @@ class AuthError(Exception):
 class User:
     id: str  # the token's `sub`
     roles: tuple[str, ...] = ()  # the token's role claim (settings.auth_role_claim)
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN_ROLE in self.roles
 
 
 def validate_user_name(user: str) -> str:

@@ -10,6 +10,14 @@ import typer
 user_app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
+def server_options(settings) -> dict:
+    """How uvicorn serves the API: on settings.host:api_port; a websocket message over
+    `max_request_bytes` closes the socket (1009) before it is buffered, as the body cap refuses
+    an HTTP request."""
+    return dict(host=settings.host, port=settings.api_port, log_level=settings.log_level.lower(),
+                proxy_headers=False, ws_max_size=settings.max_request_bytes)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(user_app, name="user", help="Accounts of the built-in sign-in (local mode).")
 
@@ -26,22 +34,19 @@ def register(app: typer.Typer) -> None:
         settings = get_settings()
         resources.ensure_resources(settings)
         start_metrics_server(settings)
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.api_port,
-            log_level=settings.log_level.lower(),
-            proxy_headers=False,
-        )
+        uvicorn.run(create_app(settings), **server_options(settings))
 
     @app.command()
-    def token(user: str = typer.Option(..., "--user", help="Local user name (becomes the token's sub).")) -> None:
+    def token(
+        user: str = typer.Option(..., "--user", help="Local user name (becomes the token's sub)."),
+        admin: bool = typer.Option(False, "--admin", help="Give the token the admin role (the admin view)."),
+    ) -> None:
         """Print a bearer token for USER, for scripts and GraphiQL (only the token, on stdout).
 
         The local admin path: it signs with the built-in provider's key (.data/auth, mode 0600), so
         it works for whoever may read that file, for any name, without a password.
         """
-        from graphql_api.auth import issue_token, validate_user_name
+        from graphql_api.auth import ADMIN_ROLE, issue_token, validate_user_name
         from udagram.settings import get_settings
 
         settings = get_settings()
@@ -53,7 +58,7 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             typer.echo(f"invalid --user: {exc}", err=True)
             raise typer.Exit(2)
-        typer.echo(issue_token(user, settings))
+        typer.echo(issue_token(user, settings, roles=(ADMIN_ROLE,) if admin else ()))
 
     @app.command()
     def schema() -> None:

@@ -3,10 +3,11 @@
 The web page gets a strict Content-Security-Policy: scripts and styles only from the API's own
 origin (no inline script or style), pictures also from the S3 endpoints that presigned URLs point
 at (plus data: for the favicon and blob: for the local preview of an upload), connections only to
-the API, the presigned POST's endpoint and the sign-in issuer, no framing, no <base>, no plugins. The S3 origins are
-read off real presigned URLs at startup: boto3 writes path-style URLs for an explicit endpoint or a
-bucket name with dots and virtual-hosted ones (bucket.s3.amazonaws.com, not the regional name)
-otherwise, and a wrong guess would silently hide every picture.
+the API (and its websocket, ws:/wss:), the presigned POST's endpoint and the sign-in issuer, no
+framing, no <base>, no plugins. The S3 origins are read off real presigned URLs at startup: boto3
+writes path-style URLs for an explicit endpoint or a bucket name with dots and virtual-hosted ones
+(bucket.s3.amazonaws.com, not the regional name) otherwise, and a wrong guess would silently hide
+every picture.
 
 GraphiQL (local mode: the HTML answer at /graphql) is Strawberry's page with an inline script and
 React/GraphiQL from unpkg.com; it gets its own policy, the inline script allowed by its hash.
@@ -62,15 +63,21 @@ def _policy(**directives: Iterable[str]) -> str:
     return "; ".join(" ".join([name, *sources]) for name, sources in merged.items())
 
 
-def page_policy(storage: Storage, sign_in_origins: Iterable[str] = ()) -> str:
-    """`sign_in_origins`: where the page's OpenID client fetches the issuer's discovery document
+def websocket_origins(page_origins: Iterable[str]) -> list[str]:
+    """ws://host for an http:// page, wss://host for an https:// one."""
+    return [origin.replace("http", "ws", 1) for origin in page_origins]
+
+
+def page_policy(storage: Storage, page_origins: Iterable[str] = (), sign_in_origins: Iterable[str] = ()) -> str:
+    """`page_origins`: where the page runs (its websocket goes back there, ws:/wss:);
+    `sign_in_origins`: where the page's OpenID client fetches the issuer's discovery document
     and tokens (the issuer's origin, and e.g. Cognito's separate token endpoint domain)."""
     pictures, uploads = storage_origins(storage)
     return _policy(
         script_src=["'self'"],
         style_src=["'self'"],
         img_src=["'self'", *pictures, "data:", "blob:"],
-        connect_src=["'self'", *uploads, *sorted(set(sign_in_origins))],
+        connect_src=["'self'", *websocket_origins(page_origins), *uploads, *sorted(set(sign_in_origins))],
     )
 
 

@@ -1,5 +1,6 @@
 """The data layer shared by the API and the worker: groups and images in DynamoDB (PynamoDB), the
-rate-limit counters, and the accounts and sign-in grants of the API's built-in sign-in (docs/auth.md).
+rate-limit counters, the admin's bulk jobs, the label search index, and the accounts and sign-in
+grants of the API's built-in sign-in (docs/auth.md).
 
 Keys, and why:
 - `images` is keyed by the image id, so the worker (which learns the id from the S3 object key)
@@ -8,7 +9,11 @@ Keys, and why:
   `by_status` (status, status_changed_at) finds the stuck ones for the worker's reconciliation.
 - `groups` is keyed by id; the index `by_created` (kind, created_key) lists all groups newest
   first. `created_key` is "<ISO time>#<id>", unique and ordered, and doubles as the cursor.
+  `image_changes` counts additions, deletions and re-runs of the group's images: live group
+  subscriptions (graphql_api/live.py) read it to know when to look at the group's images again.
 - the rate-limit counters (udagram/ratelimit.py) are a third table, created with the others.
+- `jobs` holds the admin's bulk re-runs (graphql_api/admin/) with their progress and the lease
+  of the API process feeding each; `by_state` lists the running ones.
 - the built-in sign-in's `users` (by name) and `auth-grants` (by "<kind>:<hash or id>"): each read
   and written by key only, with conditions where single use matters.
 - `image-labels` is the search index: keyed by (normalised label, the image's created_key), so one
@@ -32,9 +37,11 @@ from pynamodb.attributes import (
     NumberAttribute,
     TTLAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
     UTCDateTimeAttribute,
 )
 from prometheus_client import Counter
+from pynamodb.exceptions import UpdateError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 from pynamodb.signals import pre_dynamodb_send
@@ -133,6 +140,7 @@ class GroupModel(Model):
     owner = UnicodeAttribute()
     created_at = UTCDateTimeAttribute()
     image_count = NumberAttribute(default=0)
+    image_changes = NumberAttribute(null=True)  # bumped with every addition, deletion, re-run
 
     by_created = GroupsByCreated()
 
@@ -192,6 +200,49 @@ class ImageModel(Model):
 
     by_group = ImagesByGroup()
     by_status = ImagesByStatus()
+
+
+class JobState(str, enum.Enum):
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+
+
+class JobsByState(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_state"
+        projection = AllProjection()
+
+    state = UnicodeAttribute(hash_key=True)
+    created_key = UnicodeAttribute(range_key=True)
+
+
+class JobModel(Model):
+    """A bulk re-run: which images (`kind`, `selected_before`), how far it got, who feeds it."""
+
+    class Meta:
+        table_name = "udagram-jobs"
+        region = "us-east-1"
+
+    id = UnicodeAttribute(hash_key=True)
+    kind = UnicodeAttribute()  # graphql_api.admin.jobs.JobKind
+    state = UnicodeAttribute(default=JobState.RUNNING.value)
+    created_key = UnicodeAttribute()
+    created_at = UTCDateTimeAttribute()
+    created_by = UnicodeAttribute()
+    # Images whose status changed after this (sortable_time) are not selected: they are new, or
+    # already re-run by this job.
+    selected_before = UnicodeAttribute()
+    model_version = UnicodeAttribute(null=True)  # re-run through this TorchServe version
+    total = NumberAttribute(default=0)
+    queued = NumberAttribute(default=0)
+    finished = NumberAttribute(default=0)
+    cursor = UnicodeAttribute(null=True)  # "<status_changed_at>#<id>" of the last image looked at
+    outstanding = UnicodeSetAttribute(null=True)  # queued, not finished yet
+    lease_owner = UnicodeAttribute(null=True)
+    lease_expires_at = NumberAttribute(null=True)  # epoch seconds
+    finished_at = UTCDateTimeAttribute(null=True)
+
+    by_state = JobsByState()
 
 
 class ImageLabelsByImage(GlobalSecondaryIndex):
@@ -272,13 +323,14 @@ class AuthGrantModel(Model):
     revoked_at = NumberAttribute(null=True)  # sessions: signed out, or a replayed secret
 
 
-MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, RateLimitModel, ImageLabelModel, LabelCountModel,
-                                   UserModel, AuthGrantModel)
+MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, RateLimitModel, JobModel, ImageLabelModel,
+                                   LabelCountModel, UserModel, AuthGrantModel)
 # The setting naming each model's table.
 TABLE_SETTINGS: dict[type[Model], str] = {
     GroupModel: "groups_table",
     ImageModel: "images_table",
     RateLimitModel: "rate_limits_table",
+    JobModel: "jobs_table",
     ImageLabelModel: "image_labels_table",
     LabelCountModel: "label_counts_table",
     UserModel: "users_table",
@@ -377,7 +429,66 @@ def condition_failed(exc: Exception) -> bool:
 
 
 def add_to_image_count(group_id: str, delta: int) -> None:
-    """Atomic ADD on the group's counter; fails (PutError/UpdateError) if the group is gone."""
+    """Atomic ADD on the group's counter (and its change marker); fails (PutError/UpdateError)
+    if the group is gone."""
     GroupModel(id=group_id).update(
-        actions=[GroupModel.image_count.add(delta)], condition=GroupModel.id.exists()
+        actions=[GroupModel.image_count.add(delta), GroupModel.image_changes.add(1)],
+        condition=GroupModel.id.exists(),
     )
+
+
+def touch_groups(group_ids: Iterable[str]) -> None:
+    """Bump the change marker of groups whose images are re-run (a finished image is about to be
+    processed again): their live subscribers look at the group's images again. Gone groups are skipped."""
+    for group_id in dict.fromkeys(group_ids):
+        try:
+            GroupModel(id=group_id).update(actions=[GroupModel.image_changes.add(1)],
+                                           condition=GroupModel.id.exists())
+        except UpdateError as exc:
+            if not condition_failed(exc):
+                raise
+
+
+_STATUS_CURSOR_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00#[0-9a-f]{32}$")
+
+
+def status_cursor(image: ImageModel) -> str:
+    """Position of an image in the `by_status` index: "<status_changed_at>#<id>"."""
+    return f"{image.status_changed_at}#{image.id}"
+
+
+def is_valid_status_cursor(value: str) -> bool:
+    return bool(_STATUS_CURSOR_RE.fullmatch(value or ""))
+
+
+def _status_start_key(status: str, cursor: str | None) -> dict | None:
+    if cursor is None:
+        return None
+    changed_at, _, image_id = cursor.rpartition("#")
+    return {"id": {"S": image_id}, "status": {"S": status}, "status_changed_at": {"S": changed_at}}
+
+
+def page_by_status(status: str, limit: int, after: str | None = None, *, newest_first: bool = True,
+                   changed_before: str | None = None, filter_condition=None) -> tuple[list[ImageModel], str | None]:
+    """Up to `limit` images with `status` from the `by_status` index after the cursor `after`
+    (a `status_cursor`), newest or oldest change first, only those whose status changed before
+    `changed_before` and that match `filter_condition`; and the cursor of the last one if more
+    follow (None at the end). Reads `limit + 1` matching items, so the end needs no extra call."""
+    condition = ImagesByStatus.status_changed_at < changed_before if changed_before else None
+    items = list(ImageModel.by_status.query(
+        status,
+        range_key_condition=condition,
+        filter_condition=filter_condition,
+        scan_index_forward=not newest_first,
+        limit=limit + 1,
+        page_size=limit + 1,
+        last_evaluated_key=_status_start_key(status, after),
+    ))
+    if len(items) > limit:
+        return items[:limit], status_cursor(items[limit - 1])
+    return items, None
+
+
+def count_by_status(status: str, filter_condition=None) -> int:
+    """How many images have `status` (COUNT queries on the `by_status` index: no items are returned)."""
+    return ImageModel.by_status.count(status, filter_condition=filter_condition)

@@ -2,6 +2,9 @@
 
 A re-run is sent as an S3-notification-shaped body with our own event source, so the worker
 parses one message shape: `{"Records": [{"eventSource": "udagram:reprocess", ...}]}`.
+
+Bulk re-runs (`udagram reprocess`, the admin's jobs) are paced by `reprocess_room`: new uploads
+wait behind at most `reprocess_max_outstanding` re-runs however many images are re-run.
 """
 
 from __future__ import annotations
@@ -61,3 +64,14 @@ def enqueue_reprocess(
             flush()
     flush()
     return sent
+
+
+def queue_depth(sqs: Any, url: str) -> int:
+    """Messages waiting in the queue (visible ones: not those a worker is on)."""
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    return int(attrs.get("ApproximateNumberOfMessages", "0"))
+
+
+def reprocess_room(sqs: Any, url: str, limit: int) -> int:
+    """How many re-runs a bulk feeder may add now: the queue is kept below `limit` waiting messages."""
+    return max(0, limit - queue_depth(sqs, url))

@@ -54,6 +54,17 @@ class Settings(BaseSettings):
     max_query_depth: int = 10
     max_query_tokens: int = 2000
     max_query_aliases: int = 30
+    # Live updates (graphql-transport-ws on /graphql, graphql_api/live.py): each API process reads
+    # the watched records from DynamoDB this often while anyone is subscribed.
+    live_poll_seconds: float = 1.0
+    max_subscriptions_per_connection: int = 100
+    max_subscriptions_total: int = 10000  # per API process
+    live_group_window: int = 100  # a group subscription sees its newest this many images
+    # Admin bulk re-runs (graphql_api/admin/): each API process looks for jobs to feed this often;
+    # one process at a time feeds a job, holding its lease.
+    bulk_feed_interval_seconds: float = 1.0
+    bulk_idle_check_seconds: float = 60.0  # no job running: look for one (started elsewhere) this often
+    bulk_job_lease_seconds: int = 30
     # Cost: each field 1; a connection multiplies what it selects by its `first` (graphql_api/schema/limits.py).
     max_query_cost: int = 10_000
     # Fields selected more than once at the same place (fragments expanded) are compared in pairs by
@@ -104,6 +115,7 @@ class Settings(BaseSettings):
     queue_max_receive_count: int = 5  # redrive to the DLQ after this many receives
     groups_table: str = "udagram-groups"
     images_table: str = "udagram-images"
+    jobs_table: str = "udagram-jobs"  # admin bulk re-runs and their progress
     users_table: str = "udagram-users"  # built-in provider: accounts
     auth_grants_table: str = "udagram-auth-grants"  # built-in provider: codes, refresh tokens, sessions
     rate_limits_table: str = "udagram-rate-limits"  # udagram/ratelimit.py: fixed-window counters (TTL)
@@ -215,6 +227,7 @@ class Settings(BaseSettings):
         return self.model_copy(update={"local_identity": identity, "aws_access_key_id": keys["accessKeyId"],
                                        "aws_secret_access_key": keys["secretAccessKey"]})
 
+    @property
     def builtin_idp(self) -> bool:
         """Whether the API is its own OpenID provider (local mode, no other issuer configured)."""
         return self.mode == "local" and self.auth_issuer == self.public_url + "/"

@@ -66,11 +66,6 @@ def check_model_version(settings: Settings, version: str) -> str | None:
     return None
 
 
-def queue_depth(sqs, url: str) -> int:
-    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
-    return int(attrs.get("ApproximateNumberOfMessages", "0"))
-
-
 def run(*, images: list[str], groups: list[str], all_images: bool, model_version: str | None,
         max_outstanding: int | None, wait: bool, settings: Settings | None = None) -> int:
     settings = settings or get_settings()
@@ -96,7 +91,7 @@ def run(*, images: list[str], groups: list[str], all_images: bool, model_version
         finished = progress.add_task("finished", total=len(ids), visible=wait)
         pending = list(ids)
         while pending:
-            room = limit - queue_depth(sqs, url)
+            room = jobs.reprocess_room(sqs, url, limit)
             if room > 0:
                 batch, pending = pending[:room], pending[room:]
                 jobs.enqueue_reprocess(batch, model_version, settings=settings, sqs=sqs)

@@ -500,7 +500,9 @@ class UdagramStack(Stack):
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self.originals.bucket_arn]),
             iam.PolicyStatement(actions=["s3:GetObject", "s3:DeleteObject"],
                                 resources=[self.processed.arn_for_objects("processed/*")]),
-            iam.PolicyStatement(actions=["sqs:GetQueueUrl", "sqs:SendMessage"], resources=[self.queue.queue_arn]),
+            # GetQueueAttributes: the admin's bulk re-runs are fed at the queue's pace (graphql_api/admin/).
+            iam.PolicyStatement(actions=["sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:SendMessage"],
+                                resources=[self.queue.queue_arn]),
             iam.PolicyStatement(
                 actions=["dynamodb:BatchGetItem", "dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem",
                          "dynamodb:Query", "dynamodb:UpdateItem"],

@@ -1,16 +1,20 @@
-"""The GraphQL schema: types, queries, mutations, typed errors, and the protective extensions."""
+"""The GraphQL schema: types, queries, mutations, subscriptions, typed errors, and the protective
+extensions (they apply to subscription documents too). The admin's fields (graphql_api/admin/)
+are merged into Query, Mutation and Subscription."""
 
 from __future__ import annotations
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import MaskErrors, MaxTokensLimiter
+from strawberry.tools import merge_types
 
 from graphql_api.schema import errors, types
 from graphql_api.schema.errors import UserInputError
 from graphql_api.schema.limits import QueryLimits
 from graphql_api.schema.mutations import Mutation
 from graphql_api.schema.queries import Query
+from graphql_api.schema.subscriptions import Subscription
 from udagram.settings import Settings
 
 
@@ -21,9 +25,12 @@ def _should_mask(error: GraphQLError) -> bool:
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
+    from graphql_api.admin.schema import AdminMutation, AdminQuery, AdminSubscription  # (imports this package)
+
     return strawberry.Schema(
-        query=Query,
-        mutation=Mutation,
+        query=merge_types("Query", (Query, AdminQuery)),
+        mutation=merge_types("Mutation", (Mutation, AdminMutation)),
+        subscription=merge_types("Subscription", (Subscription, AdminSubscription)),
         types=[
             errors.NotAuthenticated,
             errors.NotOwner,

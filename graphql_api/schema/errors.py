@@ -71,6 +71,18 @@ class RateLimited(Error):
     retry_after_seconds: int = 0
 
 
+@strawberry.type(description="Signed in, but without the role this needs (the admin view: role `admin`).")
+class Forbidden(Error):
+    code: str = "FORBIDDEN"
+    message: str = "only an admin may do this"
+
+
+@strawberry.type(description="TorchServe's management API could not tell or check the model version.")
+class ModelServerUnavailable(Error):
+    code: str = "MODEL_SERVER_UNAVAILABLE"
+    message: str = "the model server's management API is not reachable"
+
+
 class UserInputError(GraphQLError):
     """A bad argument to a query (queries return data, not unions): shown to the client as is."""
 

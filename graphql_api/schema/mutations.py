@@ -238,6 +238,15 @@ def _reprocess_image(context: Context, user: AuthUser, image_id: str) -> Reproce
         return NotFound(message="no image with this id", id=image_id)
     if model.owner != user.id:
         return NotOwner(message="only the image's owner may reprocess it")
+    return requeue_image(context, model)
+
+
+def requeue_image(context: Context, model: data.ImageModel) -> Image | NotFound | NotUploaded:
+    """Queue an image for processing again (its owner's reprocess, an admin's retry): PROCESSING
+    with fresh tries, one re-run message (coalesced with one still pending), and its group's live
+    subscribers told."""
+    settings = context.settings
+    image_id = model.id
     if model.status == data.ImageStatus.AWAITING_UPLOAD.value and not context.storage.original_exists(
         model.original_key
     ):
@@ -250,7 +259,7 @@ def _reprocess_image(context: Context, user: AuthUser, image_id: str) -> Reproce
                 M.status.set(data.ImageStatus.PROCESSING.value),
                 M.status_changed_at.set(data.sortable_time()),
                 M.error.remove(),
-                M.attempts.set(0),  # a re-run asked for by the owner gets fresh tries
+                M.attempts.set(0),  # a re-run asked for by a person gets fresh tries
                 M.rerun_requested_at.set(requested_at),
             ],
             # A re-run already queued and not yet picked up by a worker takes this request too. A
@@ -277,6 +286,7 @@ def _reprocess_image(context: Context, user: AuthUser, image_id: str) -> Reproce
         except PynamoDBException:
             pass  # it expires after worker_stale_processing_seconds anyway
         raise
+    data.touch_groups([model.group_id])
     return Image.from_model(model)
 
 

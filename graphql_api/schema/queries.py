@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from graphql_api.context import Context
 
 
-def _checked_id(value: str, what: str) -> str:
+def checked_id(value: str, what: str) -> str:
     if not data.is_valid_id(value):
         raise UserInputError(f"{what} id must be 32 lowercase hex characters")
     return value
@@ -39,12 +39,12 @@ class Query(SearchQueries):  # searchImages, labels
 
     @strawberry.field(description="A group by id; null if there is none.")
     async def group(self, info: Info, id: strawberry.ID) -> Group | None:
-        model = await info.context.groups.load(_checked_id(id, "group"))
+        model = await info.context.groups.load(checked_id(id, "group"))
         return Group.from_model(model) if model else None
 
     @strawberry.field(description="An image by id; null if there is none.")
     async def image(self, info: Info, id: strawberry.ID) -> Image | None:
-        model = await info.context.images.load(_checked_id(id, "image"))
+        model = await info.context.images.load(checked_id(id, "image"))
         return Image.from_model(model) if model else None
 
     @strawberry.field(description="The signed-in user; null when anonymous or the token is refused.")

@@ -95,6 +95,7 @@ def ids(synth) -> dict[str, str]:
         "dlq": _named(synth, "AWS::SQS::Queue", "QueueName", "DeadLetterQueueName"),
         "groups": _named(synth, "AWS::DynamoDB::Table", "TableName", "GroupsTable"),
         "images": _named(synth, "AWS::DynamoDB::Table", "TableName", "ImagesTable"),
+        "jobs": _named(synth, "AWS::DynamoDB::Table", "TableName", "JobsTable"),
         "image_labels": _named(synth, "AWS::DynamoDB::Table", "TableName", "ImageLabelsTable"),
         "label_counts": _named(synth, "AWS::DynamoDB::Table", "TableName", "LabelCountsTable"),
         "rate_limits": _named(synth, "AWS::DynamoDB::Table", "TableName", "RateLimitsTable"),
@@ -106,17 +107,19 @@ def ids(synth) -> dict[str, str]:
 # ---- least privilege: each role exactly the calls its code makes ----------------------------------
 
 def test_api_role_is_exactly_what_the_api_calls(synth, ids):
-    o, p, q, g, i = ids["originals"], ids["processed"], ids["queue"], ids["groups"], ids["images"]
+    o, p, q, g, i, j = ids["originals"], ids["processed"], ids["queue"], ids["groups"], ids["images"], ids["jobs"]
     labels, counts = ids["image_labels"], ids["label_counts"]
     dynamodb = {"BatchGetItem", "DeleteItem", "GetItem", "PutItem", "Query", "UpdateItem"}
     tables = [f"<{g}>", f"<{g}>/index/by_created", f"<{i}>", f"<{i}>/index/by_group", f"<{i}>/index/by_status",
-              f"<{labels}>", f"<{labels}>/index/by_image", f"<{counts}>", f"<{ids['rate_limits']}>"]
+              f"<{j}>", f"<{j}>/index/by_state", f"<{labels}>", f"<{labels}>/index/by_image", f"<{counts}>",
+              f"<{ids['rate_limits']}>"]
     assert _grants(synth, _task_role(synth, "api")) == {
         # presigned POST (PutObject), presigned GET / HeadObject (GetObject), delete, on the app's prefixes
         *{(f"s3:{a}", f"<{o}>/originals/*") for a in ("PutObject", "GetObject", "DeleteObject")},
         ("s3:ListBucket", f"<{o}>"),  # HeadObject of a missing upload: 404, not 403
         *{(f"s3:{a}", f"<{p}>/processed/*") for a in ("GetObject", "DeleteObject")},
         ("sqs:GetQueueUrl", f"<{q}>"), ("sqs:SendMessage", f"<{q}>"),  # reprocessImage
+        ("sqs:GetQueueAttributes", f"<{q}>"),  # the admin's bulk re-runs, paced by the queue's depth
         *{(f"dynamodb:{a}", t) for a in dynamodb for t in tables},
     }
 

@@ -371,9 +371,13 @@ def test_security_headers_and_an_enforced_content_security_policy(local_stack, b
         expect(page.get_by_role("heading", name="Groups", level=1)).to_be_visible()  # shown by the modules
         expect(page.get_by_test_id("sign-in-button")).to_be_visible()
 
-        policy = (  # connect-src: the sign-in issuer too (here the API itself: its public_url's origin)
+        # connect-src: the API's websocket under either local name (live updates), and the sign-in
+        # issuer (here the API itself: its public_url's origin)
+        websockets = "{0} {1}".format(base.replace("http://", "ws://"),
+                                      base.replace("http://127.0.0.1:", "ws://localhost:"))
+        policy = (
             f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' {s3} data: blob:; "
-            f"connect-src 'self' {s3} {base}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
+            f"connect-src 'self' {websockets} {s3} {base}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
             "object-src 'none'"
         )
         own = {r.url.removeprefix(base): r.all_headers() for r in responses if r.url.startswith(base + "/")}
@@ -638,6 +642,200 @@ def test_groups_newest_first_with_load_more(local_stack, page: Page):
     assert len(ids) == len(set(ids)) >= 13
 
 
+# --- live updates and the admin view ------------------------------------------------------------
+
+
+class _Traffic:
+    """What a page says to the API: the GraphQL documents it POSTs and the websocket frames."""
+
+    def __init__(self, page: Page, base: str) -> None:
+        self.posted: list[str] = []
+        self.frames: list[str] = []  # received over the API's websocket
+        self.sockets = 0
+        page.on("request", lambda r: self.posted.append(r.post_data or "")
+                if r.url == base + "/graphql" and r.method == "POST" else None)
+        page.on("websocket", self._socket)
+
+    def _socket(self, ws) -> None:
+        self.sockets += 1
+        ws.on("framereceived", lambda payload: self.frames.append(payload if isinstance(payload, str) else ""))
+
+    def polls(self) -> list[str]:
+        return [body for body in self.posted if "query Poll(" in body]
+
+    def live_done(self, image_id: str) -> bool:
+        for frame in self.frames:
+            message = json.loads(frame)
+            if message.get("type") != "next":
+                continue
+            payload = (message.get("payload") or {}).get("data") or {}
+            update = payload.get("imageUpdated") or (payload.get("groupImagesUpdated") or {}).get("image") or {}
+            if update.get("id") == image_id and update.get("status") == "DONE":
+                return True
+        return False
+
+
+def _new_group(page: Page, name: str) -> str:
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_role("button", name="Create group").click()
+    expect(page.get_by_test_id("group-name-heading")).to_have_text(name)
+    return page.url.rsplit("/", 1)[-1]
+
+
+def _upload(page: Page, path: Path) -> None:
+    page.get_by_test_id("upload-file").set_input_files(str(path))
+    page.get_by_role("button", name="Upload", exact=True).click()
+
+
+def test_results_arrive_over_the_websocket_without_polling(local_stack, account, page: Page, chelsea_jpeg: Path,
+                                                           screenshot):
+    """The worker's result reaches the page as a subscription message: no poll query is sent. An
+    image another user adds to the group appears without a reload."""
+    base = _base_url(local_stack)
+    traffic = _Traffic(page, base)
+    page.goto(base + "/")
+    _sign_in(page, account("lena"))
+    expect(page.get_by_test_id("signed-in-user")).to_have_text("lena")
+    group_id = _new_group(page, f"Live {uuid.uuid4().hex[:6]}")
+    _upload(page, chelsea_jpeg)
+    card = page.get_by_test_id("image-card").first
+    expect(card.get_by_test_id("image-card-title")).to_have_text(CAT_TITLE, timeout=PROCESSING_TIMEOUT_MS)
+    image_id = card.get_attribute("data-id")
+    assert traffic.live_done(image_id), traffic.frames[-5:]  # the result came over the websocket
+    assert traffic.polls() == []  # and nothing was polled
+
+    # Someone else adds an image to the group: it shows up on its own.
+    created = local_stack.graphql(
+        'mutation($g: ID!) { createImage(input: {groupId: $g, caption: "from mia", contentType: "image/jpeg",'
+        " contentLength: 1000}) { ... on ImageUpload { image { id } } } }",
+        {"g": group_id}, local_stack.token("mia"))["createImage"]["image"]
+    other = page.locator(f'[data-testid="image-card"][data-id="{created["id"]}"]')
+    expect(other.get_by_test_id("image-card-title")).to_have_text("from mia")
+    expect(page.get_by_test_id("image-card")).to_have_count(2)
+    expect(page.locator("#group-meta")).to_contain_text("2 images")
+    assert traffic.polls() == []
+    screenshot(page, "live-update")
+
+
+def test_polling_takes_over_while_the_websocket_is_down(local_stack, account, page: Page, chelsea_jpeg: Path):
+    """The websocket refused: the page polls and still shows the result; once the socket can
+    connect again, results come over it again."""
+    base = _base_url(local_stack)
+    traffic = _Traffic(page, base)
+    blocked = {"on": True}
+
+    def socket_route(ws) -> None:
+        if blocked["on"]:
+            ws.close()
+        else:
+            ws.connect_to_server()
+
+    page.route_web_socket(re.compile(r".*/graphql$"), socket_route)
+    page.goto(base + "/")
+    _sign_in(page, account("nora"))
+    expect(page.get_by_test_id("signed-in-user")).to_have_text("nora")
+    _new_group(page, f"Offline {uuid.uuid4().hex[:6]}")
+    _upload(page, chelsea_jpeg)
+    card = page.get_by_test_id("image-card").first
+    expect(card.get_by_test_id("image-card-title")).to_have_text(CAT_TITLE, timeout=PROCESSING_TIMEOUT_MS)
+    assert traffic.polls(), "the page should have polled while the websocket was down"
+    assert not any(json.loads(f).get("type") == "next" for f in traffic.frames)
+
+    blocked["on"] = False  # the socket comes back (the page retries with back-off, up to 30 s)
+    deadline = time.monotonic() + 45
+    while not any(json.loads(f).get("type") == "connection_ack" for f in traffic.frames):
+        assert time.monotonic() < deadline, "the page did not reconnect"
+        page.wait_for_timeout(250)
+    _upload(page, chelsea_jpeg)
+    expect(page.get_by_test_id("image-card")).to_have_count(2)
+    newest = page.get_by_test_id("image-card").first
+    expect(newest.get_by_test_id("image-card-title")).to_have_text(CAT_TITLE, timeout=PROCESSING_TIMEOUT_MS)
+    assert traffic.live_done(newest.get_attribute("data-id")), traffic.frames[-5:]
+
+
+def _post_file(upload: dict, body: bytes) -> None:
+    response = httpx.post(upload["url"], data=upload["fields"], files={"file": ("x.jpg", body, "image/jpeg")},
+                          timeout=30)
+    assert response.status_code < 300, response.text
+
+
+def test_admin_sees_counts_retries_a_failed_image_and_retries_all(local_stack, account, page: Page,
+                                                                     chelsea_jpeg: Path, screenshot):
+    """An admin (an account with the admin role, `udagram user add --admin`) gets the admin view:
+    counts by status, the failed images with their reason; "Retry" re-runs one (it ends DONE and
+    leaves the list), "Retry all failed" shows its progress to the end. Others do not see it."""
+    from udagram import data
+
+    base = _base_url(local_stack)
+    admin = f"root-{uuid.uuid4().hex[:6]}"
+    local_stack.add_account(admin, PASSWORD, admin=True)  # before olga's: the first account is an admin
+    owner = local_stack.token(account("olga"))
+    group_id = local_stack.graphql('mutation { createGroup(input: {name: "For the admin"}) { ... on Group { id } } }',
+                                   token=owner)["createGroup"]["id"]
+    create = ("mutation($g: ID!, $c: String!, $n: Int!) { createImage(input: {groupId: $g, caption: $c,"
+              ' contentType: "image/jpeg", contentLength: $n}) { ... on ImageUpload { image { id } upload { url fields } } } }')
+    garbage = b"not a picture at all " * 20
+    made = {}
+    for caption, body in (("good one", chelsea_jpeg.read_bytes()), ("bad one", garbage)):
+        result = local_stack.graphql(create, {"g": group_id, "c": caption, "n": len(body)}, owner)["createImage"]
+        _post_file(result["upload"], body)
+        made[caption] = result["image"]["id"]
+    status = "query($id: ID!) { image(id: $id) { status } }"
+    deadline = time.monotonic() + PROCESSING_TIMEOUT_MS / 1000
+    while {local_stack.graphql(status, {"id": i})["image"]["status"] for i in made.values()} != {"DONE", "FAILED"}:
+        assert time.monotonic() < deadline, "the uploads were not processed"
+        time.sleep(0.5)
+    # The good one as if TorchServe had been down when it was processed.
+    data.configure(local_stack.settings)
+    data.ImageModel(made["good one"]).update(actions=[
+        data.ImageModel.status.set("FAILED"), data.ImageModel.status_changed_at.set(data.sortable_time()),
+        data.ImageModel.error.set("the model server was unreachable")])
+
+    # Not an admin: no link, and the address says no.
+    page.goto(base + "/")
+    _sign_in(page, "olga")
+    expect(page.get_by_test_id("signed-in-user")).to_have_text("olga")
+    expect(page.get_by_role("heading", name="Groups", level=1)).to_be_visible()
+    expect(page.get_by_test_id("admin-link")).to_be_hidden()
+    page.goto(base + "/#/admin")
+    expect(page.get_by_test_id("admin-denied")).to_be_visible()
+    expect(page.get_by_test_id("admin-counts")).to_be_hidden()
+
+    # The admin, signed in at the same login form.
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_test_id("sign-in-button")).to_be_visible()
+    page.goto(base + "/")
+    _sign_in(page, admin)
+    expect(page.get_by_test_id("signed-in-user")).to_have_text(admin)
+    page.get_by_test_id("admin-link").click()
+    expect(page.get_by_role("heading", name="Admin", level=1)).to_be_visible()
+    counts = page.get_by_test_id("admin-count")
+    expect(counts).to_have_count(4)
+    failed_count = page.locator('[data-testid="admin-count"][data-status="FAILED"] strong')
+    failed_before = int(failed_count.text_content())
+    assert failed_before >= 2
+    expect(page.get_by_test_id("admin-model")).to_contain_text("Current model version: 1.0")
+    item = page.locator(f'[data-testid="admin-failed-item"][data-id="{made["good one"]}"]')
+    expect(item.get_by_test_id("admin-failed-error")).to_have_text("the model server was unreachable")
+    bad = page.locator(f'[data-testid="admin-failed-item"][data-id="{made["bad one"]}"]')
+    expect(bad.get_by_test_id("admin-failed-error")).not_to_be_empty()
+    screenshot(page, "admin-view")
+
+    item.get_by_role("button", name=re.compile(r"^Retry ")).click()
+    expect(page.get_by_test_id("info-message").last).to_contain_text("Queued for processing again")
+    expect(item).to_have_count(0, timeout=PROCESSING_TIMEOUT_MS)  # DONE: off the list
+    expect(failed_count).to_have_text(str(failed_before - 1), timeout=PROCESSING_TIMEOUT_MS)
+    assert local_stack.graphql(status, {"id": made["good one"]})["image"]["status"] == "DONE"
+
+    page.get_by_test_id("admin-retry-failed").click()
+    expect(page.get_by_test_id("admin-job")).to_be_visible()
+    expect(page.get_by_test_id("admin-job-text")).to_contain_text("done", timeout=3 * PROCESSING_TIMEOUT_MS)
+    expect(page.get_by_test_id("admin-job-progress")).to_have_attribute("value", "100")
+    expect(bad.get_by_test_id("admin-failed-error")).not_to_be_empty()  # still failing: not an image
+    screenshot(page, "admin-retry-all-done")
+
+    page.get_by_test_id("admin-rerun-older").click()  # everything is made by the current version
+    expect(page.get_by_test_id("info-message").last).to_contain_text("Nothing to re-run")
 # --- the production path: any OpenID provider, by configuration only ------------------------------
 
 

@@ -148,6 +148,9 @@ def test_remote_issuer_keys_come_from_its_discovery_document_and_are_cached(remo
     local = Settings(mode="local", data_dir=settings.data_dir)
     with pytest.raises(auth.AuthError):
         verifier.verify(auth.issue_token("alice", local))
+    # ... and with this issuer configured, udagram mints no token at all
+    with pytest.raises(RuntimeError, match="configured identity provider"):
+        auth.issue_token("alice", settings)
 
 
 def test_a_discovery_document_of_another_issuer_or_none_is_refused_clearly(remote_idp, tmp_path):

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import jwt
 
 from graphql_api import accounts, auth
+from tests.fixtures.aws import TEST_KEYS, udagram_api
 from tests.fixtures.ports import free_port
 from tests.fixtures.stack import settings_from
 from tests.graphql_api.oidc_flow import PASSWORD, tokens_for
@@ -39,6 +38,18 @@ def test_token_prints_only_a_valid_token(tmp_path):
     assert jwt.decode(lines[0], options={"verify_signature": False})["aud"] == settings.auth_audience
 
 
+def test_token_with_admin_has_the_admin_role_and_without_none(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    users = {}
+    for args in ([], ["--admin"]):
+        result = subprocess.run([UDAGRAM, "token", "--user", "root", *args], capture_output=True, text=True,
+                                timeout=120, env=_env(UDAGRAM_DATA_DIR=str(tmp_path)))
+        assert result.returncode == 0, result.stderr
+        users[tuple(args)] = auth.TokenVerifier(settings).verify(result.stdout.strip())
+    assert users[()] == auth.User(id="root", roles=()) and not users[()].is_admin
+    assert users[("--admin",)] == auth.User(id="root", roles=("admin",)) and users[("--admin",)].is_admin
+
+
 def test_token_refuses_a_bad_user_name(tmp_path):
     result = subprocess.run([UDAGRAM, "token", "--user", "no spaces"], capture_output=True, text=True,
                             timeout=120, env=_env(UDAGRAM_DATA_DIR=str(tmp_path)))
@@ -49,6 +60,8 @@ def _moto_env(moto_server: str, tmp_path: Path, **values: str) -> dict[str, str]
     suffix = tmp_path.name[-12:].replace("_", "-").lower()
     return _env(
         UDAGRAM_DATA_DIR=str(tmp_path), AWS_ENDPOINT_URL=moto_server,
+        # the moto server takes any keys; local mode has no fixed ones (they come from `udagram up`)
+        AWS_ACCESS_KEY_ID=TEST_KEYS["accessKeyId"], AWS_SECRET_ACCESS_KEY=TEST_KEYS["secretAccessKey"],
         UDAGRAM_GROUPS_TABLE=f"cli-groups-{suffix}", UDAGRAM_IMAGES_TABLE=f"cli-images-{suffix}",
         UDAGRAM_USERS_TABLE=f"cli-users-{suffix}", UDAGRAM_AUTH_GRANTS_TABLE=f"cli-grants-{suffix}",
         UDAGRAM_RATE_LIMITS_TABLE=f"cli-limits-{suffix}",
@@ -103,22 +116,7 @@ def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
     (code flow with PKCE) and writes."""
     port, metrics_port = free_port(), free_port()
     env = _moto_env(moto_server, tmp_path, UDAGRAM_API_PORT=str(port), UDAGRAM_API_METRICS_PORT=str(metrics_port))
-    log = tmp_path / "api.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([UDAGRAM, "api"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
+    with udagram_api(env, tmp_path / "api.log") as base:
         token = subprocess.run([UDAGRAM, "token", "--user", "carol"], capture_output=True, text=True,
                                timeout=120, env=env, check=True).stdout.strip()
         response = httpx.post(f"{base}/graphql", headers={"Authorization": f"Bearer {token}"}, timeout=30, json={
@@ -138,6 +136,3 @@ def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
             response = client.post("/graphql", headers={"Authorization": f"Bearer {access}"}, json={
                 "query": "{ me { id roles } }"})
             assert response.json() == {"data": {"me": {"id": "dora", "roles": ["admin"]}}}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)

@@ -17,3 +17,11 @@ def test_standard_aws_variables_win(monkeypatch):
     assert s.s3_endpoint_url == "http://127.0.0.1:1234"
     assert s.aws_region == "eu-west-1"
     assert s.sqs_endpoint_url is None  # left to boto3 on AWS
+
+
+
+def test_the_api_is_its_own_issuer_only_locally_and_only_when_no_other_is_configured(tmp_path):
+    own = Settings(_env_file=None, data_dir=tmp_path)
+    other = Settings(_env_file=None, data_dir=tmp_path, auth_issuer="https://tenant.example.auth0.com/")
+    production = Settings(_env_file=None, data_dir=tmp_path, mode="aws", auth_issuer="https://tenant.example.auth0.com/")
+    assert [s.builtin_idp for s in (own, other, production)] == [True, False, False]

@@ -5,9 +5,11 @@ import { currentUser, onAuthChange } from "./auth.js";
 import { $ } from "./dom.js";
 import { ApiError } from "./errors.js";
 import { formatDate, imagesCountText } from "./format.js";
-import { imageCard } from "./image-cards.js";
+import { cardFor, imageCard } from "./image-cards.js";
+import { applyImageUpdate } from "./image-updates.js";
+import { unwatchAll, watchGroup, watchImage } from "./live.js";
 import { showError, showMessage } from "./messages.js";
-import { isFinal, startPolling, stopAllPolling } from "./polling.js";
+import { isFinal } from "./polling.js";
 import { PAGE_SIZE, Q } from "./queries.js";
 import { view } from "./view.js";
 
@@ -43,23 +45,47 @@ export async function loadGroup(id, seq, more = false) {
   if (!group) throw new ApiError("This group does not exist (it may have been deleted).", "NOT_FOUND");
   const list = $("images-list");
   if (!more) {
-    stopAllPolling();
+    unwatchAll();
     list.replaceChildren();
     view.group = { ...group, cursor: null, ids: new Set() };
     renderGroupHeader(group);
     renderGroupOwnerControls();
+    const g = view.group;
+    watchGroup(group.id, (change) => onGroupChange(g, change)); // images others add, change, delete
   }
   const g = view.group;
   for (const { node } of group.images.edges) {
     if (g.ids.has(node.id)) continue;
     g.ids.add(node.id);
     list.append(imageCard(node));
-    if (!isFinal(node.status)) startPolling(node.id);
+    if (!isFinal(node.status)) watchImage(node.id);
   }
   g.cursor = group.images.pageInfo.endCursor;
   $("images-more").hidden = !group.images.pageInfo.hasNextPage;
   renderEmptyNote();
   return g;
+}
+
+// Live: an image of the group on screen was added, changed or deleted (by anyone).
+function onGroupChange(group, { id, image }) {
+  if (view.group !== group) return;
+  const li = cardFor(id);
+  if (!image) {
+    if (li && li.dataset.uploading !== "true") li.remove();
+    if (group.ids.delete(id)) countImages(group, -1);
+    renderEmptyNote();
+  } else if (li || group.ids.has(id)) {
+    applyImageUpdate(image);
+  } else {
+    // New: shown on top if it is newer than the newest card (an old one re-run is not news here).
+    const first = $("images-list").firstElementChild;
+    if (first && first.dataset.createdAt && first.dataset.createdAt > image.createdAt) return;
+    group.ids.add(id);
+    $("images-list").prepend(imageCard(image));
+    countImages(group, +1);
+    renderEmptyNote();
+    if (!isFinal(image.status)) watchImage(id);
+  }
 }
 
 async function deleteGroup() {

@@ -22,6 +22,7 @@ export const pictureUrl = (image) =>
 export function imageCard(image) {
   const li = $("image-card-template").content.firstElementChild.cloneNode(true);
   li.dataset.id = image.id;
+  li.dataset.createdAt = image.createdAt;
   li.querySelector(".card-link").href = imageHref(image.id);
   const img = li.querySelector("img");
   img.addEventListener("error", () => {

@@ -7,7 +7,8 @@ import { formatDate, imageTitle, percent, setBadge } from "./format.js";
 import { countImages, renderEmptyNote } from "./group.js";
 import { cardFor, pictureUrl } from "./image-cards.js";
 import { showError, showMessage } from "./messages.js";
-import { isFinal, startPolling, stopPolling } from "./polling.js";
+import { unwatchImage, watchImage } from "./live.js";
+import { isFinal } from "./polling.js";
 import { Q } from "./queries.js";
 import { groupHref, parseRoute } from "./routes.js";
 import { view } from "./view.js";
@@ -97,7 +98,7 @@ export function openDialog(image) {
     $("image-close").focus();
   }
   document.title = `${imageTitle(image)} · Udagram`;
-  if (!isFinal(image.status)) startPolling(image.id);
+  if (!isFinal(image.status)) watchImage(image.id);
 }
 
 // A fresh copy of an image: shown if it is the one in the dialog (the picture swapped only
@@ -142,7 +143,7 @@ async function deleteImage() {
   button.disabled = true;
   try {
     unwrap((await gql(Q.deleteImage, { id: image.id })).deleteImage);
-    stopPolling(image.id);
+    unwatchImage(image.id);
     const li = cardFor(image.id);
     if (li) li.remove();
     if (view.group && view.group.id === image.groupId) {

@@ -1,4 +1,4 @@
-// A fresh copy of an image (from polling or a reprocess) updates its card and the open dialog;
+// A fresh copy of an image (live, polled, or from a reprocess) updates its card and the open dialog;
 // the owner queues an image again from the dialog or the "Retry" button of a failed card.
 import { gql, unwrap } from "./api.js";
 import { onAuthChange } from "./auth.js";
@@ -6,10 +6,10 @@ import { $ } from "./dom.js";
 import { cardFor, dropPreview, renderRetries, updateImageCard } from "./image-cards.js";
 import { dialogImageId, updateDialog } from "./image-dialog.js";
 import { showError, showMessage } from "./messages.js";
-import { onImageUpdate, startPolling } from "./polling.js";
+import { onImageUpdate, watchImage } from "./live.js";
 import { Q } from "./queries.js";
 
-function applyImageUpdate(image) {
+export function applyImageUpdate(image) {
   const li = cardFor(image.id);
   if (li && li.dataset.uploading !== "true") updateImageCard(li, image);
   updateDialog(image);
@@ -24,7 +24,7 @@ async function reprocessImage(id, button) {
     const updated = unwrap((await gql(Q.reprocessImage, { id })).reprocessImage);
     applyImageUpdate(updated);
     showMessage("Queued for processing again.", "info");
-    startPolling(updated.id);
+    watchImage(updated.id);
   } catch (e) {
     showError(e);
   } finally {

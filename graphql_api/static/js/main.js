@@ -7,6 +7,8 @@ import { setUpGroup } from "./group.js";
 import { setUpGroups } from "./groups.js";
 import { setUpDialog } from "./image-dialog.js";
 import { setUpImageUpdates } from "./image-updates.js";
+import { startLive } from "./live.js";
+import { setUpAdmin } from "./admin.js";
 import { startRouter } from "./router.js";
 import { setUpSearch } from "./search.js";
 import { setUpUpload } from "./upload.js";
@@ -17,5 +19,7 @@ setUpUpload();
 setUpDialog();
 setUpImageUpdates();
 setUpSearch();
+setUpAdmin();
 startAuth().catch(showError); // restores a kept session (or finishes a sign-in): the views re-render for its user
+startLive(); // the socket signs in with the session's token, and again as whoever signs in later
 startRouter();

@@ -6,6 +6,7 @@ export const IMAGE_FIELDS = `
   predictions { label probability } modelVersion error createdAt processedAt`;
 const GROUP_FIELDS = "id name description owner createdAt imageCount";
 const ERROR_FIELDS = "... on Error { code message }";
+const JOB_FIELDS = "id kind state total queued finished modelVersion";
 
 export const Q = {
   groups: `query Groups($first: Int, $after: String) {
@@ -33,6 +34,27 @@ export const Q = {
     deleteGroup(id: $id) { __typename ... on Deleted { id } ${ERROR_FIELDS} } }`,
   reprocessImage: `mutation ReprocessImage($id: ID!) {
     reprocessImage(id: $id) { __typename ... on Image { ${IMAGE_FIELDS} } ${ERROR_FIELDS} } }`,
+  // Live updates (live.js), over the websocket.
+  imageUpdated: `subscription ImageUpdated($id: ID!) { imageUpdated(id: $id) { ${IMAGE_FIELDS} } }`,
+  groupImagesUpdated: `subscription GroupImagesUpdated($groupId: ID!) {
+    groupImagesUpdated(groupId: $groupId) { id image { ${IMAGE_FIELDS} } } }`,
+  // The admin view (admin.js).
+  me: "query Me { me { id roles } }",
+  adminStats: `query AdminStats {
+    adminStats { __typename ... on AdminStats { counts { status count } currentModelVersion
+      runningJobs { ${JOB_FIELDS} } } ${ERROR_FIELDS} } }`,
+  failedImages: `query FailedImages($first: Int, $after: String) {
+    failedImages(first: $first, after: $after) { __typename
+      ... on ImageConnection { edges { node { ${IMAGE_FIELDS} } } pageInfo { hasNextPage endCursor } }
+      ${ERROR_FIELDS} } }`,
+  adminJob: `query AdminJob($id: ID!) { adminJob(id: $id) { __typename ... on AdminJob { ${JOB_FIELDS} } ${ERROR_FIELDS} } }`,
+  adminJobUpdated: `subscription AdminJobUpdated($id: ID!) {
+    adminJobUpdated(id: $id) { __typename ... on AdminJob { ${JOB_FIELDS} } ${ERROR_FIELDS} } }`,
+  retryImage: `mutation RetryImage($id: ID!) {
+    retryImage(id: $id) { __typename ... on Image { ${IMAGE_FIELDS} } ${ERROR_FIELDS} } }`,
+  retryFailed: `mutation RetryFailed { retryFailed { __typename ... on AdminJob { ${JOB_FIELDS} } ${ERROR_FIELDS} } }`,
+  rerunOlderModel: `mutation RerunOlderModel {
+    rerunOlderModel { __typename ... on AdminJob { ${JOB_FIELDS} } ${ERROR_FIELDS} } }`,
 };
 
 // n images in one request, aliased i0..i<n-1> with variables $id0..: one batch on the API side.

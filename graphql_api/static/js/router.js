@@ -6,7 +6,8 @@ import { loadGroup, renderGroupOwnerControls } from "./group.js";
 import { loadGroups } from "./groups.js";
 import { closeDialog, openDialog } from "./image-dialog.js";
 import { showError } from "./messages.js";
-import { stopAllPolling } from "./polling.js";
+import { loadAdmin } from "./admin.js";
+import { unwatchAll } from "./live.js";
 import { Q } from "./queries.js";
 import { parseRoute } from "./routes.js";
 import { showSearch } from "./search.js";
@@ -15,8 +16,19 @@ import { view } from "./view.js";
 function setView(name) {
   $("groups-view").hidden = name !== "groups";
   $("group-view").hidden = name !== "group";
+  $("admin-view").hidden = name !== "admin";
   $("search-view").hidden = name !== "search";
   $("loading").hidden = name !== "loading";
+}
+
+// A view that is no group: nothing of a group stays open or watched.
+function showOutsideGroups(name, title) {
+  closeDialog();
+  unwatchAll();
+  view.group = null;
+  renderGroupOwnerControls();
+  document.title = title;
+  setView(name);
 }
 
 async function route() {
@@ -24,13 +36,11 @@ async function route() {
   const r = parseRoute();
   try {
     if (r.name === "groups" || r.name === "search") {
-      closeDialog();
-      stopAllPolling();
-      view.group = null;
-      renderGroupOwnerControls();
-      document.title = "Udagram";
-      setView(r.name);
+      showOutsideGroups(r.name, "Udagram");
       await (r.name === "groups" ? loadGroups(seq) : showSearch(r, seq));
+    } else if (r.name === "admin") {
+      showOutsideGroups("admin", "Admin · Udagram");
+      await loadAdmin(seq);
     } else if (r.name === "group") {
       closeDialog();
       if (view.group && view.group.id === r.id && !$("group-view").hidden) return;

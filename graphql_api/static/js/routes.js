@@ -1,5 +1,5 @@
 // The page's addresses: #/ (groups), #/groups/<id>, #/images/<id> (the image dialog over its group),
-// #/search/<label>[?min=<percent>] (images with a label).
+// #/search/<label>[?min=<percent>] (images with a label), #/admin (the admin view).
 export const groupHref = (id) => `#/groups/${encodeURIComponent(id)}`;
 export const imageHref = (id) => `#/images/${encodeURIComponent(id)}`;
 export const searchHref = (label, min = 0) => `#/search/${encodeURIComponent(label)}${min ? `?min=${min}` : ""}`;
@@ -10,6 +10,7 @@ export function parseRoute() {
   if (m) return { name: "group", id: decodeURIComponent(m[1]) };
   m = hash.match(/^#\/images\/([^/?#]+)$/);
   if (m) return { name: "image", id: decodeURIComponent(m[1]) };
+  if (hash === "#/admin") return { name: "admin" };
   m = hash.match(/^#\/search\/([^/?#]+)(?:\?min=(\d{1,2}))?$/);
   if (m) return { name: "search", label: safeDecode(m[1]), min: Number(m[2] || 0) };
   return { name: "groups" };

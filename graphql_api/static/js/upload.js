@@ -5,9 +5,9 @@ import { $ } from "./dom.js";
 import { ApiError } from "./errors.js";
 import { formatBytes, setBadge } from "./format.js";
 import { countImages, renderEmptyNote } from "./group.js";
-import { dropPreview, imageCard, setPreview, updateImageCard } from "./image-cards.js";
+import { cardFor, dropPreview, imageCard, setPreview, updateImageCard } from "./image-cards.js";
 import { showError, showMessage } from "./messages.js";
-import { startPolling } from "./polling.js";
+import { watchImage } from "./live.js";
 import { Q } from "./queries.js";
 import { view } from "./view.js";
 
@@ -113,6 +113,7 @@ async function uploadSelected(event) {
   button.disabled = true;
   let image = null;
   let li = null;
+  let isNew = true;
   uploads.inFlight += 1;
   try {
     const data = await gql(Q.createImage, {
@@ -125,7 +126,10 @@ async function uploadSelected(event) {
     image = result.image;
     // Show the picture at once, from the local file, with a progress bar.
     setPreview(image.id, file);
+    const shown = cardFor(image.id); // (the group's live updates may have shown it already)
+    isNew = !group.ids.has(image.id);
     li = imageCard(image);
+    if (shown) shown.replaceWith(li);
     li.dataset.uploading = "true";
     setBadge(li.querySelector(".badge"), "UPLOADING");
     const bar = li.querySelector(".upload-progress");
@@ -133,7 +137,7 @@ async function uploadSelected(event) {
     bar.setAttribute("aria-label", `Uploading ${file.name}`);
     if (view.group === group) {
       group.ids.add(image.id);
-      $("images-list").prepend(li);
+      if (!shown) $("images-list").prepend(li);
       renderEmptyNote();
     }
     $("upload-form").reset();
@@ -145,14 +149,14 @@ async function uploadSelected(event) {
     bar.hidden = true;
     delete li.dataset.uploading;
     updateImageCard(li, { ...image, status: "PROCESSING" });
-    countImages(group, +1);
-    if (view.group === group) startPolling(image.id); // watched while its group is on screen
+    if (isNew) countImages(group, +1);
+    if (view.group === group) watchImage(image.id); // watched while its group is on screen
   } catch (e) {
     showError(e);
     if (image) {
       // Nothing half-made stays behind: drop the record whose upload failed.
       li && li.remove();
-      group.ids.delete(image.id);
+      if (group.ids.delete(image.id) && !isNew) countImages(group, -1); // (counted by the live update)
       dropPreview(image.id);
       renderEmptyNote();
       gql(Q.deleteImage, { id: image.id }).catch(() => {});
