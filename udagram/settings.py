@@ -215,6 +215,7 @@ class Settings(BaseSettings):
         return self.model_copy(update={"local_identity": identity, "aws_access_key_id": keys["accessKeyId"],
                                        "aws_secret_access_key": keys["secretAccessKey"]})
 
+    @property
     def builtin_idp(self) -> bool:
         """Whether the API is its own OpenID provider (local mode, no other issuer configured)."""
         return self.mode == "local" and self.auth_issuer == self.public_url + "/"

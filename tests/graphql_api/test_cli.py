@@ -49,6 +49,8 @@ def _moto_env(moto_server: str, tmp_path: Path, **values: str) -> dict[str, str]
     suffix = tmp_path.name[-12:].replace("_", "-").lower()
     return _env(
         UDAGRAM_DATA_DIR=str(tmp_path), AWS_ENDPOINT_URL=moto_server,
+        # moto takes any keys (without, local mode looks for the stack's generated ones: none here)
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
         UDAGRAM_GROUPS_TABLE=f"cli-groups-{suffix}", UDAGRAM_IMAGES_TABLE=f"cli-images-{suffix}",
         UDAGRAM_USERS_TABLE=f"cli-users-{suffix}", UDAGRAM_AUTH_GRANTS_TABLE=f"cli-grants-{suffix}",
         UDAGRAM_RATE_LIMITS_TABLE=f"cli-limits-{suffix}",
