@@ -1,6 +1,7 @@
 """Chaos run: kill -9 each part of the real local stack in turn, mid-burst, and prove nothing is lost.
 
-    .venv/bin/python bench/chaos.py [--short] [--uploads N] [--report bench/report]   (make chaos)
+    .venv/bin/python bench/chaos.py [--short] [--uploads N] [--workers N] [--api-processes N]
+                                    [--report bench/report]   (make chaos)
 
 Starts the whole local stack (tests/fixtures/stack.py: the code of `udagram up`, on free loopback
 ports, in a temp dir), creates a group, then for each fault in turn:
@@ -14,13 +15,16 @@ ports, in a temp dir), creates a group, then for each fault in turn:
 3. waits until the target is healthy again and every image in flight at the kill is DONE or FAILED.
 
 At the end every uploaded image must be DONE or FAILED with a reason, none lost or stuck, one
-processed object per DONE image and none other, and the DLQ is listed with its reasons. The table
+processed object per DONE image and none other, no image finished (the workers' "image done") more
+than once, and the DLQ is listed with its reasons, and how often reconciliation re-queued images. The table
 (fault, images in flight, recovered, lost, time back, time to recover) is printed and written to
 `<report>/chaos.md` and `chaos.json`. Exit status 1 when any check fails.
 
 `--short` (CI: tests/e2e/test_chaos.py) uses fewer uploads and short worker timings (visibility
 timeout, reconciliation interval) so each recovery takes seconds; the full run keeps the product's
-default timings, so its recovery times are what a deployment would see.
+default timings, so its recovery times are what a deployment would see. `--workers 2` (and
+`--api-processes 2`) run the stack with several of each (docs/local-stack.md): the worker fault then
+kills one of them while the other keeps working; tests/e2e/test_scale.py runs the short faults that way.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,6 +65,7 @@ SHORT_TIMINGS = {
     "UDAGRAM_WORKER_RETRY_BASE_SECONDS": "1",
     "UDAGRAM_WORKER_RETRY_MAX_SECONDS": "8",
 }
+SHORT_RECOVER_TIMEOUT = 180.0
 FINAL = {"DONE", "FAILED"}
 
 
@@ -83,9 +89,10 @@ def program_pid(stack: LocalStack, name: str) -> int:
     return int(info["pid"])
 
 
-def kill_program(name: str) -> Callable[[LocalStack], list[int]]:
+def kill_program(role: str) -> Callable[[LocalStack], list[int]]:
+    """The (first) program of a role: with several workers, one of them."""
     def kill(stack: LocalStack) -> list[int]:
-        pid = program_pid(stack, name)
+        pid = program_pid(stack, stack.program_names(role)[0])
         os.kill(pid, signal.SIGKILL)
         return [pid]
 
@@ -117,12 +124,12 @@ def kill_torchserve(stack: LocalStack) -> list[int]:
 class Fault:
     name: str
     what: str
-    program: str  # the supervisord program that must be healthy again
+    role: str  # the supervisord programs that must be healthy again (all of a role: udagram.stack.programs)
     kill: Callable[[LocalStack], list[int]]
 
 
 FAULTS = (
-    Fault("worker", "the worker process (udagram worker)", "worker", kill_program("worker")),
+    Fault("worker", "the worker process (udagram worker; with several, the first)", "worker", kill_program("worker")),
     Fault("torchserve-worker", "one TorchServe model worker process", "torchserve", kill_model_worker),
     Fault("torchserve", "the whole TorchServe (Java frontend + model workers)", "torchserve", kill_torchserve),
     Fault("sqs", "the queue server (moto SQS, in memory: queues and messages gone)", "sqs", kill_program("sqs")),
@@ -202,12 +209,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return predicate()
 
 
-def stack_healthy(stack: LocalStack, program: str | None = None) -> bool:
+def stack_healthy(stack: LocalStack, role: str | None = None) -> bool:
     try:
         states = control.status(stack.settings) or []
     except Exception:  # noqa: BLE001
         return False
-    wanted = [s for s in states if program is None or s.name == program]
+    wanted = [s for s in states if role is None or s.name in stack.program_names(role)]
     return bool(wanted) and all(s.ok for s in wanted)
 
 
@@ -240,9 +247,9 @@ def run_fault(stack: LocalStack, fault: Fault, uploader: Uploader, uploads: int,
         pids = fault.kill(stack)
         say(f"{fault.name}: killed {pids}; {len(pending_before)} images in flight")
         back = None
-        if wait_until(lambda: stack_healthy(stack, fault.program), recover_timeout, 0.5):
+        if wait_until(lambda: stack_healthy(stack, fault.role), recover_timeout, 0.5):
             back = time.monotonic() - killed_at
-            say(f"{fault.name}: {fault.program} healthy again after {back:.1f} s")
+            say(f"{fault.name}: {fault.role} healthy again after {back:.1f} s")
         results = [f.result() for f in futures]
     # Images the clients were still creating at the kill were in flight too.
     burst_ids = [r.image_id for r in results if r.image_id]
@@ -296,7 +303,28 @@ def dlq_contents(stack: LocalStack) -> list[dict]:
     return list(seen.values())
 
 
-def final_checks(stack: LocalStack, uploads: list[Upload]) -> dict:
+def processed_keys(stack: LocalStack) -> list[str]:
+    s3 = client("s3", stack.settings)
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.settings.processed_bucket):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+def reconciliation(stack: LocalStack) -> dict:
+    """What the workers' reconciliation passes re-queued (from their logs, across restarts): with
+    several workers each reconciles, so the same image may be queued more than once."""
+    requeued, images = 0, set()
+    for name in stack.program_names("worker"):
+        for event in stack.log_events(name):
+            if event.get("event") == "reconciled: re-queued stranded images":
+                requeued += int(event.get("requeued", 0))
+                images.update(event.get("image_ids", []))
+    return {"requeued": requeued, "distinct_images": len(images)}
+
+
+def final_checks(stack: LocalStack, uploads: list[Upload], earlier_keys: frozenset[str] = frozenset()) -> dict:
+    """`earlier_keys`: processed objects that were there before the run (a stack used before)."""
     uploaded = [u.image_id for u in uploads if u.uploaded_at]
     records = statuses(uploaded)
     by_status: dict[str, int] = {}
@@ -305,14 +333,13 @@ def final_checks(stack: LocalStack, uploads: list[Upload]) -> dict:
     stuck = sorted(i for i in uploaded if i not in records or records[i].status not in FINAL)
     failed = {i: records[i].error for i in uploaded if i in records and records[i].status == "FAILED"}
     done = {i for i in uploaded if i in records and records[i].status == "DONE"}
-    s3 = client("s3", stack.settings)
-    keys: list[str] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.settings.processed_bucket):
-        keys += [o["Key"] for o in page.get("Contents", [])]
+    keys = [key for key in processed_keys(stack) if key not in earlier_keys]
     expected = {data.processed_key(i) for i in done}
     # Records the clients created but never uploaded to (an error answer after the write, retried).
     group_records = list(data.ImageModel.by_group.query(records[uploaded[0]].group_id)) if uploaded else []
     unknown = [r for r in group_records if r.id not in set(uploaded)]
+    finished = stack.images_done()
+    times_done = sum(finished.values(), Counter())
     return {
         "uploaded": len(uploaded),
         "by_status": by_status,
@@ -324,6 +351,10 @@ def final_checks(stack: LocalStack, uploads: list[Upload]) -> dict:
         "records_without_upload": [{"id": r.id, "status": r.status} for r in unknown],
         "client_gave_up": [u.error for u in uploads if u.error],
         "dlq": dlq_contents(stack),
+        # the DONE record is written under the worker's lease: two workers never both finish an image
+        "finished_more_than_once": {i: times_done[i] for i in uploaded if times_done[i] > 1},
+        "finished_by_worker": {name: sum(counts[i] for i in uploaded) for name, counts in finished.items()},
+        "reconciliation": reconciliation(stack),
     }
 
 
@@ -354,7 +385,8 @@ def write_report(directory: Path, rows: list[Row], checks: dict, args: argparse.
         f"# Chaos run ({'short' if args.short else 'full'}): {'PASSED' if passed else 'FAILED'}",
         "",
         f"{started} UTC, {seconds / 60:.1f} min, on {machine_line(host)}.",
-        f"Local stack on loopback (SeaweedFS, dynalite, moto SQS, TorchServe, API, worker under supervisord);"
+        f"Local stack on loopback (SeaweedFS, dynalite, moto SQS, TorchServe, {args.api_processes} API process(es),"
+        f" {args.workers} worker(s) under supervisord);"
         f" {args.uploads} uploads per fault from {args.clients} clients (GraphQL createImage + presigned POST,"
         f" 0.3 MP JPEG); worker timings: {timings}.",
         "",
@@ -376,6 +408,11 @@ def write_report(directory: Path, rows: list[Row], checks: dict, args: argparse.
         f" {len(checks['records_without_upload'])}"
         + "".join(f"\n  - `{r['id']}`: {r['status']}" for r in checks["records_without_upload"]),
         f"- Clients that gave up: {len(checks['client_gave_up'])}" + "".join(f"\n  - {e}" for e in checks["client_gave_up"]),
+        f"- Finished (the worker's \"image done\") more than once: **{len(checks['finished_more_than_once'])}**"
+        f" {checks['finished_more_than_once'] or ''}; by worker: {checks['finished_by_worker']}.",
+        f"- Reconciliation re-queued {checks['reconciliation']['requeued']} images"
+        f" ({checks['reconciliation']['distinct_images']} distinct; a re-run of an image finished meanwhile is"
+        " skipped).",
         f"- Dead-letter queue: {len(dlq)} messages"
         + "".join(f"\n  - reason: {m['reason']}; body: `{m['body'][:120]}`" for m in dlq)
         + ("\n  (the queue server's kill empties the DLQ too: it only holds what arrived after it)" if dlq else ""),
@@ -391,18 +428,49 @@ def write_report(directory: Path, rows: list[Row], checks: dict, args: argparse.
     return path
 
 
+def run(stack: LocalStack, faults: list[Fault], uploads_per_fault: int, clients: int,
+        recover_timeout: float) -> tuple[list[Row], dict, bool]:
+    """The faults in turn on a running stack, then the final checks: (rows, checks, passed)."""
+    data.configure(stack.settings)
+    earlier_keys = frozenset(processed_keys(stack))
+    api = Api(stack, user="chaos")
+    # the 0.3 MP photo of bench/pipeline.py's uploads
+    uploader = Uploader(api, api.create_group("chaos"), photo_jpeg((640, 480)), patience=recover_timeout)
+    rows: list[Row] = []
+    uploads: list[Upload] = []
+    all_ids: list[str] = []
+    try:
+        for fault in faults:
+            row, results = run_fault(stack, fault, uploader, uploads_per_fault, clients, recover_timeout, all_ids)
+            rows.append(row)
+            uploads += results
+    finally:
+        api.close()
+    say("final checks")
+    wait_until(lambda: not [r for r in statuses([u.image_id for u in uploads if u.uploaded_at]).values()
+                            if r.status not in FINAL], recover_timeout)
+    checks = final_checks(stack, uploads, earlier_keys)
+    passed = (all(r.lost == 0 and r.seconds_to_recover is not None and r.seconds_back is not None for r in rows)
+              and not checks["stuck_or_lost"] and not checks["duplicate_or_stray_processed_objects"]
+              and not checks["missing_processed_objects"] and all(checks["failed"].values())
+              and not checks["finished_more_than_once"])
+    return rows, checks, passed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--short", action="store_true", help="few uploads, short worker timings (CI)")
     parser.add_argument("--uploads", type=int, default=None, help="uploads per fault (default 30; short 8)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent uploading clients")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (UDAGRAM_WORKER_PROCESSES)")
+    parser.add_argument("--api-processes", type=int, default=1, help="API processes (UDAGRAM_API_PROCESSES)")
     parser.add_argument("--only", action="append", choices=[f.name for f in FAULTS], help="run only these faults")
     parser.add_argument("--report", type=Path, default=ROOT / "bench" / "report")
     parser.add_argument("--model-store", type=Path, default=None,
                         help="a model store holding the default archive (default: built/cached in model-store/)")
     args = parser.parse_args(argv)
     args.uploads = args.uploads or (8 if args.short else 30)
-    recover_timeout = 180.0 if args.short else 420.0
+    recover_timeout = SHORT_RECOVER_TIMEOUT if args.short else 420.0
     started = time.strftime("%Y-%m-%d %H:%M")
     began = time.monotonic()
     store = args.model_store
@@ -411,29 +479,13 @@ def main(argv: list[str] | None = None) -> int:
         say("default archive: building it once into model-store/ if missing")
         build_archive(store, version=DEFAULT_VERSION)
     overrides = dict(SHORT_TIMINGS) if args.short else {}
+    overrides |= {"UDAGRAM_WORKER_PROCESSES": str(args.workers), "UDAGRAM_API_PROCESSES": str(args.api_processes)}
     faults = [f for f in FAULTS if not args.only or f.name in args.only]
-    rows: list[Row] = []
-    uploads: list[Upload] = []
     with tempfile.TemporaryDirectory(prefix="udagram-chaos-") as tmp:
-        say(f"starting the local stack in {tmp}")
+        say(f"starting the local stack in {tmp} ({args.api_processes} API process(es), {args.workers} worker(s))")
         with running_stack(Path(tmp) / "data", store, **overrides) as stack:
-            data.configure(stack.settings)
-            api = Api(stack, user="chaos")
-            # the 0.3 MP photo of bench/pipeline.py's uploads
-            uploader = Uploader(api, api.create_group("chaos"), photo_jpeg((640, 480)), patience=recover_timeout)
-            all_ids: list[str] = []
-            for fault in faults:
-                row, results = run_fault(stack, fault, uploader, args.uploads, args.clients, recover_timeout, all_ids)
-                rows.append(row)
-                uploads += results
-            say("final checks")
-            wait_until(lambda: not [r for r in statuses([u.image_id for u in uploads if u.uploaded_at]).values()
-                                    if r.status not in FINAL], recover_timeout)
-            checks = final_checks(stack, uploads)
+            rows, checks, passed = run(stack, faults, args.uploads, args.clients, recover_timeout)
             env = stack.env
-    passed = (all(r.lost == 0 and r.seconds_to_recover is not None and r.seconds_back is not None for r in rows)
-              and not checks["stuck_or_lost"] and not checks["duplicate_or_stray_processed_objects"]
-              and not checks["missing_processed_objects"] and all(checks["failed"].values()))
     path = write_report(args.report, rows, checks, args, env, passed, started, time.monotonic() - began)
     print()
     print(table(rows))

@@ -7,6 +7,7 @@ and, while anyone is subscribed, watches DynamoDB for the subscriptions (graphql
 
 from __future__ import annotations
 
+import socket
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -143,6 +144,25 @@ def start_metrics_server(settings: Settings) -> WSGIServer:
     operator, not for anyone who can reach the public API. Returns the server (to shut it down)."""
     server, _thread = start_http_server(settings.api_metrics_port, addr=settings.api_metrics_host)
     return server
+
+
+def listen_socket(settings: Settings) -> socket.socket:
+    """The API's listening socket on host:api_port. With `api_processes` > 1 the processes share
+    the port (SO_REUSEPORT): the kernel spreads new connections over them, and one that dies takes
+    only the connections queued on it. Only the same user's processes may join such a port, and a
+    lone API process (the default) does not allow it: a second one still fails, address in use."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no obstacle
+        if settings.api_processes > 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((settings.host, settings.api_port))
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

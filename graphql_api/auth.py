@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -77,13 +78,19 @@ def _load_or_create_private_key(path: Path) -> rsa.RSAPrivateKey:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
+            # Written whole under a private name, then linked into place: another process (a second
+            # API starting at once) finds no key or a complete one, never a half-written file.
+            partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process won the race: use its key
-            else:
                 with os.fdopen(fd, "wb") as f:
                     f.write(pem)
+                try:
+                    os.link(partial, path)
+                except FileExistsError:
+                    pass  # another process won the race: use its key
+            finally:
+                partial.unlink(missing_ok=True)
         return serialization.load_pem_private_key(path.read_bytes(), password=None)
 
 

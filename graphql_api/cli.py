@@ -25,16 +25,29 @@ def register(app: typer.Typer) -> None:
     def api() -> None:
         """Serve the GraphQL API and the web page on settings.host:settings.api_port (Prometheus
         metrics on settings.api_metrics_host:settings.api_metrics_port)."""
+        import logging
+
         import uvicorn
 
-        from graphql_api.app import create_app, start_metrics_server
+        from graphql_api.app import create_app, listen_socket, start_metrics_server
         from udagram import resources
         from udagram.settings import get_settings
 
         settings = get_settings()
         resources.ensure_resources(settings)
+        try:
+            sock = listen_socket(settings)
+        except OSError as exc:
+            _fail(f"cannot listen on {settings.host}:{settings.api_port}: {exc}")
+        # After the bind: a metrics port that answers means this process serves its share of the
+        # API port (the stack's health check of each API process).
         start_metrics_server(settings)
-        uvicorn.run(create_app(settings), **server_options(settings))
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), **server_options(settings)))
+        # uvicorn logs where it listens only for sockets it binds itself
+        logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d", settings.host, settings.api_port)
+        server.run(sockets=[sock])
+        if not server.started:  # the app's startup failed (uvicorn.run exits 3 then too)
+            raise typer.Exit(3)
 
     @app.command()
     def token(

@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     # AWS keys are given; the local stack gives the API "api", the worker "worker", others "none".
     local_identity: credentials.Identity = "admin"
 
+    # --- processes of the stack (`udagram up`; docs/local-stack.md) ------------------------------
+    # API processes share api_port (SO_REUSEPORT when more than one); process i (from 0) serves its
+    # metrics on api_metrics_port + 10 * i, worker i on worker_metrics_port + 10 * i.
+    api_processes: int = Field(1, ge=1)
+    worker_processes: int = Field(1, ge=1)
+
     # --- local stand-ins (mode=local) ----------------------------------------------------------
     s3_port: int = 8333
     sqs_port: int = 9324

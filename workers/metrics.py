@@ -14,6 +14,9 @@ RERUNS_FAILED = Counter("udagram_worker_reruns_failed_total",
                         "Re-runs that failed while the image kept its earlier result (error recorded)")
 RETRIES = Counter("udagram_worker_retries_total", "Deliveries backed off for a transient fault", ["reason"])
 SKIPPED = Counter("udagram_worker_messages_skipped_total", "Records acknowledged without work", ["reason"])
+# Each worker reconciles: with several, the same stranded image may be queued by each (the
+# duplicates converge: a pending-only re-run of a finished image is skipped).
+RECONCILED = Counter("udagram_worker_reconciled_total", "Stranded images this worker queued again (reconciliation)")
 DEAD_LETTERED = Counter("udagram_worker_dead_lettered_total", "Messages moved to the DLQ by the worker")
 IN_FLIGHT = Gauge("udagram_worker_in_flight", "Messages being handled right now")
 CIRCUIT_OPEN = Gauge("udagram_worker_model_server_circuit_open", "1 while TorchServe is considered down")

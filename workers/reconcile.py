@@ -25,8 +25,10 @@ from udagram import data, jobs
 from udagram.aws import client
 from udagram.data import ImageModel, ImageStatus
 from udagram.settings import Settings
+from workers import metrics
 
 log = structlog.get_logger(__name__)
+LOGGED_IDS = 100  # ids named in the log line of a pass (the count is always whole)
 
 
 def _exists(s3: Any, bucket: str, key: str) -> bool:
@@ -87,5 +89,6 @@ def reconcile(settings: Settings, s3: Any = None, sqs: Any = None, queue_lost: b
     ids = list(stranded_images(settings, s3, queue_lost))
     if ids:
         jobs.enqueue_reprocess(ids, settings=settings, sqs=sqs, pending_only=True)
-        log.info("reconciled: re-queued stranded images", requeued=len(ids))
+        metrics.RECONCILED.inc(len(ids))
+        log.info("reconciled: re-queued stranded images", requeued=len(ids), image_ids=ids[:LOGGED_IDS])
     return len(ids)

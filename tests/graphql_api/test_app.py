@@ -130,3 +130,44 @@ def test_aws_mode_has_no_host_list(aws_settings):
     settings = aws_settings.model_copy(update={"mode": "aws", "auth_issuer": "https://idp.example/"})
     with TestClient(create_app(settings)) as test_client:
         assert test_client.get("/healthz", headers={"Host": "10.0.3.7:8000"}).status_code == 200
+
+
+def test_api_processes_share_their_port_only_when_there_are_several(tmp_path):
+    """`api_processes` > 1: each process binds the API port with SO_REUSEPORT and the kernel spreads
+    new connections over them; a lone API process (the default) neither joins them nor lets others in."""
+    import errno
+    import select
+    import socket
+
+    from graphql_api.app import listen_socket
+    from tests.fixtures.ports import free_port
+    from udagram.settings import Settings
+
+    port = free_port()
+    several = Settings(mode="local", data_dir=tmp_path, api_port=port, api_processes=2)
+    alone = Settings(mode="local", data_dir=tmp_path, api_port=port)
+    first, second = listen_socket(several), listen_socket(several)
+    try:
+        with pytest.raises(OSError) as refused:
+            listen_socket(alone)
+        assert refused.value.errno == errno.EADDRINUSE
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(24)]
+        accepted = {first: 0, second: 0}
+        while sum(accepted.values()) < len(clients):
+            ready, _, _ = select.select([first, second], [], [], 5)
+            assert ready, accepted
+            for sock in ready:
+                sock.accept()[0].close()
+                accepted[sock] += 1
+        assert all(accepted.values()), accepted  # both took some (all 24 on one: odds 2 in 2**24)
+        for client in clients:
+            client.close()
+    finally:
+        first.close()
+        second.close()
+    lone = listen_socket(alone)
+    try:
+        with pytest.raises(OSError):
+            listen_socket(several)  # nor can a process of a multi-process stack join a lone one
+    finally:
+        lone.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +36,46 @@ def test_issued_token_verifies_and_key_file_is_private(settings):
     assert header["alg"] == "RS256" and header["kid"] == auth.local_jwks(settings)["keys"][0]["kid"]
     # the key survives: a second verifier (a restarted API) accepts the same token
     assert auth.TokenVerifier(settings).verify(token).id == "alice"
+
+
+# A process that creates the signing key, paused for 3 s once its key file is open (its marker
+# file says so), as a slow API process would be when two start at once on a fresh data dir.
+SLOW_KEY_CREATOR = """
+import os, sys, time
+from pathlib import Path
+from graphql_api import auth
+from udagram.settings import Settings
+real_fdopen = os.fdopen
+def slow_fdopen(*args, **kwargs):
+    Path(sys.argv[2]).touch()
+    time.sleep(3)
+    return real_fdopen(*args, **kwargs)
+os.fdopen = slow_fdopen
+print(auth.local_key(Settings(mode="local", data_dir=sys.argv[1])).kid)
+"""
+
+
+def test_two_processes_creating_the_signing_key_at_once_agree_on_one_key(tmp_path):
+    """Two API processes starting at once on a fresh data dir: the second must never read the
+    first one's key file half-written, and both must sign with the same key."""
+    marker = tmp_path / "first-has-its-file-open"
+    first = subprocess.Popen([sys.executable, "-c", SLOW_KEY_CREATOR, str(tmp_path), str(marker)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        second_kid = auth.local_key(Settings(mode="local", data_dir=tmp_path)).kid
+        first_kid, errors = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, errors
+    assert first_kid.strip() == second_kid
+    assert stat.S_IMODE(os.stat(tmp_path / "auth" / "local-signing-key.pem").st_mode) == 0o600
+    assert sorted(p.name for p in (tmp_path / "auth").iterdir()) == ["local-signing-key.pem"]  # no leftovers
 
 
 @pytest.mark.parametrize("case", list(FORGED))

@@ -81,17 +81,22 @@ def wait_for_status(stack: LocalStack, image_id: str, wanted: set[str], timeout:
                          f"worker log:\n{supervisor.tail(supervisor.paths(stack.settings).log('worker'))}")
 
 
+def assert_status_command_shows_healthy(stack: LocalStack, names: set[str]) -> None:
+    """`udagram status`, from a shell with the stack's environment, exits 0 and shows each of
+    `names` RUNNING and healthy."""
+    result = subprocess.run([UDAGRAM, "status"], env=stack.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in names:
+        assert any(line.split()[:2] == [name, "RUNNING"] and line.endswith("healthy")
+                   for line in result.stdout.splitlines()), result.stdout
+
+
 def test_every_process_runs_and_is_healthy(local_stack: LocalStack) -> None:
     found = control.status(local_stack.settings)
     assert found is not None
     assert {s.name for s in found} == EVERY_PROGRAM
     assert [s for s in found if not s.ok] == []
-    # `udagram status` shows the same, from a shell with the stack's environment
-    result = subprocess.run([UDAGRAM, "status"], env=local_stack.env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    for name in EVERY_PROGRAM:
-        assert any(line.split()[:2] == [name, "RUNNING"] and line.endswith("healthy")
-                   for line in result.stdout.splitlines()), result.stdout
+    assert_status_command_shows_healthy(local_stack, EVERY_PROGRAM)
 
 
 def test_up_again_is_a_no_op_that_reports_healthy(local_stack: LocalStack) -> None:

@@ -195,3 +195,64 @@ def test_up_refuses_taken_ports_before_starting_anything(tmp_path: Path) -> None
             control.up(settings, env={})
     assert supervisor.running_pid(supervisor.paths(settings)) is None
     assert not (settings.data_dir / "supervisord.conf").exists()
+
+
+def test_several_api_processes_and_workers_are_one_program_each(tmp_path: Path) -> None:
+    """UDAGRAM_API_PROCESSES / UDAGRAM_WORKER_PROCESSES: one supervised program per process, each
+    with its own metrics port (the first one's + 10 per process), the API port declared once."""
+    single = {p.name: p for p in programs(local_settings(tmp_path))}
+    assert {"api", "worker"} <= single.keys()  # one of each keeps the plain names
+    settings = local_settings(tmp_path, api_processes=2, worker_processes=3, api_metrics_port=9401,
+                              worker_metrics_port=9400, api_port=8000)
+    progs = programs(settings)
+    by_role = {role: [p for p in progs if p.role == role] for role in ("api", "worker")}
+    assert [p.name for p in by_role["api"]] == ["api-1", "api-2"]
+    assert [p.name for p in by_role["worker"]] == ["worker-1", "worker-2", "worker-3"]
+    assert [p.environment["UDAGRAM_API_METRICS_PORT"] for p in by_role["api"]] == ["9401", "9411"]
+    assert [p.environment["UDAGRAM_WORKER_METRICS_PORT"] for p in by_role["worker"]] == ["9400", "9410", "9420"]
+    assert [[port.port for port in p.ports] for p in by_role["api"]] == [[8000, 9401], [9411]]
+    assert all(p.environment["UDAGRAM_LOCAL_IDENTITY"] == p.role for p in progs if p.role in ("api", "worker"))
+    declared = [port.port for p in progs for port in p.ports]
+    assert len(declared) == len(set(declared))
+    parser = configparser.RawConfigParser()
+    parser.read_string(supervisor.render_config(supervisor.paths(settings), progs))
+    assert 'UDAGRAM_WORKER_METRICS_PORT="9420"' in parser["program:worker-3"]["environment"]
+    assert {"api", "worker"}.isdisjoint(s.removeprefix("program:") for s in parser.sections())
+    metrics = {name: url for name, url in control.urls(settings).items() if name.startswith(("API", "worker"))}
+    assert metrics == {
+        "API 1 metrics": "http://127.0.0.1:9401/metrics", "API 2 metrics": "http://127.0.0.1:9411/metrics",
+        "worker 1 metrics": "http://127.0.0.1:9400/metrics", "worker 2 metrics": "http://127.0.0.1:9410/metrics",
+        "worker 3 metrics": "http://127.0.0.1:9420/metrics"}
+
+
+def test_a_port_wanted_by_two_processes_is_refused_naming_both(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path, worker_processes=2, worker_metrics_port=21400, api_metrics_port=21410)
+    with pytest.raises(control.PortInUse) as info:
+        control.check_ports(settings, programs(settings))
+    assert str(info.value) == ("port 21410 is wanted by both API metrics (UDAGRAM_API_METRICS_PORT) and worker "
+                               "metrics (worker-2) (UDAGRAM_WORKER_METRICS_PORT): move one of them")
+
+
+def test_each_process_is_checked_on_its_own_metrics_port(tmp_path: Path) -> None:
+    """worker-1's metrics answering says nothing about worker-2."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = local_settings(tmp_path, worker_processes=2, worker_metrics_port=server.server_address[1])
+        health = {p.name: control.check_health(p, settings) for p in programs(settings) if p.role == "worker"}
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert health["worker-1"] == "healthy"
+    assert f":{server.server_address[1] + 10}/metrics" in health["worker-2"]

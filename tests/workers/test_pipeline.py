@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from tests.workers.conftest import (
     create_image, dlq_messages, new_upload, processed_keys, processed_object, queue_empty, record,
@@ -178,7 +179,9 @@ def test_reconciliation_requeues_lost_events_and_stale_processing(settings, star
     sqs = client("sqs", settings)
     sqs.purge_queue(QueueUrl=sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"])  # S3's TestEvent
     assert queue_empty(settings)
+    requeued_before = REGISTRY.get_sample_value("udagram_worker_reconciled_total")
     assert reconcile(settings) == 2
+    assert REGISTRY.get_sample_value("udagram_worker_reconciled_total") == requeued_before + 2
     start_worker(settings)
     lost_rec, stale_rec = wait_status([lost, stale])
     assert lost_rec.status == "DONE" and stale_rec.status == "DONE"

@@ -25,7 +25,7 @@ from typing import Callable, Mapping
 from udagram.settings import Settings
 from udagram.stack import seaweedfs, supervisor
 from udagram.stack.health import Unhealthy
-from udagram.stack.programs import DYNALITE, SERVICES, Port, Program, programs
+from udagram.stack.programs import DYNALITE, SERVICES, Port, Program, instance_port, programs
 
 Say = Callable[[str], None]
 
@@ -64,7 +64,14 @@ def port_message(host: str, taken: list[Port]) -> str:
 
 
 def check_ports(settings: Settings, progs: list[Program]) -> None:
-    taken = [port for program in progs for port in program.ports if port_taken(settings.host, port.port)]
+    declared: dict[int, Port] = {}
+    for port in (port for program in progs for port in program.ports):
+        if port.port in declared:  # e.g. a moved port landing on another process's metrics port
+            first = declared[port.port]
+            raise PortInUse(f"port {port.port} is wanted by both {first.what} ({first.env}) and {port.what} "
+                            f"({port.env}): move one of them")
+        declared[port.port] = port
+    taken = [port for port in declared.values() if port_taken(settings.host, port.port)]
     if taken:
         message = port_message(settings.host, taken)
         if marked(settings.data_dir):
@@ -79,8 +86,14 @@ def urls(settings: Settings) -> dict[str, str]:
         "TorchServe inference": settings.torchserve_inference_url,
         "TorchServe management": settings.torchserve_management_url,
         "TorchServe metrics": f"http://{settings.host}:{settings.torchserve_metrics_port}/metrics",
-        "worker metrics": f"http://{settings.host}:{settings.worker_metrics_port}/metrics",
     }
+    for role, host, first, count in (
+        ("API", settings.api_metrics_host, settings.api_metrics_port, settings.api_processes),
+        ("worker", settings.host, settings.worker_metrics_port, settings.worker_processes),
+    ):
+        for index in range(count):
+            number = f" {index + 1}" if count > 1 else ""
+            found[f"{role}{number} metrics"] = f"http://{host}:{instance_port(first, index)}/metrics"
     if settings.mode == "local":
         found |= {"S3": settings.s3_endpoint_url, "SQS": settings.sqs_endpoint_url,
                   "DynamoDB": settings.dynamodb_endpoint_url}

@@ -63,10 +63,12 @@ def torchserve(settings: Settings) -> None:
         raise Unhealthy(f"model {settings.model_name!r} has no READY worker yet (workers: {statuses or 'none'})")
 
 
-def api(settings: Settings) -> None:
+def api(settings: Settings, metrics_port: int | None = None) -> None:
+    """The API port answers (any API process may), and this process's own metrics port: it opens
+    only once the process holds its share of the API port (graphql_api/cli.py)."""
     http_ok(f"http://{settings.host}:{settings.api_port}/healthz")
-    http_ok(f"http://{settings.api_metrics_host}:{settings.api_metrics_port}/metrics")
+    http_ok(f"http://{settings.api_metrics_host}:{metrics_port or settings.api_metrics_port}/metrics")
 
 
-def worker(settings: Settings) -> None:
-    http_ok(f"http://{settings.host}:{settings.worker_metrics_port}/metrics")
+def worker(settings: Settings, metrics_port: int | None = None) -> None:
+    http_ok(f"http://{settings.host}:{metrics_port or settings.worker_metrics_port}/metrics")

@@ -7,6 +7,10 @@ Stages start in order, each once the previous one is healthy:
 then the resources are created (tables, buckets, queues) and
 3. (`SERVICES`) TorchServe, the API and the worker start.
 With `UDAGRAM_MODE=aws` only stage 3 runs, against the AWS services the standard AWS variables name.
+
+`api_processes` / `worker_processes` above 1 make one program per process (`api-1`, `api-2`, ...;
+one alone keeps the plain name), each supervised, logged and health-checked on its own: the API
+processes share the API port, and each process has its own metrics port (`instance_port`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import shutil
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +31,9 @@ DYNALITE = REPO_ROOT / "tools" / "node" / "node_modules" / "dynalite" / "cli.js"
 # dynalite behind a refusal of browser requests (it answers them with CORS "*")
 DYNALITE_SERVER = REPO_ROOT / "tools" / "node" / "dynalite-server.js"
 BIN = Path(sys.executable).parent
+# Process i's metrics port is the first one's + 10 * i: the API's (9401, 9411, ...) and the
+# worker's (9400, 9410, ...) never meet, whatever the counts.
+METRICS_PORT_STEP = 10
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,44 @@ class Program:
     directory: Path = REPO_ROOT
     environment: dict[str, str] = field(default_factory=dict)
     stop_wait_seconds: int = 15
+    role: str = ""  # what it is when there are several of it ("api", "worker"); default: the name
+
+    def __post_init__(self) -> None:
+        if not self.role:
+            object.__setattr__(self, "role", self.name)
+
+
+def instance_port(first: int, index: int) -> int:
+    """The metrics port of process `index` (from 0) of a role whose first process uses `first`."""
+    return first + METRICS_PORT_STEP * index
+
+
+def instance_names(role: str, count: int) -> list[str]:
+    """`role` alone, or `role-1` ... `role-N`."""
+    return [role] if count == 1 else [f"{role}-{i}" for i in range(1, count + 1)]
+
+
+def _processes(role: credentials.Identity, title: str, count: int, metrics: Port,
+               check: Callable[..., None], shared: tuple[Port, ...] = (), **options: int) -> list[Program]:
+    """`count` programs running `udagram <role>` with the role's S3 identity, process i with its
+    metrics port at `instance_port(metrics.port, i)` (given to it as `metrics.env`) and health-checked
+    there; `shared` ports (the API's) are declared, and so checked free, once."""
+    found = []
+    for index, name in enumerate(instance_names(role, count)):
+        port = instance_port(metrics.port, index)
+        suffix = "" if name == role else f" ({name})"
+        found.append(Program(
+            name=name,
+            role=role,
+            title=title + suffix,
+            command=[str(BIN / "udagram"), role],
+            environment={**_identity(role), metrics.env: str(port)},
+            stage=SERVICES,
+            ports=(*(shared if index == 0 else ()), Port(port, metrics.what + suffix, metrics.env)),
+            health=partial(check, metrics_port=port),
+            **options,
+        ))
+    return found
 
 
 def _identity(name: credentials.Identity) -> dict[str, str]:
@@ -156,30 +202,16 @@ def services(settings: Settings) -> list[Program]:
             )
         )
     if _cli_has("api"):
-        programs.append(
-            Program(
-                name="api",
-                title="GraphQL API and web page",
-                command=[udagram, "api"],
-                environment=_identity("api"),
-                stage=SERVICES,
-                ports=(Port(settings.api_port, "API", "UDAGRAM_API_PORT"),
-                       Port(settings.api_metrics_port, "API metrics", "UDAGRAM_API_METRICS_PORT")),
-                health=health.api,
-            )
+        programs += _processes(
+            "api", "GraphQL API and web page", settings.api_processes,
+            Port(settings.api_metrics_port, "API metrics", "UDAGRAM_API_METRICS_PORT"), health.api,
+            shared=(Port(settings.api_port, "API", "UDAGRAM_API_PORT"),),
         )
     if _cli_has("worker"):
-        programs.append(
-            Program(
-                name="worker",
-                title="Worker",
-                command=[udagram, "worker"],
-                environment=_identity("worker"),
-                stage=SERVICES,
-                ports=(Port(settings.worker_metrics_port, "worker metrics", "UDAGRAM_WORKER_METRICS_PORT"),),
-                health=health.worker,
-                stop_wait_seconds=int(settings.worker_shutdown_grace_seconds) + 10,
-            )
+        programs += _processes(
+            "worker", "Worker", settings.worker_processes,
+            Port(settings.worker_metrics_port, "worker metrics", "UDAGRAM_WORKER_METRICS_PORT"), health.worker,
+            stop_wait_seconds=int(settings.worker_shutdown_grace_seconds) + 10,
         )
     return programs
 
