@@ -78,25 +78,44 @@ def build(
 def serve() -> None:
     """Run TorchServe in the foreground with the settings' ports (builds the default archive first).
 
-    Stops TorchServe on SIGTERM/SIGINT and exits when TorchServe exits (for supervisord)."""
-    from handlers.archive import archive_path, ensure_default_archive
+    Serves what the model registry recorded (the versions, their workers, the default; see
+    handlers/registry.py), else the archive of UDAGRAM_MODEL_DEFAULT_VERSION. Stops TorchServe on
+    SIGTERM/SIGINT and exits when TorchServe exits (for supervisord)."""
+    from handlers import registry
+    from handlers.archive import DEFAULT_VERSION, archive_path, ensure_default_archive
     from handlers.server import Endpoints, TorchServeProcess
 
     settings = _settings()
-    version = settings.model_default_version
-    if version == "1.0":
-        archive = ensure_default_archive(settings)
-    else:
+    try:
+        recorded = registry.load(settings.model_registry_path)
+    except registry.RegistryError as exc:
+        typer.echo(f"warning: {exc}; serving version {settings.model_default_version} only", err=True)
+        recorded = None
+
+    def archive_for(version: str) -> Path:
+        if version == DEFAULT_VERSION:
+            return ensure_default_archive(settings)
         archive = archive_path(settings.model_store, version)
         if not archive.exists():
             _fail(f"{archive} not found: build it (udagram model build --version {version} ...) or unset "
                   "UDAGRAM_MODEL_DEFAULT_VERSION")
+        return archive
+
+    if settings.model_default_version == DEFAULT_VERSION:
+        ensure_default_archive(settings)  # the packaged default, rebuilt when made by an older handler
+    plan = registry.plan_start(
+        recorded,
+        settings.model_store,
+        settings.model_default_version,
+        "model_default_version" in settings.model_fields_set,  # set in the environment: it wins
+        archive_for,
+    )
     log_dir = Path(os.environ.get("LOG_LOCATION") or settings.data_dir / "logs" / "torchserve")
     server = TorchServeProcess(
         Endpoints.from_settings(settings),
         settings.model_store,
         settings.data_dir / "torchserve",
-        {settings.model_name: archive.name},
+        {settings.model_name: plan.default_archive},
         model_name=settings.model_name,
         log_dir=log_dir,
         config_template=settings.torchserve_config,
@@ -109,9 +128,13 @@ def serve() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
     process = server.launch()
     typer.echo(
-        f"TorchServe starting: {settings.model_name} from {archive}; inference {server.inference_url}, "
-        f"management {server.management_url}, metrics {server.metrics_url}; logs in {log_dir}"
+        f"TorchServe starting: {settings.model_name} {plan.default} from {plan.default_archive}; inference "
+        f"{server.inference_url}, management {server.management_url}, metrics {server.metrics_url}; logs in {log_dir}"
     )
+    # The other recorded versions are registered once the default serves, beside this loop.
+    threading.Thread(
+        target=_restore_when_ready, args=(server, plan, settings, stop_requested), daemon=True
+    ).start()
     while process.poll() is None and not stop_requested.wait(0.5):
         pass
     code = process.poll()
@@ -121,6 +144,37 @@ def serve() -> None:
         return
     typer.echo(f"TorchServe exited on its own (code {code}); see {log_dir}", err=True)
     raise typer.Exit(code or 1)  # it is meant to run until stopped
+
+
+def _restore_when_ready(server, plan, settings, stop_requested: threading.Event) -> None:  # noqa: ANN001
+    from handlers import registry
+    from handlers.management import ManagementClient, ManagementError
+    from handlers.server import is_ready
+
+    while not is_ready(server.management_url, settings.model_name):
+        if stop_requested.wait(0.5) or not server.is_running():
+            return
+    client = ManagementClient(server.management_url, settings.model_name)
+    try:
+        registry.restore(client, plan, lambda line: typer.echo(line, err=line.startswith("warning")))
+        serving = ", ".join(sorted(v.version for v in client.versions()))
+    except ManagementError as exc:  # TorchServe went away meanwhile: the next start restores again
+        typer.echo(f"warning: versions not restored: {exc}", err=True)
+        return
+    _remember(client)  # drops what could not be restored: the file says what is served
+    typer.echo(f"serving versions {serving} (default {plan.default})")
+
+
+def _remember(client) -> None:  # noqa: ANN001
+    """Record what TorchServe serves after a change, so that it survives a restart."""
+    from handlers import registry
+    from handlers.management import ManagementError
+
+    path = _settings().model_registry_path
+    try:
+        registry.record(path, client)
+    except (ManagementError, OSError) as exc:
+        typer.echo(f"warning: not recorded in {path}, so a TorchServe restart will not keep it: {exc}", err=True)
 
 
 # --- versions on a running server --------------------------------------------------------------
@@ -164,29 +218,38 @@ def register(
 
     with _management_errors():
         name = stage_archive(archive, _settings().model_store)
-        version = _client().register(name, workers)
+        client = _client()
+        version = client.register(name, workers)
+    _remember(client)
     typer.echo(f"registered {name} as version {version.version} ({version.ready_workers} worker(s) READY)")
 
 
 @model_app.command("set-default")
 def set_default(version: str) -> None:
     """Route /predictions/classifier to VERSION (roll out or roll back)."""
+    client = _client()
     with _management_errors():
-        _client().set_default(version)
+        client.set_default(version)
+    _remember(client)
     typer.echo(f"default version is now {version}")
 
 
 @model_app.command()
 def scale(version: str, workers: int) -> None:
     """Run WORKERS workers for VERSION (0 parks it without unregistering)."""
+    client = _client()
     with _management_errors():
-        _client().scale(version, workers)
+        client.scale(version, workers)
+    _remember(client)
     typer.echo(f"version {version} now runs {workers} worker(s)")
 
 
 @model_app.command()
 def remove(version: str) -> None:
     """Unregister VERSION (refused for the default version)."""
+    client = _client()
     with _management_errors():
-        _client().remove(version)
+        client.remove(version)
+    _remember(client)
     typer.echo(f"version {version} removed")
+

@@ -103,7 +103,9 @@ class Settings(BaseSettings):
     torchserve_management_url: str | None = None
     model_name: str = "classifier"
     model_store: Path = Path("model-store")
-    model_default_version: str = "1.0"  # the archive `udagram model serve` loads at start
+    # The default version `udagram model serve` starts with when the model registry
+    # (<data_dir>/torchserve/registry.json) has none; set in the environment, it wins over the registry.
+    model_default_version: str = "1.0"
     torchserve_config: Path | None = None  # config.properties template; default: the repository's
 
     # --- worker ----------------------------------------------------------------------------------
@@ -156,6 +158,11 @@ class Settings(BaseSettings):
             self.sqs_endpoint_url = self.sqs_endpoint_url or self.aws_endpoint_url
             self.dynamodb_endpoint_url = self.dynamodb_endpoint_url or self.aws_endpoint_url
         return self
+
+    @property
+    def model_registry_path(self) -> Path:
+        """The versions TorchServe serves, re-applied when it restarts (handlers/registry.py)."""
+        return self.data_dir / "torchserve" / "registry.json"
 
     @property
     def local_signing_key_path(self) -> Path:
