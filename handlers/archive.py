@@ -187,7 +187,8 @@ def verify_optimised(model: nn.Module, traced: torch.jit.ScriptModule, input_siz
         expected = torch.softmax(model(inputs), dim=1)
         got = torch.softmax(served(inputs), dim=1)
     drift = float((expected - got).abs().max())
-    same_top5 = torch.equal(expected.topk(5).indices, got.topk(5).indices)
+    k = min(5, expected.shape[1])
+    same_top5 = torch.equal(expected.topk(k).indices, got.topk(k).indices)
     if drift > 1e-3 or not same_top5:
         raise ArchiveError(f"the optimised model changes predictions (max |Δp| = {drift:.2e}); not served")
     return drift
@@ -215,6 +216,13 @@ def model_config_yaml(batching: Batching) -> str:
     )
 
 
+def check_version(model_store: Path, version: str) -> Path:
+    """The archive path of a valid version (it names a file: no path tricks)."""
+    if not re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z._-]*", version):
+        raise ArchiveError(f"invalid version {version!r}: use digits, letters, '.', '_' or '-'")
+    return archive_path(model_store, version)
+
+
 def build_archive(
     model_store: Path,
     arch: Arch = "efficientnet_lite2",
@@ -228,9 +236,7 @@ def build_archive(
 ) -> Path:
     """Write model_store/classifier-<version>.mar and return its path (kept if it exists)."""
     batching = batching or Batching()
-    if not re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z._-]*", version):
-        raise ArchiveError(f"invalid version {version!r}: use digits, letters, '.', '_' or '-'")
-    target = archive_path(model_store, version)
+    target = check_version(model_store, version)
     if target.exists() and not force:
         return target
     if arch == "efficientnet_lite2":
@@ -243,8 +249,27 @@ def build_archive(
         model, meta, label_names = b2_model(Path(weights), Path(labels) if labels else None)
     else:
         raise ArchiveError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHES)}")
-    if len(label_names) < 5:
-        raise ArchiveError("a classifier needs at least 5 classes to answer a top 5")
+    return write_archive(model_store, model, meta, label_names, version, batching, torch_threads, optimize)
+
+
+def write_archive(
+    model_store: Path,
+    model: nn.Module,
+    meta: ModelMeta,
+    label_names: list[str],
+    version: str,
+    batching: Batching | None = None,
+    torch_threads: int = 1,
+    optimize: bool = True,
+) -> Path:
+    """Verify an eager model's served form and write it as model_store/classifier-<version>.mar
+    (replacing one that exists). Used by `build` and by `train` (handlers/train.py)."""
+    batching = batching or Batching()
+    target = check_version(model_store, version)
+    if len(label_names) < 2:
+        raise ArchiveError("a classifier needs at least 2 classes")  # answers hold min(5, classes)
+    if len(label_names) != meta.num_classes:
+        raise ArchiveError(f"{len(label_names)} labels for a model of {meta.num_classes} classes")
     meta = ModelMeta(
         **{
             **asdict(meta),

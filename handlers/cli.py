@@ -253,3 +253,123 @@ def remove(version: str) -> None:
     _remember(client)
     typer.echo(f"version {version} removed")
 
+
+# --- judge and train ------------------------------------------------------------------------
+
+
+@model_app.command()
+def evaluate(
+    directory: Path = typer.Argument(..., help="a folder per label of photos: DIR/<label>/*.jpg"),
+    versions: Optional[str] = typer.Option(None, help="comma-separated, e.g. 1.0,2.0 (default: every registered one)"),
+    report: Optional[Path] = typer.Option(None, help="markdown report (default: <data_dir>/reports/evaluate-<time>.md)"),
+) -> None:
+    """Top-1/top-5 accuracy, confidence and latency of versions side by side, through TorchServe."""
+    from datetime import datetime, timezone
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from handlers.datasets import DatasetError, label_folders
+    from handlers.evaluate import EvaluationError, InferenceClient, archive_labels, evaluate as run, markdown, rich_table
+
+    settings = _settings()
+    try:
+        collection = label_folders(directory)
+    except DatasetError as exc:
+        _fail(str(exc))
+    client = _client()
+    with _management_errors():
+        registered = {v.version: v for v in client.versions()}
+    if not registered:
+        _fail(f"no {client.model_name} model is registered at {client.base_url}")
+    chosen = [v.strip() for v in versions.split(",") if v.strip()] if versions else sorted(registered)
+    unknown = [v for v in chosen if v not in registered]
+    if unknown or not chosen:
+        _fail(f"not registered: {', '.join(unknown) or '(no version given)'} (registered: {', '.join(sorted(registered))})")
+    class_names: dict[str, list[str] | None] = {}
+    for version in chosen:
+        archive = Path(settings.model_store) / registered[version].archive
+        try:
+            class_names[version] = archive_labels(archive)
+        except (OSError, KeyError, ValueError) as exc:  # a server elsewhere: labels checked against answers only
+            typer.echo(f"warning: class names of {version} unknown ({archive}: {exc})", err=True)
+            class_names[version] = None
+    photos = sum(len(paths) for paths in collection.values())
+    inference = InferenceClient(settings.torchserve_inference_url, settings.model_name)
+    console = Console()
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True)) as progress:
+            task = progress.add_task("predictions", total=photos * len(chosen))
+            scores = run(inference, chosen, collection, class_names, lambda: progress.advance(task))
+    except EvaluationError as exc:
+        _fail(str(exc))
+    finally:
+        inference.close()
+    when = datetime.now(timezone.utc)
+    console.print(rich_table(scores, f"{photos} photos, {len(collection)} labels from {directory}"))
+    target = report or settings.data_dir / "reports" / f"evaluate-{when:%Y%m%d-%H%M%S}.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(markdown(scores, directory, settings.torchserve_inference_url, when), encoding="utf-8")
+    typer.echo(f"report: {target}")
+
+
+@model_app.command()
+def train(
+    directory: Path = typer.Argument(..., help="a folder per label of photos: DIR/<label>/*.jpg"),
+    version: str = typer.Option(..., help="archive version (file classifier-<version>.mar)"),
+    validation_share: float = typer.Option(0.2, help="share of each label's photos kept for validation"),
+    max_epochs: int = typer.Option(500, help="upper bound; training stops early on the validation loss"),
+    patience: int = typer.Option(20, help="epochs without a better validation loss before stopping"),
+    learning_rate: float = typer.Option(3e-3, help="Adam's learning rate"),
+    seed: int = typer.Option(0, help="seed of the split, the head's initialisation and the shuffling"),
+    workers: int = typer.Option(0, help="model workers when served (0: one per core)"),
+    store: Optional[Path] = typer.Option(None, help="model store directory (default: settings.model_store)"),
+    force: bool = typer.Option(False, help="replace an existing archive of this version"),
+) -> None:
+    """Train a new classifier head on the served backbone (EfficientNet-Lite2) and write its archive."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from handlers.archive import ArchiveError, Batching
+    from handlers.datasets import DatasetError
+    from handlers.train import Progress as Hooks, TrainingConfig, train as run
+
+    config = TrainingConfig(validation_share=validation_share, max_epochs=max_epochs, patience=patience,
+                            learning_rate=learning_rate, seed=seed)
+    titles = {"features": "backbone features", "epochs": "training the head"}
+
+    class Bars(Hooks):
+        def __init__(self, progress: Progress) -> None:
+            self.progress, self.tasks = progress, {}
+
+        def start(self, stage: str, total: int) -> None:
+            self.tasks[stage] = self.progress.add_task(titles.get(stage, stage), total=total, note="")
+
+        def advance(self, stage: str, steps: int = 1, note: str = "") -> None:
+            self.progress.update(self.tasks[stage], advance=steps, note=note)
+
+        def finish(self, stage: str) -> None:
+            done = self.progress.tasks[self.tasks[stage]].completed
+            self.progress.update(self.tasks[stage], total=done)  # stopped early: a full bar
+
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.fields[note]}"), console=Console(stderr=True)) as progress:
+            result = run(directory, version, store or _settings().model_store, config,
+                         Batching(**({"workers": workers} if workers > 0 else {})), force, Bars(progress))
+    except (DatasetError, ArchiveError) as exc:
+        _fail(str(exc))
+        return
+    best = result.best
+    for photo, why in result.skipped.items():
+        typer.echo(f"skipped {photo}: {why}", err=True)
+    typer.echo(f"trained on {result.train_size} photos, validated on {result.validation_size} "
+               f"({len(result.labels)} labels: {', '.join(result.labels)})")
+    typer.echo(f"kept epoch {best.epoch} of {result.epochs}{' (stopped early)' if result.stopped_early else ''}: "
+               f"validation loss {best.validation_loss:.4f}, validation accuracy {best.validation_accuracy:.1%}, "
+               f"training accuracy {result.train_accuracy:.1%}")
+    typer.echo(f"{result.archive} built: efficientnet_lite2 backbone with the new head, version {version}")
+    typer.echo(f"next: udagram model register {result.archive}; udagram model evaluate DIR --versions "
+               f"<default>,{version}; udagram model set-default {version}")
+
