@@ -254,7 +254,7 @@ def remove(version: str) -> None:
     typer.echo(f"version {version} removed")
 
 
-# --- judge and train ------------------------------------------------------------------------
+# --- judge, train, canary ------------------------------------------------------------------------
 
 
 @model_app.command()
@@ -373,3 +373,32 @@ def train(
     typer.echo(f"next: udagram model register {result.archive}; udagram model evaluate DIR --versions "
                f"<default>,{version}; udagram model set-default {version}")
 
+
+@model_app.command()
+def canary(
+    version: Optional[str] = typer.Argument(None, help="the candidate version (omit to show the current canary)"),
+    share: float = typer.Option(0.1, min=0.0, max=1.0, help="share of new uploads it classifies (0 to 1)"),
+    off: bool = typer.Option(False, "--off", help="no canary, whatever the environment says"),
+    reset: bool = typer.Option(False, "--reset", help="back to the environment's UDAGRAM_CANARY_* settings"),
+) -> None:
+    """Send a share of new uploads to a candidate version; the worker follows within an image."""
+    from workers.canary import CanaryFileError, CanarySource, write_file
+
+    settings = _settings()
+    path = settings.canary_path
+    if reset:
+        path.unlink(missing_ok=True)
+    elif off:
+        write_file(path, None, 0.0)
+    elif version is not None:
+        with _management_errors():
+            registered = [v.version for v in _client().versions()]
+        if version not in registered:
+            _fail(f"{settings.model_name} has no version {version!r} (registered: {', '.join(registered) or 'none'})")
+        try:
+            write_file(path, version, share)
+        except CanaryFileError as exc:
+            _fail(str(exc))
+    current = CanarySource(settings).current()
+    state = f"{current.share:.0%} of new uploads to version {current.version}" if current.active else "off"
+    typer.echo(f"canary: {state} ({current.origin})")

@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     classifier_input_short_side: int = 584  # downscaled copy sent to TorchServe (2x its 292 px resize)
     torchserve_timeout_seconds: float = 30
     reprocess_max_outstanding: int = 16  # re-runs wait while the queue holds more: uploads stay first
+    # Canary: this share of new uploads is classified by canary_version (None: off). A file written by
+    # `udagram model canary` (<data_dir>/canary.json) overrides both while it exists (workers/canary.py).
+    canary_version: str | None = None
+    canary_share: float = Field(0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _local_defaults(self) -> "Settings":
@@ -163,6 +167,11 @@ class Settings(BaseSettings):
     def model_registry_path(self) -> Path:
         """The versions TorchServe serves, re-applied when it restarts (handlers/registry.py)."""
         return self.data_dir / "torchserve" / "registry.json"
+
+    @property
+    def canary_path(self) -> Path:
+        """The live canary setting written by `udagram model canary` (workers/canary.py)."""
+        return self.data_dir / "canary.json"
 
     @property
     def local_signing_key_path(self) -> Path:

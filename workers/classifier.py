@@ -12,10 +12,12 @@ import base64
 from dataclasses import dataclass
 
 import httpx
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    retry, retry_if_exception_type, retry_if_not_exception_type, stop_after_attempt, wait_exponential,
+)
 
 from udagram.settings import Settings
-from workers.errors import ModelServerUnavailable, PoisonInput
+from workers.errors import ModelServerUnavailable, ModelVersionMissing, PoisonInput
 
 
 def _probe_jpeg() -> bytes:
@@ -56,7 +58,8 @@ class Classifier:
             limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
         )
         self.predict = retry(  # type: ignore[method-assign]
-            retry=retry_if_exception_type(ModelServerUnavailable),
+            # a missing version does not appear in a second: not retried here
+            retry=retry_if_exception_type(ModelServerUnavailable) & retry_if_not_exception_type(ModelVersionMissing),
             stop=stop_after_attempt(attempts),
             wait=wait_exponential(multiplier=0.2, max=2.0),
             reraise=True,
@@ -78,6 +81,8 @@ class Classifier:
         if r.status_code == 200:
             return self._parse(r)
         detail = _error_text(r)
+        if r.status_code == 404 and version:
+            raise ModelVersionMissing(f"TorchServe has no version {version} of {self.settings.model_name}: {detail}")
         if r.status_code in (404, 408, 429) or r.status_code >= 500:
             # 404: the model (version) is not registered (yet), e.g. while TorchServe starts.
             raise ModelServerUnavailable(f"TorchServe answered {r.status_code}: {detail}")
