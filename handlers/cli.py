@@ -382,7 +382,7 @@ def canary(
     reset: bool = typer.Option(False, "--reset", help="back to the environment's UDAGRAM_CANARY_* settings"),
 ) -> None:
     """Send a share of new uploads to a candidate version; the worker follows within an image."""
-    from workers.canary import CanaryFileError, CanarySource, write_file
+    from workers.canary import CanaryFileError, effective, write_file
 
     settings = _settings()
     path = settings.canary_path
@@ -399,6 +399,10 @@ def canary(
             write_file(path, version, share)
         except CanaryFileError as exc:
             _fail(str(exc))
-    current = CanarySource(settings).current()
+    try:
+        current = effective(settings)
+    except CanaryFileError as exc:  # the worker ignores such a file and uses the environment
+        _fail(f"{exc} (the worker ignores it: fix it, or --off / --reset / a new setting replaces it)")
+        return
     state = f"{current.share:.0%} of new uploads to version {current.version}" if current.active else "off"
     typer.echo(f"canary: {state} ({current.origin})")

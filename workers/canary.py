@@ -84,6 +84,11 @@ def from_environment(settings: Settings) -> CanaryConfig:
     return CanaryConfig(settings.canary_version or None, settings.canary_share, "environment")
 
 
+def effective(settings: Settings) -> CanaryConfig:
+    """The file's setting while it exists, else the environment's (CanaryFileError: a bad file)."""
+    return read_file(settings.canary_path) or from_environment(settings)
+
+
 class CanarySource:
     """The current canary: the file while it exists (re-read when it changes), else the settings."""
 
@@ -108,11 +113,9 @@ class CanarySource:
 
     def _load(self) -> CanaryConfig:
         try:
-            config = read_file(self.path)
+            config = effective(self.settings)
         except CanaryFileError as exc:
             log.warning("canary file ignored: using the environment's canary settings", error=str(exc))
-            return from_environment(self.settings)
-        if config is None:
             return from_environment(self.settings)
         log.info("canary setting", version=config.version, share=config.share, origin=config.origin)
         return config

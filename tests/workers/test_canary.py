@@ -13,7 +13,7 @@ from handlers.cli import model_app
 from handlers.management import ManagementClient
 from handlers.server import TorchServeProcess
 from tests.fixtures.torchserve import archive_as_version
-from tests.workers.conftest import new_upload, wait_status
+from tests.workers.conftest import new_upload, record, wait_for, wait_status
 from tests.workers.images import jpeg
 from udagram import data, jobs
 from udagram.settings import Settings, get_settings
@@ -55,6 +55,27 @@ def test_the_file_overrides_the_environment_and_is_followed_live(tmp_path: Path)
     assert (source.current().version, source.current().origin) == ("2.0", "environment")
     os.unlink(tmp_path / "canary.json")  # `--reset`
     assert source.current().version == "2.0" and source.current().active
+
+
+def test_the_canary_command_shows_and_names_a_bad_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UDAGRAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("UDAGRAM_CANARY_VERSION", "2.0")
+    monkeypatch.setenv("UDAGRAM_CANARY_SHARE", "0.05")
+
+    def canary(*args: str) -> tuple[int, str]:
+        get_settings.cache_clear()
+        try:
+            result = CliRunner().invoke(model_app, ["canary", *args])
+        finally:
+            get_settings.cache_clear()
+        return result.exit_code, result.output
+
+    assert canary() == (0, "canary: 5% of new uploads to version 2.0 (environment)\n")
+    assert canary("--off") == (0, f"canary: off ({tmp_path / 'canary.json'})\n")
+    (tmp_path / "canary.json").write_text("{not json")
+    code, output = canary()
+    assert code == 1 and "canary.json" in output and "the worker ignores it" in output
+    assert canary("--reset") == (0, "canary: 5% of new uploads to version 2.0 (environment)\n")
 
 
 # --- a real TorchServe with two versions, the moto server --------------------------------------------
@@ -99,8 +120,8 @@ def test_share_one_sends_every_new_upload_to_the_candidate(make_settings, start_
     # A re-run naming a version keeps it: the canary is for new uploads only.
     explicit_before = count(metrics.PREDICTIONS, "1.0", "explicit")
     jobs.enqueue_reprocess(ids[:1], "1.0", settings=settings)
-    [record] = wait_status(ids[:1])
-    assert record.model_version == "classifier 1.0"
+    wait_for(lambda: record(ids[0]).model_version != f"classifier {candidate}", 60, "the re-run")
+    assert record(ids[0]).model_version == "classifier 1.0"
     assert count(metrics.PREDICTIONS, "1.0", "explicit") - explicit_before == 1
 
 
