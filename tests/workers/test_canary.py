@@ -107,34 +107,32 @@ def versions_of(image_ids: list[str]) -> list[str]:
 
 @pytest.mark.torchserve
 @pytest.mark.aws
-def test_share_one_sends_every_new_upload_to_the_candidate(make_settings, start_worker, candidate, tmp_path):
-    settings = make_settings(data_dir=tmp_path, canary_version=candidate, canary_share=1.0)
+@pytest.mark.parametrize("share, to_candidate", [(1.0, 3), (0.0, 0)])
+def test_the_share_of_new_uploads_goes_to_the_candidate(make_settings, start_worker, candidate, tmp_path,
+                                                        share, to_candidate):
+    settings = make_settings(data_dir=tmp_path, canary_version=candidate, canary_share=share)
     canary_before, default_before = count(metrics.PREDICTIONS, candidate, "canary"), count(metrics.PREDICTIONS, "1.0", "default")
     ids = [new_upload(settings, jpeg(name)) for name in ("chelsea", "coffee", "astronaut")]
     start_worker(settings)
-    assert versions_of(ids) == [f"classifier {candidate}"] * 3
-    assert count(metrics.PREDICTIONS, candidate, "canary") - canary_before == 3
-    assert count(metrics.PREDICTIONS, "1.0", "default") == default_before
-    assert metrics.PREDICTION_SECONDS.labels(candidate)._sum.get() > 0
-
-    # A re-run naming a version keeps it: the canary is for new uploads only.
-    explicit_before = count(metrics.PREDICTIONS, "1.0", "explicit")
-    jobs.enqueue_reprocess(ids[:1], "1.0", settings=settings)
-    wait_for(lambda: record(ids[0]).model_version != f"classifier {candidate}", 60, "the re-run")
-    assert record(ids[0]).model_version == "classifier 1.0"
-    assert count(metrics.PREDICTIONS, "1.0", "explicit") - explicit_before == 1
+    assert sorted(versions_of(ids)) == sorted(
+        [f"classifier {candidate}"] * to_candidate + ["classifier 1.0"] * (3 - to_candidate))
+    assert count(metrics.PREDICTIONS, candidate, "canary") - canary_before == to_candidate
+    assert count(metrics.PREDICTIONS, "1.0", "default") - default_before == 3 - to_candidate
 
 
 @pytest.mark.torchserve
 @pytest.mark.aws
-def test_share_zero_sends_none(make_settings, start_worker, candidate, tmp_path):
-    settings = make_settings(data_dir=tmp_path, canary_version=candidate, canary_share=0.0)
-    canary_before, default_before = count(metrics.PREDICTIONS, candidate, "canary"), count(metrics.PREDICTIONS, "1.0", "default")
-    ids = [new_upload(settings, jpeg(name)) for name in ("chelsea", "coffee", "astronaut")]
+def test_a_rerun_naming_a_version_keeps_it(make_settings, start_worker, candidate, tmp_path):
+    settings = make_settings(data_dir=tmp_path, canary_version=candidate, canary_share=1.0)
+    [image_id] = [new_upload(settings, jpeg("coffee"))]
     start_worker(settings)
-    assert versions_of(ids) == ["classifier 1.0"] * 3
-    assert count(metrics.PREDICTIONS, candidate, "canary") == canary_before
-    assert count(metrics.PREDICTIONS, "1.0", "default") - default_before == 3
+    assert versions_of([image_id]) == [f"classifier {candidate}"]
+    assert metrics.PREDICTION_SECONDS.labels(candidate)._sum.get() > 0
+    explicit_before = count(metrics.PREDICTIONS, "1.0", "explicit")
+    jobs.enqueue_reprocess([image_id], "1.0", settings=settings)  # the canary is for new uploads only
+    wait_for(lambda: record(image_id).model_version != f"classifier {candidate}", 60, "the re-run")
+    assert record(image_id).model_version == "classifier 1.0"
+    assert count(metrics.PREDICTIONS, "1.0", "explicit") - explicit_before == 1
 
 
 @pytest.mark.torchserve
