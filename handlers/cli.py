@@ -277,6 +277,7 @@ def evaluate(
         collection = label_folders(directory)
     except DatasetError as exc:
         _fail(str(exc))
+        return
     client = _client()
     with _management_errors():
         registered = {v.version: v for v in client.versions()}
@@ -304,6 +305,7 @@ def evaluate(
             scores = run(inference, chosen, collection, class_names, lambda: progress.advance(task))
     except EvaluationError as exc:
         _fail(str(exc))
+        return
     finally:
         inference.close()
     when = datetime.now(timezone.utc)
