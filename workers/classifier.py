@@ -17,7 +17,12 @@ from tenacity import (
 )
 
 from udagram.settings import Settings
-from workers.errors import ModelServerUnavailable, ModelVersionMissing, PoisonInput
+from workers.errors import ModelServerUnavailable, PoisonInput
+
+
+class ModelVersionMissing(ModelServerUnavailable):
+    """TorchServe has no such version of the model (404 on /predictions/<model>/<version>). Not
+    retried here; the canary falls back to the default version on it (workers/canary.py)."""
 
 
 def _probe_jpeg() -> bytes:

@@ -17,11 +17,6 @@ class ModelServerUnavailable(TransientError):
     """TorchServe is down, starting, or overloaded: opens the consumer's circuit breaker."""
 
 
-class ModelVersionMissing(ModelServerUnavailable):
-    """TorchServe has no such version of the model (404 on /predictions/<model>/<version>). Not
-    retried by the client; the canary falls back to the default version on it (workers/canary.py)."""
-
-
 class RecordMissing(Exception):
     """An original whose image record does not exist: nothing to mark FAILED."""
 
