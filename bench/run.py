@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/run.py [--quick] [--out bench/report]
 
-1. serving (bench/serving.py): raw in-process vs TorchServe (default archive) vs naive, 1-16 clients;
+1. serving (bench/serving.py): the raw model at the server's layout vs TorchServe per runtime
+   (ONNX Runtime, TorchScript) vs the previous default vs naive, 1-16 clients;
 2. the real local stack (bench/pipeline.py): model server alone, idle upload -> DONE, a burst of
    200 uploads through the API;
 3. on the same stack, API page queries (bench/api.py);
 4. the report (bench/report.py).
-About 10-12 minutes on 2 cores (`--quick`: about 4). Everything it starts runs on free loopback
+About 15 minutes on 2 cores (`--quick`: about 6). Everything it starts runs on free loopback
 ports in temp dirs and is stopped at the end, on failure and on Ctrl-C / SIGTERM too.
 """
 
@@ -46,9 +47,8 @@ def main() -> int:
     settings = QUICK if args.quick else FULL
     console = Console()
 
-    from bench import serving  # first: it sets the workers' OpenMP environment before torch loads
     from bench import api as api_bench
-    from bench import pipeline, report
+    from bench import pipeline, report, serving
 
     results: dict = {"quick": args.quick, "args": settings, "machine": report.machine(),
                      "load_start": os.getloadavg()[0]}
@@ -59,9 +59,9 @@ def main() -> int:
         say = progress.console.log
         overall = progress.add_task("make bench", total=("serving" in steps) + 3 * ("stack" in steps) + 1)
         if "serving" in steps:
-            say("[bold]1. serving[/]: raw in-process vs TorchServe (default archive) vs naive")
-            raw = serving.run(settings["seconds"], settings["rounds"], say)
-            results["serving"] = serving.summary(raw)
+            say("[bold]1. serving[/]: raw at the server's layout vs TorchServe per runtime vs previous default "
+                "vs naive")
+            results["serving"] = serving.summary(serving.run(settings["seconds"], settings["rounds"], say))
             progress.advance(overall)
         if "stack" in steps:
             with pipeline.bench_stack(say) as stack:

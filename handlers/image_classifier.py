@@ -1,9 +1,9 @@
 """TorchServe handler: an image in, the top 5 classes out.
 
 Copied into every .mar archive, so it depends on nothing but the stdlib, torch, PIL and numpy
-(no project imports). Everything model-specific (input size, resize, interpolation,
-normalisation, thread count, pixel limit) comes from `model_meta.json` inside the archive; the
-class names from `index_to_name.json`.
+(no project imports; onnxruntime only for ONNX archives, imported when one loads). Everything
+model-specific (runtime, input size, resize, interpolation, normalisation, thread count, pixel
+limit) comes from `model_meta.json` inside the archive; the class names from `index_to_name.json`.
 
 Per request of a batch the answer is
     {"top5": [...], "prob5": [...], "model_name": "classifier", "model_version": "1.0"}
@@ -20,7 +20,7 @@ import os
 import struct
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 META_FILE = "model_meta.json"
 LABELS_FILE = "index_to_name.json"
+# How an archive's model file runs (model_meta.json "runtime"): ONNX Runtime for model.onnx,
+# TorchScript (frozen and optimised at load) for model.pt.
+RUNTIMES = ("onnx", "torchscript")
 TOP_K = 5
 # Only what uploads may be (the API allows these types); fewer decoders, less attack surface.
 # (Camera MPO files open through the JPEG opener.)
@@ -273,8 +276,53 @@ def optimise_for_cpu(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
         return torch.jit.optimize_for_inference(torch.jit.freeze(model.eval()))
 
 
+# The forward pass of an archive's model: a float32 batch (N x 3 x size x size) -> logits (N x classes).
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+def worker_threads(meta: dict[str, Any]) -> int:
+    """Intra-op threads per worker from model_meta.json (0 or absent: every core it may use)."""
+    threads = int(meta.get("threads", 0))
+    if threads <= 0:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return threads
+
+
+def load_runner(model_file: str, meta: dict[str, Any]) -> Runner:
+    """Load a model file the way model_meta.json says; the archive build verifies exactly this."""
+    runtime = meta.get("runtime", "torchscript")
+    if runtime == "onnx":
+        return _onnx_runner(model_file, worker_threads(meta))
+    if runtime == "torchscript":
+        with jit_warnings_silenced():
+            model = torch.jit.load(model_file, map_location="cpu")
+        return optimise_for_cpu(model) if meta.get("optimize", True) else model.eval()
+    raise ValueError(f"unknown runtime {runtime!r} in {META_FILE}; expected one of {', '.join(RUNTIMES)}")
+
+
+def _onnx_runner(model_file: str, threads: int) -> Runner:
+    import onnxruntime as ort  # only ONNX archives need it
+
+    options = ort.SessionOptions()
+    # One worker per core with one intra-op thread each (as for TorchScript): no thread pool to
+    # synchronise, and the workers never compete for a core.
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: its optimiser notes are not the operator's business
+    session = ort.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        pixels = batch.detach().to(torch.float32).contiguous().numpy()
+        return torch.from_numpy(session.run(None, {input_name: pixels})[0])
+
+    return run
+
+
 class ImageClassifier(BaseHandler):
-    """TorchServe handler for a TorchScript image classifier described by model_meta.json."""
+    """TorchServe handler for an image classifier (ONNX or TorchScript) described by model_meta.json."""
 
     def initialize(self, context: Any) -> None:
         properties = context.system_properties
@@ -284,32 +332,29 @@ class ImageClassifier(BaseHandler):
             self.meta: dict[str, Any] = json.load(f)
         self.prep = Preprocessing.from_meta(self.meta)
         Image.MAX_IMAGE_PIXELS = self.prep.max_pixels  # Pillow's own guard for late-known sizes
-        self._set_threads(int(self.meta.get("torch_threads", 0)))
+        self._set_threads(worker_threads(self.meta))
         self._decoders = ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="decode")
         self.device = torch.device("cpu")
         model_file = os.path.join(model_dir, self.manifest["model"]["serializedFile"])
-        with jit_warnings_silenced():
-            model = torch.jit.load(model_file, map_location=self.device)
-        self.model = optimise_for_cpu(model) if self.meta.get("optimize", True) else model.eval()
+        self.model: Runner = load_runner(model_file, self.meta)
         self.labels = load_labels(os.path.join(model_dir, LABELS_FILE))
         self.model_name = self.manifest["model"].get("modelName", "")
         self.model_version = self.manifest["model"].get("modelVersion", "")
         self._warm_up(int(self.meta.get("warmup_batch_size", 1)))
         self.initialized = True
         logger.info(
-            "model %s version %s ready: %s, %d classes, %d torch threads",
+            "model %s version %s ready: %s on %s, %d classes, %d threads",
             self.model_name,
             self.model_version,
             self.meta.get("arch"),
+            self.meta.get("runtime", "torchscript"),
             len(self.labels),
             torch.get_num_threads(),
         )
 
     @staticmethod
     def _set_threads(threads: int) -> None:
-        # One worker per model on a small machine: more intra-op threads than cores thrash.
-        if threads <= 0:
-            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        # One worker per core on a small machine: more intra-op threads than cores thrash.
         torch.set_num_threads(threads)
         try:
             torch.set_num_interop_threads(1)

@@ -25,11 +25,21 @@ from typing import Any
 import httpx
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.properties"
-# Environment of the model workers (inherited through Java). OpenMP threads that sleep instead of
-# spinning between parallel regions: on a machine whose cores are shared (the whole stack runs
-# on one laptop) spinning made 2-thread inference up to 6x slower here (1.7-2.6 vs 12-16 img/s
-# in-process under load). bench/serving.py applies the same to its in-process baseline.
-WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# Environment of the model workers (inherited through Java); bench/serving.py gives its raw
+# baselines the same. docker/model-server.Dockerfile sets the same values: keep them in step.
+# - OpenMP threads that sleep instead of spinning between parallel regions: on a machine whose
+#   cores are shared (the whole stack runs on one laptop) spinning made 2-thread inference up to
+#   6x slower here (1.7-2.6 vs 12-16 img/s in-process under load).
+# - glibc malloc keeping freed memory: by default it serves the TorchScript model's activation
+#   buffers (several MB each) with mmap and hands them back to the kernel after every forward:
+#   ~4,700 minor page faults (~26 ms of CPU) per image served. A 32 MiB mmap threshold keeps them
+#   on the heap and a 256 MiB trim threshold keeps the heap from shrinking: 0-160 faults per image
+#   (issue 12: either one alone is worse). ONNX Runtime reuses its own arena and faults little.
+WORKER_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "MALLOC_MMAP_THRESHOLD_": "33554432",
+    "MALLOC_TRIM_THRESHOLD_": "268435456",
+}
 READY_TIMEOUT_S = 120.0
 
 

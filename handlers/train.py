@@ -10,7 +10,8 @@ frozen; only a new linear head is trained, one output per label folder of DIR (h
 3. the head (one nn.Linear) is trained with Adam on cross-entropy in mini-batches, and training
    stops once the validation loss has not improved for `patience` epochs; the best epoch's head is kept;
 4. backbone + head, one eager nn.Module, goes to the archive builder's `write_archive`: the same
-   verification and packaging as `udagram model build`, the folder names as its labels.
+   export (ONNX Runtime or TorchScript), verification on the reference photos and packaging as
+   `udagram model build`, the folder names as its labels.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ def train(
     batching: Batching | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    runtime: str | None = None,
 ) -> TrainingResult:
     """Train a head on DIR's label folders and write model_store/classifier-<version>.mar."""
     config = config or TrainingConfig()
@@ -212,7 +214,8 @@ def train(
         train_accuracy = float((head(features[train_idx]).argmax(1) == y[train_idx]).float().mean())
 
     model._fc = head  # backbone + new head: the eager model the archive builder verifies against
-    archive = write_archive(model_store, model, replace(meta, num_classes=len(labels)), labels, version, batching)
+    archive = write_archive(model_store, model, replace(meta, num_classes=len(labels)), labels, version, batching,
+                            runtime=runtime)  # type: ignore[arg-type]
     return TrainingResult(
         archive=archive,
         labels=labels,

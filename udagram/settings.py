@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = []
     max_request_bytes: int = 64 * 1024
     max_upload_bytes: int = 20 * 1024 * 1024
-    upload_url_ttl_seconds: int = 900
+    # The page asks for the URL right before its POST, which must END within it (SeaweedFS checks the
+    # policy after the body): 20 MiB at 0.6 Mbit/s. Shorter: less time to use a deleted image's URL.
+    upload_url_ttl_seconds: int = 300
     download_url_ttl_seconds: int = 3600
     page_size_default: int = 20
     page_size_max: int = 100
@@ -113,6 +115,15 @@ class Settings(BaseSettings):
     worker_metrics_port: int = 9400
     worker_visibility_timeout_seconds: int = 60
     worker_max_attempts: int = 5  # tries before a poison image ends FAILED
+    # Deliveries of one message (carried across re-sends) before its image is finished with the last
+    # transient error and the message dead-lettered: about an hour of back-off with the defaults.
+    worker_max_message_tries: int = Field(16, ge=1)
+    # An original with no image record is deleted if it still has none this long after its event
+    # (re-queued with this DelaySeconds, so at most SQS's 900).
+    worker_orphan_grace_seconds: int = Field(60, ge=0, le=900)
+    # TorchServe answering 404 for the default model is taken for one still registering it (intake
+    # paused) this long; then intake resumes and such messages end after worker_max_message_tries.
+    worker_model_missing_grace_seconds: float = 120
     worker_stale_processing_seconds: int = 300  # PROCESSING this long without a live lease: re-queued
     worker_stale_upload_seconds: int = 30  # original uploaded, record still AWAITING_UPLOAD this long: re-queued
     max_original_bytes: int = 50 * 1024 * 1024

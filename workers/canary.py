@@ -29,7 +29,8 @@ import structlog
 
 from udagram.settings import Settings
 from workers import metrics
-from workers.classifier import Classifier, ModelVersionMissing, Prediction
+from workers.classifier import Classifier, Prediction
+from workers.errors import ModelVersionMissing
 from workers.events import ImageTask
 
 log = structlog.get_logger(__name__)

@@ -1,28 +1,24 @@
 """TorchServe client: `POST /predictions/<model>[/<version>]` with the image's bytes.
 
-Transient faults (connection refused, timeouts, 5xx, 429, 404 while the model is still being
-registered) are retried a few times with exponential back-off (tenacity), then raised as
-`ModelServerUnavailable` so the consumer backs off the message and opens its circuit breaker.
-A 4xx from the handler means the input itself is bad: `PoisonInput` with the handler's message.
+Transient faults are retried a few times with exponential back-off (tenacity), then raised:
+connection refused, timeouts, 5xx, 408 and 429 as `ModelServerUnavailable`, a 404 for the default
+model (not registered yet, e.g. while TorchServe starts) as `ModelNotRegistered`; the consumer's
+circuit breaker decides from its own probe whether intake pauses (workers/consumer.py). A 404 for
+a named version is `ModelVersionMissing`: permanent, never retried.
+Another 4xx from the handler means the input itself is bad: `PoisonInput` with its message.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from enum import Enum
 
 import httpx
-from tenacity import (
-    retry, retry_if_exception_type, retry_if_not_exception_type, stop_after_attempt, wait_exponential,
-)
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from udagram.settings import Settings
-from workers.errors import ModelServerUnavailable, PoisonInput
-
-
-class ModelVersionMissing(ModelServerUnavailable):
-    """TorchServe has no such version of the model (404 on /predictions/<model>/<version>). Not
-    retried here; the canary falls back to the default version on it (workers/canary.py)."""
+from workers.errors import ModelNotRegistered, ModelServerUnavailable, ModelVersionMissing, PoisonInput
 
 
 def _probe_jpeg() -> bytes:
@@ -38,6 +34,12 @@ def _probe_jpeg() -> bytes:
 # The circuit breaker's probe is a real prediction of a small grey image, since TorchServe's
 # /ping can answer Healthy while its model workers are crashing.
 PROBE_JPEG = _probe_jpeg()
+
+
+class ServerState(Enum):
+    UP = "up"  # predicts
+    DOWN = "down"  # unreachable, timing out, 5xx, 408/429
+    NO_MODEL = "no model"  # answers, but 404 for the default model (registering, or removed)
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,7 @@ class Classifier:
             limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
         )
         self.predict = retry(  # type: ignore[method-assign]
-            # a missing version does not appear in a second: not retried here
-            retry=retry_if_exception_type(ModelServerUnavailable) & retry_if_not_exception_type(ModelVersionMissing),
+            retry=retry_if_exception_type((ModelServerUnavailable, ModelNotRegistered)),
             stop=stop_after_attempt(attempts),
             wait=wait_exponential(multiplier=0.2, max=2.0),
             reraise=True,
@@ -87,9 +88,11 @@ class Classifier:
             return self._parse(r)
         detail = _error_text(r)
         if r.status_code == 404 and version:
-            raise ModelVersionMissing(f"TorchServe has no version {version} of {self.settings.model_name}: {detail}")
-        if r.status_code in (404, 408, 429) or r.status_code >= 500:
-            # 404: the model (version) is not registered (yet), e.g. while TorchServe starts.
+            raise ModelVersionMissing(f"TorchServe has no version {version} of the model "
+                                      f"{self.settings.model_name}: {detail}")
+        if r.status_code == 404:
+            raise ModelNotRegistered(f"TorchServe has no model {self.settings.model_name} (yet): {detail}")
+        if r.status_code in (408, 429) or r.status_code >= 500:
             raise ModelServerUnavailable(f"TorchServe answered {r.status_code}: {detail}")
         raise PoisonInput(f"the classifier refused the image: {detail}")
 
@@ -105,13 +108,17 @@ class Classifier:
         return Prediction(labels, probs, str(doc.get("model_name") or self.settings.model_name),
                           str(doc.get("model_version") or ""))
 
-    def healthy(self) -> bool:
+    def probe(self) -> "ServerState":
         """One real prediction of a tiny image, no retries."""
         try:
             self._predict_once(PROBE_JPEG)
-            return True
-        except (ModelServerUnavailable, PoisonInput):
-            return False
+        except ModelServerUnavailable:
+            return ServerState.DOWN
+        except ModelNotRegistered:
+            return ServerState.NO_MODEL
+        except PoisonInput:
+            pass  # it answers: serving
+        return ServerState.UP
 
 
 def _error_text(r: httpx.Response) -> str:

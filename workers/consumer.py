@@ -8,13 +8,21 @@
 - Transient faults: the lease is given back without counting the try and the message becomes
   visible again after an exponential back-off (ChangeMessageVisibility). Close to the queue's
   maxReceiveCount it is instead re-sent as a fresh message (with DelaySeconds) and the old one
-  deleted, so waiting out an outage never pushes a good image to the dead-letter queue.
+  deleted, so SQS redrive does not dead-letter a good image while an outage lasts. The re-sent
+  message carries its tries so far (the `tries` attribute): after `worker_max_message_tries` the
+  image is finished with the error and the message moved to the DLQ, so nothing loops forever.
 - TorchServe down opens a circuit breaker: receiving stops (so receive counts stop growing) until
   a probe prediction succeeds (every 1 s, backing off to 5 s); the messages that met the outage
   wait only `worker_retry_base_seconds`, so work resumes within seconds of TorchServe's return.
-- Garbage bodies and originals with no image record are moved to the DLQ at once, with the reason
-  as a message attribute; nothing else is sent there by the worker (SQS redrive handles messages
-  whose worker keeps dying).
+  It opens only if the probe confirms TorchServe is down: one message's own failure (a 5xx for
+  that image, an unknown model version) never pauses intake for the others.
+- Garbage bodies go to the DLQ at once, with the reason as a message attribute, and so do
+  messages given up after `worker_max_message_tries` and permanent configuration failures (a
+  missing bucket), after their image was finished with the error. SQS redrive handles messages
+  whose worker keeps dying.
+- An original with no image record (its owner deleted the image, then the still-valid upload URL
+  was used) is looked at again after `worker_orphan_grace_seconds` (the event re-sent with that
+  delay); if there is still no record, the object is deleted.
 - Reconciliation (workers/reconcile.py) runs in its own thread: on start, every
   `worker_reconcile_interval_seconds`, and at once when the queue is found missing, which is
   re-created first (a local queue server restarted empty; with `create_resources` only).
@@ -37,8 +45,8 @@ from udagram import resources
 from udagram.aws import client
 from udagram.settings import Settings
 from workers import metrics
-from workers.classifier import Classifier
-from workers.errors import LeaseLost, ModelServerUnavailable, RecordMissing, TransientError
+from workers.classifier import Classifier, ServerState
+from workers.errors import LeaseLost, ModelNotRegistered, ModelServerUnavailable, RecordMissing, TransientError
 from workers.events import Garbage, Ignored, ImageTask, parse_body
 from workers.processor import Outcome, Processor
 from workers.reconcile import reconcile
@@ -46,33 +54,84 @@ from workers.reconcile import reconcile
 log = structlog.get_logger(__name__)
 
 
+# Message attributes the worker sets on messages it sends back to the uploads queue.
+TRIES_ATTRIBUTE = "tries"  # deliveries of the same body before this message (re-sends carry it)
+ORPHAN_CHECK_ATTRIBUTE = "orphan_check"  # the delayed second look at an original with no record
+
+
 @dataclass
 class InFlight:
     receipt: str
     message_id: str
     receive_count: int
+    tries_before: int = 0  # deliveries of earlier copies of this message (re-sends)
+    orphan_check: bool = False
     leases: dict[str, str] = field(default_factory=dict)  # image_id -> token being held now
     done: bool = False
     released: bool = False  # handed back at shutdown: the handler must not touch it any more
+    dead_letter_reasons: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, message: dict[str, Any]) -> "InFlight":
+        attributes = message.get("MessageAttributes") or {}
+        tries = (attributes.get(TRIES_ATTRIBUTE) or {}).get("StringValue", "0")
+        return cls(message["ReceiptHandle"], message["MessageId"],
+                   int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+                   tries_before=int(tries) if tries.isdigit() else 0,
+                   orphan_check=ORPHAN_CHECK_ATTRIBUTE in attributes)
+
+    @property
+    def tries(self) -> int:
+        """Deliveries of this body so far, this one included, across re-sends."""
+        return self.tries_before + self.receive_count
 
 
 class CircuitBreaker:
-    """Open while TorchServe is down: the poller waits and probes with back-off."""
+    """Open while TorchServe is down: the poller waits and probes with back-off.
 
-    def __init__(self, classifier: Classifier, base: float, cap: float):
-        self.classifier, self.base, self.cap = classifier, base, cap
+    It opens only when its probe confirms TorchServe is down, so one message's own failure never
+    pauses intake. A TorchServe that answers but lacks the default model (404) counts as down for
+    `no_model_grace` seconds (it is registering it, e.g. after a restart: intake resumes as soon
+    as it is ready), then as up: intake resumes and those messages back off on their own and end
+    after their tries; re-runs through other versions flow.
+    """
+
+    def __init__(self, classifier: Classifier, base: float, cap: float, no_model_grace: float):
+        self.classifier, self.base, self.cap, self.no_model_grace = classifier, base, cap, no_model_grace
         self._open_until: float | None = None
         self._interval = base
         self._lock = threading.Lock()
+        self._no_model_since: float | None = None
+        self.trips = 0  # times intake was paused (tests, logs)
 
     @property
     def is_open(self) -> bool:
         return self._open_until is not None
 
+    def _serving(self) -> bool:
+        state = self.classifier.probe()
+        if state is ServerState.NO_MODEL:
+            self._no_model_since = self._no_model_since or time.monotonic()
+            return time.monotonic() - self._no_model_since > self.no_model_grace
+        self._no_model_since = None
+        return state is ServerState.UP
+
+    def trip_if_down(self, reason: str) -> bool:
+        """Open unless the probe shows TorchServe serving; True if the circuit is open. A failure
+        the probe does not reproduce was that one message's (e.g. a 5xx for its image)."""
+        if self.is_open:
+            return True
+        if self._serving():
+            log.info("model server answers the probe: the failure is this message's own", reason=reason)
+            return False
+        self.trip(reason)
+        return True
+
     def trip(self, reason: str) -> None:
         with self._lock:
             if self._open_until is None:
                 log.warning("model server unavailable: pausing intake", reason=reason)
+                self.trips += 1
                 self._interval = self.base
                 self._open_until = time.monotonic() + self._interval
                 metrics.CIRCUIT_OPEN.set(1)
@@ -83,11 +142,11 @@ class CircuitBreaker:
             if delay > 0:
                 stopping.wait(min(delay, 1.0))
                 continue
-            if self.classifier.healthy():
+            if self._serving():
                 with self._lock:
                     self._open_until = None
                     metrics.CIRCUIT_OPEN.set(0)
-                log.info("model server healthy again: resuming intake")
+                log.info("model server serving again: resuming intake")
                 return
             with self._lock:
                 self._interval = min(self._interval * 2, self.cap)
@@ -117,7 +176,8 @@ class Consumer:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         # Probing is one tiny prediction: cheap enough to do every few seconds.
-        self.circuit = CircuitBreaker(self.processor.classifier, base=1.0, cap=5.0)
+        self.circuit = CircuitBreaker(self.processor.classifier, base=1.0, cap=5.0,
+                                      no_model_grace=settings.worker_model_missing_grace_seconds)
         self.heartbeat_seconds = max(1.0, settings.worker_visibility_timeout_seconds / 3)
         self.handled = 0  # messages finished (deleted, released or dead-lettered): for tests/bench
 
@@ -190,8 +250,7 @@ class Consumer:
                 self.queue_unsure = False
                 self.check_queue_identity()
             for message in resp.get("Messages", []):
-                item = InFlight(message["ReceiptHandle"], message["MessageId"],
-                                int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1")))
+                item = InFlight.of(message)
                 if self.stopping.is_set():
                     self._change_visibility(item, 0)  # received while stopping: hand back at once
                     continue
@@ -309,6 +368,9 @@ class Consumer:
         with self.lock:
             if item.released:  # shutdown handed it back already; another worker owns it now
                 return
+        if item.dead_letter_reasons and not self._dead_letter(message, item, "; ".join(item.dead_letter_reasons),
+                                                               copy_only=True):
+            retry_after = max(retry_after or 0.0, self._backoff_seconds(item))  # not kept: try again later
         if retry_after is None:
             self._delete(item)
         else:
@@ -319,15 +381,26 @@ class Consumer:
         token = self.processor.new_token()
         structlog.contextvars.bind_contextvars(image_id=task.image_id, source=task.source)
         item.leases[task.image_id] = token
+        # Its last try: a transient failure now finishes the image and dead-letters the message.
+        last_try = (f"gave up after {item.tries} tries" if item.tries >= self.settings.worker_max_message_tries
+                    else None)
         try:
-            result = self.processor.process(task, token)
+            result = self.processor.process(task, token, last_try=last_try)
+            if result.dead_letter:
+                item.dead_letter_reasons.append(f"image {task.image_id}: {result.detail}")
             if result.outcome is Outcome.DONE:
                 metrics.PROCESSED.inc()
             elif result.outcome is Outcome.FAILED:
                 metrics.FAILED.inc()
+            elif result.outcome is Outcome.RERUN_FAILED:
+                metrics.RERUNS_FAILED.inc()
             elif result.outcome is Outcome.SKIPPED:
                 metrics.SKIPPED.labels("up_to_date").inc()
                 log.info("nothing to do", reason=result.detail)
+            elif result.outcome is Outcome.IGNORED:
+                metrics.SKIPPED.labels("not_the_original").inc()
+                log.warning("event does not name the image's original: acknowledged, nothing changed",
+                            reason=result.detail, bucket=task.bucket, key=task.key)
             else:  # DEFERRED: another worker holds it; look again once its lease ends
                 metrics.RETRIES.labels("leased_elsewhere").inc()
                 log.info("image busy elsewhere; retrying later", retry_after=round(result.retry_after, 1))
@@ -336,46 +409,81 @@ class Consumer:
         except LeaseLost as exc:
             log.info("lease lost; the other delivery finishes the image", reason=str(exc))
             return None
-        except RecordMissing as exc:
-            if self._original_exists(task):
-                self._dead_letter(message, item, str(exc), copy_only=True)
-            else:
-                log.info("image record and original are gone (deleted): acknowledged")
-            return None
-        except ModelServerUnavailable as exc:
-            self.processor.release(task.image_id, token, count_attempt=False)
-            self.circuit.trip(str(exc))
-            metrics.RETRIES.labels("model_server").inc()
-            # No exponential back-off here: while the circuit is open nothing is received, so the
-            # message just waits, visible, and flows again within seconds of TorchServe's return.
-            return float(self.settings.worker_retry_base_seconds)
+        except RecordMissing:
+            return self._orphan_upload(task, message, item, last_try)
         except TransientError as exc:
             self.processor.release(task.image_id, token, count_attempt=False)
+            server_side = isinstance(exc, (ModelServerUnavailable, ModelNotRegistered))
+            if not last_try and server_side and self.circuit.trip_if_down(str(exc)):
+                metrics.RETRIES.labels("model_server").inc()
+                # No exponential back-off here: while the circuit is open nothing is received, so
+                # the message just waits, visible, and flows again soon after TorchServe's return.
+                return float(self.settings.worker_retry_base_seconds)
             metrics.RETRIES.labels("transient").inc()
-            log.warning("transient failure; retrying with back-off", error=str(exc))
-            return self._backoff_seconds(item)
+            # On the last try the record could not be finished either (e.g. DynamoDB down).
+            return self._retry_later(task, item, last_try, str(exc))
         except Exception as exc:  # a bug or an unclassified fault: counts against the image
             log.exception("unexpected failure; retrying with back-off")
             self.processor.release(task.image_id, token, count_attempt=True,
                                    error=f"{type(exc).__name__}: {exc}")
             metrics.RETRIES.labels("unexpected").inc()
-            return self._backoff_seconds(item)
+            return self._retry_later(task, item, last_try, f"{type(exc).__name__}: {exc}")
         finally:
             item.leases.pop(task.image_id, None)
             structlog.contextvars.unbind_contextvars("image_id", "source")
 
+    def _retry_later(self, task: ImageTask, item: InFlight, last_try: str | None, error: str) -> float | None:
+        """Seconds to back off before the next try; on the last try, None and the message is
+        dead-lettered with the error instead."""
+        if last_try:
+            item.dead_letter_reasons.append(f"image {task.image_id}: {last_try}; last error: {error}")
+            return None
+        log.warning("transient failure; retrying with back-off", error=error, tries=item.tries)
+        return self._backoff_seconds(item)
+
     def _backoff_seconds(self, item: InFlight) -> float:
         s = self.settings
-        return min(s.worker_retry_max_seconds, s.worker_retry_base_seconds * 2 ** max(0, item.receive_count - 1))
+        return min(s.worker_retry_max_seconds, s.worker_retry_base_seconds * 2 ** max(0, item.tries - 1))
 
-    def _original_exists(self, task: ImageTask) -> bool:
-        if not task.key:
-            return False
+    # ---- uploads without a record -----------------------------------------------------------
+    def _orphan_upload(self, task: ImageTask, message: dict[str, Any], item: InFlight,
+                       last_try: str | None) -> float | None:
+        """No image record: the owner deleted the image (a re-run's, or an S3 event whose object is
+        gone too: acknowledged), or an upload arrived after the delete through its still-valid URL.
+        Such an original is looked at again after the grace and, still without record, deleted:
+        nothing keeps an upload nobody can see. None when done, else seconds before a retry."""
+        if task.source != "s3" or not task.key:
+            log.info("image record gone (deleted): acknowledged")
+            return None
+        bucket = self.settings.originals_bucket  # task.bucket was checked to be this one
         try:
-            self.processor.s3.head_object(Bucket=task.bucket or self.settings.originals_bucket, Key=task.key)
-            return True
-        except ClientError:
-            return False
+            self.processor.s3.head_object(Bucket=bucket, Key=task.key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                log.info("image record and original are gone (deleted): acknowledged")
+                return None
+            return self._retry_later(task, item, last_try, f"could not look at its original without record: {exc}")
+        except BotoCoreError as exc:
+            return self._retry_later(task, item, last_try, f"could not look at its original without record: {exc}")
+        if not item.orphan_check:
+            grace = self.settings.worker_orphan_grace_seconds
+            try:
+                self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=message["Body"], DelaySeconds=grace,
+                                      MessageAttributes={ORPHAN_CHECK_ATTRIBUTE: {"DataType": "String",
+                                                                                  "StringValue": "1"}})
+            except (ClientError, BotoCoreError) as exc:
+                return self._retry_later(task, item, last_try, f"could not re-queue the look at its original: {exc}")
+            log.info("original without image record: looking again after the grace", key=task.key, grace=grace)
+            return None
+        try:
+            self.processor.s3.delete_object(Bucket=bucket, Key=task.key)
+        except (ClientError, BotoCoreError) as exc:  # e.g. no s3:DeleteObject permission
+            item.dead_letter_reasons.append(f"no image record {task.image_id}; the original {task.key} "
+                                            f"could not be deleted: {exc}")
+            return None
+        metrics.SKIPPED.labels("orphan_deleted").inc()
+        log.warning("original without image record deleted", key=task.key)
+        return None
 
     # ---- message actions ---------------------------------------------------------------------
     def _delete(self, item: InFlight) -> None:
@@ -395,28 +503,35 @@ class Consumer:
         if self.stopping.is_set():
             seconds = 0  # another worker (or our restart) takes it now
         if item.receive_count >= self.settings.queue_max_receive_count - 1:
-            # Receives count towards the DLQ redrive: re-send a fresh copy (count 1), then delete.
+            # Receives count towards the DLQ redrive: re-send a fresh copy (count 1) carrying the
+            # tries so far (worker_max_message_tries bounds them), then delete.
             try:
                 self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=message["Body"],
-                                      DelaySeconds=int(min(900, seconds)))
+                                      DelaySeconds=int(min(900, seconds)),
+                                      MessageAttributes={TRIES_ATTRIBUTE: {"DataType": "Number",
+                                                                           "StringValue": str(item.tries)}})
                 self._delete(item)
-                log.info("message re-sent to reset its receive count", delay=int(min(900, seconds)))
+                log.info("message re-sent to reset its receive count", delay=int(min(900, seconds)),
+                         tries=item.tries)
                 return
             except (ClientError, BotoCoreError) as exc:
                 log.warning("re-send failed; backing off in place", error=str(exc))
         self._change_visibility(item, seconds)
 
-    def _dead_letter(self, message: dict[str, Any], item: InFlight, reason: str, copy_only: bool = False) -> None:
-        """Move a message to the DLQ with the reason (sent first, then deleted: nothing lost)."""
+    def _dead_letter(self, message: dict[str, Any], item: InFlight, reason: str, copy_only: bool = False) -> bool:
+        """Move a message to the DLQ with the reason (sent first, then deleted: nothing lost);
+        `copy_only` leaves deleting to the caller. False if the DLQ refused it."""
         try:
             self.sqs.send_message(
                 QueueUrl=self.dlq_url, MessageBody=message.get("Body", "") or "(empty body)",
                 MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:1000]},
-                                   "source_message_id": {"DataType": "String", "StringValue": item.message_id}})
+                                   "source_message_id": {"DataType": "String", "StringValue": item.message_id},
+                                   TRIES_ATTRIBUTE: {"DataType": "Number", "StringValue": str(item.tries)}})
         except (ClientError, BotoCoreError) as exc:
             log.warning("could not move the message to the DLQ; leaving it for redrive", error=str(exc))
-            return
+            return False
         metrics.DEAD_LETTERED.inc()
         log.warning("message moved to the dead-letter queue", reason=reason, message_id=item.message_id)
         if not copy_only:
             self._delete(item)
+        return True

@@ -9,7 +9,9 @@ from typing import Iterator
 from prometheus_client import Counter, Gauge, Histogram
 
 PROCESSED = Counter("udagram_worker_images_processed_total", "Images that reached DONE")
-FAILED = Counter("udagram_worker_images_failed_total", "Images that ended FAILED (poison input)")
+FAILED = Counter("udagram_worker_images_failed_total", "Images that ended FAILED (poison input, given up)")
+RERUNS_FAILED = Counter("udagram_worker_reruns_failed_total",
+                        "Re-runs that failed while the image kept its earlier result (error recorded)")
 RETRIES = Counter("udagram_worker_retries_total", "Deliveries backed off for a transient fault", ["reason"])
 SKIPPED = Counter("udagram_worker_messages_skipped_total", "Records acknowledged without work", ["reason"])
 DEAD_LETTERED = Counter("udagram_worker_dead_lettered_total", "Messages moved to the DLQ by the worker")

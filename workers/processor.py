@@ -4,9 +4,12 @@ Concurrency (several workers, duplicate deliveries) is settled in DynamoDB, neve
 read-then-put:
 - **Lease.** A conditional UpdateItem marks the image PROCESSING with `lease_owner` = this
   delivery's token and `lease_expires_at` = now + the visibility timeout, only if the record exists
-  and no other live lease is held. For an S3 event it also requires that the record was not already
-  finished from the same object (`source_etag`), so a duplicate event is acknowledged without work;
-  a re-run with `--model-version V` is skipped when the image is already DONE with V.
+  and no other live lease is held. For an S3 event it also requires that the event names the
+  record's own original (`original_key`; the bucket is checked before) and that the record was not
+  already finished from the same object (`source_etag`), so a duplicate event is acknowledged
+  without work and a forged one changes nothing; a re-run with `--model-version V` is skipped when
+  the image is already DONE with V. The original is always read from the originals bucket at the
+  record's `original_key`, never from where a message says.
   The consumer's heartbeat extends the lease together with the message's visibility.
 - **Final write.** The DONE (or FAILED) UpdateItem is conditional on still holding the lease. If
   another worker took it over (ours expired), this delivery stops without writing; the holder's own
@@ -15,6 +18,9 @@ read-then-put:
 - **Attempts.** Each lease adds one to `attempts`; a transient failure gives it back. An image whose
   deliveries keep dying (a worker killed mid-image, an unexpected error) ends FAILED once
   `attempts` exceeds `worker_max_attempts`, with the last error.
+- **Failures keep an earlier result of a re-run.** When a re-run of an image that has a result
+  fails (unknown model version, bad input, given up), the image stays DONE with that result and
+  `error` says why the re-run failed; otherwise it ends FAILED with the error.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from udagram.settings import Settings
 from workers import metrics, render
 from workers.canary import VersionRouter
 from workers.classifier import Classifier
-from workers.errors import LeaseLost, PoisonInput, RecordMissing, TransientError
+from workers.errors import (
+    BucketMissing, LeaseLost, PermanentFailure, PoisonInput, RecordMissing, TransientError,
+)
 from workers.events import ImageTask, normalise_etag
 
 log = structlog.get_logger(__name__)
@@ -43,8 +51,10 @@ log = structlog.get_logger(__name__)
 
 class Outcome(str, Enum):
     DONE = "done"
-    FAILED = "failed"  # poison input: record FAILED, message acknowledged
+    FAILED = "failed"  # poison input, permanent failure, given up: record FAILED, message acknowledged
+    RERUN_FAILED = "rerun_failed"  # a re-run failed: the earlier result stays, with the error
     SKIPPED = "skipped"  # duplicate / already up to date: acknowledged
+    IGNORED = "ignored"  # an S3 event that does not name the record's original: acknowledged, logged
     DEFERRED = "deferred"  # another worker holds a live lease: look again later
 
 
@@ -54,13 +64,17 @@ class Result:
     detail: str = ""
     retry_after: float = 0.0  # for DEFERRED: seconds until the other lease expires
     timings: dict[str, float] = field(default_factory=dict)
+    dead_letter: bool = False  # also keep the message in the DLQ (an operator must act)
 
 
 def _conditional_failed(exc: PynamoDBException) -> bool:
     return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
 
 
-def _s3_transient(exc: Exception, what: str) -> TransientError:
+def _s3_error(exc: ClientError | BotoCoreError, what: str, bucket: str) -> Exception:
+    """NoSuchBucket is permanent (a deployment problem); other S3 faults are transient."""
+    if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+        return BucketMissing(f"{what}: the bucket {bucket} does not exist")
     return TransientError(f"{what}: {type(exc).__name__}: {exc}")
 
 
@@ -82,6 +96,10 @@ class Processor:
         M = ImageModel
         cond = M.id.exists() & (M.lease_expires_at.does_not_exist() | (M.lease_expires_at < now)
                                 | (M.lease_owner == token))
+        if task.source == "s3":
+            # In the condition, not read before: the record is never marked PROCESSING for an
+            # event about another object, whatever happens between a read and the write.
+            cond &= M.original_key == task.key
         if task.source == "s3" and task.etag:
             cond &= ~(M.status.is_in(ImageStatus.DONE.value, ImageStatus.FAILED.value)
                       & (M.source_etag == task.etag))
@@ -118,6 +136,9 @@ class Processor:
             raise RecordMissing(f"no image record {task.image_id}") from None
         except PynamoDBException as exc:
             raise TransientError(f"DynamoDB read failed: {exc}") from exc
+        if task.source == "s3" and current.original_key != task.key:
+            return Result(Outcome.IGNORED,
+                          f"the event names {task.key}, the image's original is {current.original_key}")
         expires = current.lease_expires_at or 0
         if expires > time.time() and current.lease_owner != token:
             return Result(Outcome.DEFERRED, "another worker holds the image", retry_after=expires - time.time())
@@ -152,8 +173,12 @@ class Processor:
             log.info("lease not released", image_id=image_id, error=str(exc))
 
     # ---- the work ---------------------------------------------------------------------------
-    def process(self, task: ImageTask, token: str) -> Result:
+    def process(self, task: ImageTask, token: str, *, last_try: str | None = None) -> Result:
+        """`last_try`: this message may not be retried again (its tries are used up; the text says
+        so): a transient failure finishes the image with that text and the error instead."""
         timings: dict[str, float] = {}
+        if task.source == "s3" and task.bucket != self.settings.originals_bucket:
+            return Result(Outcome.IGNORED, f"the event is about the bucket {task.bucket}, not the originals bucket")
         with metrics.stage("lease", timings):
             leased = self.acquire(task, token)
         if isinstance(leased, Result):
@@ -164,22 +189,50 @@ class Processor:
             reason = f"gave up after {record.attempts - 1} attempts"
             if record.error:
                 reason += f"; last error: {record.error}"
-            self.fail(record.id, token, reason, None)
-            return Result(Outcome.FAILED, reason, timings=timings)
-        try:
-            result = self._run(task, record, token, timings)
-        except PoisonInput as exc:
-            self.fail(record.id, token, str(exc), getattr(exc, "etag", None))
-            return Result(Outcome.FAILED, str(exc), timings=timings)
+            result = self.finish_with_error(task, record, token, reason, None)
+        else:
+            try:
+                result = self._run(task, record, token, timings)
+            except PoisonInput as exc:
+                result = self.finish_with_error(task, record, token, str(exc), getattr(exc, "etag", None))
+            except PermanentFailure as exc:
+                result = self.finish_with_error(task, record, token, str(exc), None)
+                result.dead_letter = exc.dead_letter
+            except TransientError as exc:
+                if last_try is None:
+                    raise
+                result = self.finish_with_error(task, record, token, f"{last_try}; last error: {exc}", None)
+                result.dead_letter = True
         result.timings = timings
         return result
 
+    def finish_with_error(self, task: ImageTask, record: ImageModel, token: str, error: str,
+                          etag: str | None) -> Result:
+        """A re-run of an image that has a result keeps it (DONE, `error` says why the re-run
+        failed); anything else ends FAILED."""
+        if task.source == "reprocess" and record.processed_key and record.predictions:
+            self._keep_result(record.id, token, f"re-run failed, the previous result is kept: {error}")
+            return Result(Outcome.RERUN_FAILED, error)
+        self.fail(record.id, token, error, etag)
+        return Result(Outcome.FAILED, error)
+
+    def _keep_result(self, image_id: str, token: str, error: str) -> None:
+        M = ImageModel
+        self._final_write(image_id, token, [
+            M.status.set(ImageStatus.DONE.value),
+            M.status_changed_at.set(data.sortable_time()),
+            M.error.set(error[:1000]),
+            M.attempts.set(0),
+            M.lease_owner.remove(),
+            M.lease_expires_at.remove(),
+        ], "the re-run's error")
+        log.warning("re-run failed; earlier result kept", error=error)
+
     def _run(self, task: ImageTask, record: ImageModel, token: str, timings: dict[str, float]) -> Result:
         s = self.settings
-        bucket = task.bucket or s.originals_bucket
-        key = task.key or record.original_key
         with metrics.stage("download", timings):
-            original, etag = self._download(bucket, key)
+            # Never from where the message says: a forged event must not pick the bytes.
+            original, etag = self._download(s.originals_bucket, record.original_key)
         with metrics.stage("decode", timings):
             try:
                 decoded = render.decode(original, width=s.processed_width,
@@ -204,36 +257,29 @@ class Processor:
                 self.s3.put_object(Bucket=s.processed_bucket, Key=out_key, Body=rendered.body,
                                    ContentType=rendered.content_type)
             except (ClientError, BotoCoreError) as exc:
-                raise _s3_transient(exc, "upload of the processed image failed") from exc
+                raise _s3_error(exc, "upload of the processed image failed", s.processed_bucket) from exc
         M = ImageModel
         now = data.utcnow()
         with metrics.stage("update", timings):
             try:
-                M(record.id).update(
-                    actions=[
-                        M.status.set(ImageStatus.DONE.value),
-                        M.status_changed_at.set(data.sortable_time()),
-                        M.title.set(lines[0]),
-                        M.predictions.set([PredictionAttr(label=lbl, probability=p)
-                                           for lbl, p in zip(prediction.labels, prediction.probabilities)]),
-                        M.processed_key.set(out_key),
-                        M.model_version.set(prediction.version_label),
-                        M.processed_at.set(now),
-                        M.source_etag.set(etag) if etag else M.source_etag.remove(),
-                        M.error.remove(),
-                        M.attempts.set(0),
-                        M.lease_owner.remove(),
-                        M.lease_expires_at.remove(),
-                    ],
-                    condition=M.lease_owner == token,
-                )
-            except UpdateError as exc:
-                if _conditional_failed(exc):
-                    self._drop_if_deleted(record.id, out_key)
-                    raise LeaseLost("another worker took over the image before the final write") from exc
-                raise TransientError(f"DynamoDB final update failed: {exc}") from exc
-            except PynamoDBException as exc:
-                raise TransientError(f"DynamoDB final update failed: {exc}") from exc
+                self._final_write(record.id, token, [
+                    M.status.set(ImageStatus.DONE.value),
+                    M.status_changed_at.set(data.sortable_time()),
+                    M.title.set(lines[0]),
+                    M.predictions.set([PredictionAttr(label=lbl, probability=p)
+                                       for lbl, p in zip(prediction.labels, prediction.probabilities)]),
+                    M.processed_key.set(out_key),
+                    M.model_version.set(prediction.version_label),
+                    M.processed_at.set(now),
+                    M.source_etag.set(etag) if etag else M.source_etag.remove(),
+                    M.error.remove(),
+                    M.attempts.set(0),
+                    M.lease_owner.remove(),
+                    M.lease_expires_at.remove(),
+                ], "the result")
+            except RecordMissing:
+                self._drop_processed_copy(out_key)
+                raise
         log.info("image done", title=lines[0], model_version=prediction.version_label, key=out_key,
                  width=rendered.width, height=rendered.height)
         return Result(Outcome.DONE, lines[0])
@@ -249,9 +295,9 @@ class Processor:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
                 raise PoisonInput(f"the original upload {key} does not exist") from None
-            raise _s3_transient(exc, "download of the original failed") from exc
+            raise _s3_error(exc, "download of the original failed", bucket) from exc
         except BotoCoreError as exc:
-            raise _s3_transient(exc, "download of the original failed") from exc
+            raise _s3_error(exc, "download of the original failed", bucket) from exc
         body = response["Body"]
         size = response.get("ContentLength", 0)
         etag = normalise_etag(response.get("ETag"))
@@ -263,23 +309,42 @@ class Processor:
             try:
                 payload = body.read(cap + 1)
             except BotoCoreError as exc:
-                raise _s3_transient(exc, "download of the original failed") from exc
+                raise _s3_error(exc, "download of the original failed", bucket) from exc
         finally:
             body.close()
         if len(payload) > cap:
             raise _with_etag(PoisonInput(f"the file is larger than the {cap} byte limit"), etag)
         return payload, etag
 
-    def _drop_if_deleted(self, image_id: str, out_key: str) -> None:
+    def _final_write(self, image_id: str, token: str, actions: list, what: str) -> None:
+        """The update that ends a delivery's work, only while it still holds the lease. Refused:
+        RecordMissing if the owner deleted the image meanwhile (the consumer then treats the
+        original as an orphan upload), else LeaseLost (another worker took over)."""
+        M = ImageModel
+        try:
+            M(image_id).update(actions=actions, condition=M.lease_owner == token)
+        except UpdateError as exc:
+            if not _conditional_failed(exc):
+                raise TransientError(f"DynamoDB update of {what} failed: {exc}") from exc
+            if self._deleted(image_id):
+                raise RecordMissing(f"image {image_id} was deleted while it was processed") from None
+            raise LeaseLost(f"another worker took over the image before the write of {what}") from exc
+        except PynamoDBException as exc:
+            raise TransientError(f"DynamoDB update of {what} failed: {exc}") from exc
+
+    @staticmethod
+    def _deleted(image_id: str) -> bool:
+        try:
+            ImageModel.get(image_id, consistent_read=True, attributes_to_get=["id"])
+            return False
+        except DoesNotExist:
+            return True
+        except PynamoDBException:
+            return False  # unknown: treat as taken over (an orphan object is harmless, a lost one is not)
+
+    def _drop_processed_copy(self, out_key: str) -> None:
         """The owner deleted the image while it was processed: remove the processed copy just
         uploaded, which the API's delete could not know about."""
-        try:
-            ImageModel.get(image_id, consistent_read=True)
-            return
-        except DoesNotExist:
-            pass
-        except PynamoDBException:
-            return  # unknown: leave it (an orphan object is harmless, a lost one is not)
         try:
             self.s3.delete_object(Bucket=self.settings.processed_bucket, Key=out_key)
             log.info("image deleted during processing: processed copy removed", key=out_key)
@@ -297,14 +362,7 @@ class Processor:
         ]
         if etag:
             actions.append(M.source_etag.set(etag))
-        try:
-            M(image_id).update(actions=actions, condition=M.lease_owner == token)
-        except UpdateError as exc:
-            if _conditional_failed(exc):
-                raise LeaseLost("another worker took over the image before the FAILED write") from exc
-            raise TransientError(f"DynamoDB update failed: {exc}") from exc
-        except PynamoDBException as exc:
-            raise TransientError(f"DynamoDB update failed: {exc}") from exc
+        self._final_write(image_id, token, actions, "FAILED")
         log.warning("image failed", error=error)
 
 

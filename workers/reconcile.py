@@ -43,7 +43,10 @@ def _older_than(seconds: float) -> str:
     return data.sortable_time(data.utcnow() - timedelta(seconds=seconds))
 
 
-# A slow upload started just before its URL expired may still be arriving this long after.
+# How long after its URL expired an upload may still turn up: SeaweedFS refuses a POST whose body
+# ends after the expiry, but other S3 servers may check the policy when the request starts, and
+# the event may be late. Well over the upload URL's lifetime (settings.upload_url_ttl_seconds);
+# an upload arriving later still is processed anyway (a FAILED record is leased again).
 UPLOAD_GRACE_SECONDS = 600
 
 

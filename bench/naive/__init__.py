@@ -17,7 +17,14 @@ from pathlib import Path
 
 import torch
 
-from handlers.archive import HANDLER_SOURCE, MODEL_NAME, archive_path, handler_sha256, lite2_model
+from handlers.archive import (
+    HANDLER_SOURCE,
+    MODEL_NAME,
+    archive_path,
+    archiver_staging_in,
+    handler_sha256,
+    lite2_model,
+)
 from handlers.image_classifier import LABELS_FILE, META_FILE
 
 HERE = Path(__file__).parent
@@ -29,7 +36,7 @@ def build_naive_archive(model_store: Path) -> Path:
     from model_archiver.model_packaging import generate_model_archive
 
     model, meta, labels = lite2_model()
-    meta = replace(meta, torch_threads=0, optimize=False, warmup_batch_size=1, handler_sha256=handler_sha256())
+    meta = replace(meta, threads=0, optimize=False, warmup_batch_size=1, handler_sha256=handler_sha256())
     target = archive_path(model_store, NAIVE_VERSION)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="udagram-naive-mar-") as tmp:
@@ -38,17 +45,18 @@ def build_naive_archive(model_store: Path) -> Path:
         (work / META_FILE).write_text(json.dumps(asdict(meta), indent=2))
         (work / LABELS_FILE).write_text(json.dumps({str(i): name for i, name in enumerate(labels)}))
         extra = [work / META_FILE, work / LABELS_FILE, HANDLER_SOURCE]
-        generate_model_archive(
-            ModelArchiverConfig(
-                model_name=MODEL_NAME,
-                handler=str(HERE / "naive_handler.py"),
-                version=NAIVE_VERSION,
-                serialized_file=str(work / "model.pth"),
-                model_file=str(HERE / "lite2_model.py"),
-                extra_files=",".join(str(p) for p in extra),
-                export_path=str(work),
-                force=True,
+        with archiver_staging_in(work):
+            generate_model_archive(
+                ModelArchiverConfig(
+                    model_name=MODEL_NAME,
+                    handler=str(HERE / "naive_handler.py"),
+                    version=NAIVE_VERSION,
+                    serialized_file=str(work / "model.pth"),
+                    model_file=str(HERE / "lite2_model.py"),
+                    extra_files=",".join(str(p) for p in extra),
+                    export_path=str(work),
+                    force=True,
+                )
             )
-        )
         shutil.move(str(work / f"{MODEL_NAME}.mar"), target)
     return target

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -11,8 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from handlers.server import Endpoints, TorchServeProcess, read_properties, render_config
+from handlers.server import WORKER_ENV, Endpoints, TorchServeProcess, read_properties, render_config
+from tests.fixtures.torchserve import worker_pids
 from tests.handlers.images import coffee_jpeg
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.torchserve
 
@@ -95,3 +99,24 @@ def test_a_config_template_elsewhere_is_used(tmp_path: Path) -> None:
     config = read_properties(render_config(endpoints, tmp_path / "run", template=template))
     assert config["default_workers_per_model"] == "3"
     assert config["inference_address"] == "http://127.0.0.1:1111"
+
+
+def test_the_model_workers_get_the_worker_environment(torchserve: TorchServeProcess) -> None:
+    """Passive OpenMP and the malloc settings reach the Python workers (started by Java)."""
+    assert {"OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} <= set(WORKER_ENV)
+    pids = worker_pids(torchserve.management_url)
+    assert pids
+    for pid in pids:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        environ = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+        for key, value in WORKER_ENV.items():
+            assert environ.get(key) == value, (pid, key)
+
+
+def test_the_model_server_image_sets_the_same_worker_environment() -> None:
+    """docker/model-server.Dockerfile runs `udagram model serve` too: the same values, not others."""
+    text = (REPO / "docker" / "model-server.Dockerfile").read_text()
+    declared = dict(re.findall(r"\b([A-Z_]+)=(\S+)", " ".join(
+        line.split(None, 1)[1] for line in text.replace("\\\n", " ").splitlines() if line.startswith("ENV "))))
+    for key, value in WORKER_ENV.items():
+        assert declared.get(key) == value, key

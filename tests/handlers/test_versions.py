@@ -69,6 +69,9 @@ def test_b2_archive_carries_its_own_architecture_and_labels(b2_archive: Path) ->
     meta = info["meta"]
     assert (meta["arch"], meta["input_size"], meta["num_classes"]) == ("efficientnet_b2", 260, len(BREEDS))
     assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    # B2 exports to ONNX too, and passed the same check on the reference photos as Lite2
+    assert meta["runtime"] == "onnx" and info["manifest"]["model"]["serializedFile"] == "model.onnx"
+    assert meta["verification"]["photos"] == 13 and meta["verification"]["rejected"] == {}
 
 
 def test_roll_out_version_2_and_roll_back(

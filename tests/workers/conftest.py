@@ -26,6 +26,7 @@ FAST = dict(
     worker_reconcile_on_start=False,
     worker_reconcile_interval_seconds=0,
     worker_stale_upload_seconds=0,
+    worker_orphan_grace_seconds=1,
 )
 
 
@@ -128,6 +129,15 @@ def dlq_messages(settings: Settings) -> list[dict]:
     return out.get("Messages", [])
 
 
+def dlq_reasons(settings: Settings) -> list[str]:
+    return [m["MessageAttributes"]["reason"]["StringValue"] for m in dlq_messages(settings)]
+
+
+def original_exists(settings: Settings, key: str) -> bool:
+    listed = client("s3", settings).list_objects_v2(Bucket=settings.originals_bucket, Prefix=key)
+    return any(o["Key"] == key for o in listed.get("Contents", []))
+
+
 def send_body(settings: Settings, body: str | dict) -> None:
     sqs = client("sqs", settings)
     url = sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
@@ -173,10 +183,22 @@ def start_worker() -> Iterator[Callable[[Settings], RunningConsumer]]:
             worker.stop()
 
 
-def s3_event_body(settings: Settings, key: str, etag: str, size: int = 1) -> str:
+def s3_event_body(settings: Settings, key: str, etag: str, size: int = 1, bucket: str | None = None) -> str:
     return json.dumps({"Records": [{
         "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-        "s3": {"bucket": {"name": settings.originals_bucket},
+        "s3": {"bucket": {"name": bucket or settings.originals_bucket},
                "object": {"key": key, "size": size, "eTag": etag, "sequencer": "00"}},
     }]})
 
+
+
+def wait_settled(image_ids: list[str], statuses=("DONE", "FAILED"), timeout: float = 90) -> list[data.ImageModel]:
+    """Like wait_status, but also waits for the rest of the final write: moto applies an
+    UpdateItem's actions one by one, and every final write (DONE, FAILED, a re-run's kept result)
+    removes the lease last."""
+
+    def settled():
+        records = [record(i) for i in image_ids]
+        return records if all(r.status in statuses and r.lease_expires_at is None for r in records) else None
+
+    return wait_for(settled, timeout, f"images {image_ids} settled in {statuses}")  # type: ignore[return-value]
