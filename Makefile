@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# Every dependency group of pyproject.toml: a development machine runs every role.
+EXTRAS := serving,api,worker,local,dev,deploy,containers
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 help:
@@ -15,12 +17,14 @@ help:
 	@echo "make bench   run the benchmarks and write bench/report/ (~12 min; BENCH_ARGS=--quick: ~4)"
 	@echo "make chaos   kill -9 each server mid-burst, check nothing is lost: bench/report/chaos.md (~3 min; CHAOS_ARGS=--short: ~2)"
 	@echo "make synth   write the AWS CloudFormation template to deploy/cdk.out/ (offline; docs/deploy.md)"
+	@echo "make images  build the container images with podman (docs/containers.md)"
+	@echo "make compose-smoke  run docker/compose.yaml with podman-compose, one upload to DONE, tear down"
 
 # Python environment: rebuilt when pyproject.toml changes.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,deploy]'
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 venv: $(INSTALLED)
@@ -29,16 +33,30 @@ venv: $(INSTALLED)
 system-deps:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+# podman (with runc) builds and runs the images here; debootstrap makes their base images offline.
+container-deps:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null \
+	  || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq podman runc debootstrap >/dev/null; }
+
 # Node packages of the local stack (dynalite), pinned by package-lock.json.
 NODE_DEPS := tools/node/node_modules/.package-lock.json
 $(NODE_DEPS): tools/node/package.json tools/node/package-lock.json
 	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The web page's OpenID Connect client: oidc-client-ts bundled by esbuild into one ES module.
+# Committed (containers and pip installs have no Node); rebuilt from the locked packages when they
+# change, byte for byte the same otherwise (tests/graphql_api/test_web_vendor.py checks).
+WEB_VENDOR := graphql_api/static/vendor/oidc-client-ts.js
+$(WEB_VENDOR): $(NODE_DEPS) tools/node/web/build.mjs tools/node/web/oidc-client.js
+	npm run --prefix tools/node --silent build-web
+
+web: $(NODE_DEPS) $(WEB_VENDOR)
+
 deps: venv system-deps $(wildcard $(NODE_DEPS))
 
 up: venv
-	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory $(NODE_DEPS)
+	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory web
 	$(BIN)/udagram up
 
 down:
@@ -48,7 +66,7 @@ status:
 	$(BIN)/udagram status
 
 test: venv system-deps
-	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory $(NODE_DEPS)
+	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory web
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
@@ -69,4 +87,13 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 synth: venv
 	CDK_CONTEXT_JSON='$(SYNTH_CONTEXT)' $(BIN)/python deploy/app.py
 
-.PHONY: help venv system-deps deps up down status test bench chaos synth
+# The model-server, API, worker and stand-in images (tools/containers.py; docs/containers.md).
+images: venv container-deps
+	$(BIN)/python tools/containers.py build $(IMAGES_ARGS)
+
+# docker/compose.yaml under podman-compose on free ports: one upload to DONE, then torn down
+# (tests/e2e/test_compose.py, marker `containers`, which `make test` leaves out).
+compose-smoke: images
+	$(BIN)/python -m pytest -m containers tests/e2e/test_compose.py -rP $(PYTEST_ARGS)
+
+.PHONY: help venv system-deps container-deps deps web up down status test bench chaos synth images compose-smoke

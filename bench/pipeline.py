@@ -52,7 +52,7 @@ from udagram import data  # noqa: E402
 from udagram.settings import Settings  # noqa: E402
 from udagram.stack import control  # noqa: E402
 
-STAGES = ("lease", "download", "decode", "predict", "render", "upload", "update")
+STAGES = ("lease", "download", "decode", "predict", "render", "upload", "update", "index")
 Say = Callable[[str], None]
 
 # The web page's own operations (graphql_api/static/js/queries.js).

@@ -1,10 +1,10 @@
-"""The API's Starlette app: /graphql, /healthz, and in local mode the JWKS, a sign-in endpoint for
-named users and GraphiQL; the web page's static files at /. The process's Prometheus metrics are
-served on their own listener (`start_metrics_server`), not by this public app."""
+"""The API's Starlette app: /graphql, /healthz, /auth/config (where the web page signs in), in
+local mode GraphiQL and the built-in OpenID provider (graphql_api/oidc_provider.py); the web page's
+static files at /. The process's Prometheus metrics are served on their own listener
+(`start_metrics_server`), not by this public app."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,10 +21,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 
-from graphql_api import auth
+from graphql_api import auth, oidc_provider
 from graphql_api.context import AppState, build_context
 from graphql_api.schema import build_schema
-from graphql_api.security_headers import SecurityHeaders, graphiql_policy, page_policy
+from graphql_api.security_headers import SecurityHeaders, graphiql_policy, origin, page_policy
 from graphql_api.storage import Storage
 from udagram import data
 from udagram.settings import Settings, get_settings
@@ -128,35 +128,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    async def jwks(request: Request) -> JSONResponse:
-        return JSONResponse(auth.local_jwks(settings), headers={"Cache-Control": "public, max-age=300"})
-
-    async def local_token(request: Request) -> JSONResponse:
-        """Local mode's sign-in: a token for a named user (there are no passwords on a laptop)."""
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return JSONResponse({"error": 'send JSON: {"user": "<name>"}'}, status_code=400)
-        user = body.get("user") if isinstance(body, dict) else None
-        try:
-            auth.validate_user_name(user)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        token = auth.issue_token(user, settings)
-        return JSONResponse(
-            {"token": token, "user": user, "expiresIn": settings.token_ttl_seconds},
-            headers={"Cache-Control": "no-store"},
-        )
+    async def auth_config(request: Request) -> JSONResponse:
+        """What the web page needs to sign in: the issuer (discovery), its client id, the audience
+        (Auth0 issues a JWT access token only when the authorize request names it) and the scopes."""
+        config = {"issuer": settings.auth_issuer, "clientId": settings.auth_client_id,
+                  "audience": settings.auth_audience, "scopes": settings.auth_scopes}
+        if settings.builtin_idp:
+            config["signupEnabled"] = settings.auth_signup_enabled
+        return JSONResponse(config, headers={"Cache-Control": "no-cache"})
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
+        Route("/auth/config", auth_config, methods=["GET"]),
     ]
-    if local:
-        routes += [
-            Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-            Route("/auth/local/token", local_token, methods=["POST"]),
-        ]
+    if settings.builtin_idp:
+        routes += oidc_provider.routes(settings, state.verifier)
     if not STATIC_DIR.is_dir():
         STATIC_DIR.mkdir(parents=True, exist_ok=True)
     if not (STATIC_DIR / "index.html").exists():
@@ -168,7 +155,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=local_hosts(settings)))
     # Outermost, so the host and body-size refusals carry the headers too (docs/web.md).
     graphiql = {"/graphql": graphiql_policy(graphql.graphql_ide_html)} if local else {}
-    middleware.insert(0, Middleware(SecurityHeaders, policy=page_policy(state.storage), html_policies=graphiql))
+    sign_in = [origin(settings.auth_issuer), *map(origin, settings.auth_connect_origins)]
+    middleware.insert(0, Middleware(SecurityHeaders, policy=page_policy(state.storage, sign_in), html_policies=graphiql))
     app = Starlette(routes=routes, middleware=middleware)
     app.state.udagram = state
     return app

@@ -1,13 +1,15 @@
-"""Bearer tokens: RS256 JWTs verified against a JWKS (Auth0-compatible), and local-mode issuing.
+"""Bearer tokens: RS256 JWT access tokens from an OpenID Connect issuer, and the local signing key.
 
 Verification checks the signature with the key named by the token's `kid` (RS256 only: `none`,
 HS256 and every other algorithm are refused before any key is looked up), the issuer, the
-audience and the expiry; the user id is the token's `sub`.
+audience (`aud`, or Cognito's `client_id`) and the expiry; the user id is the token's `sub`, its
+roles the `auth_role_claim` list.
+The keys come from the JWKS named by the issuer's discovery document (`jwks_uri`).
 
-In local mode the API is its own issuer: an RSA key is created on first use at
-`settings.local_signing_key_path` (mode 0600), its public half is served at
-`/.well-known/jwks.json`, and `issue_token` signs tokens with it. When the configured JWKS URL is
-the API's own, verification reads the local key directly instead of fetching it from itself.
+In local mode the API is its own issuer by default (graphql_api/oidc_provider.py): an RSA key is
+created on first use at `settings.local_signing_key_path` (mode 0600), its public half is served
+at `/.well-known/jwks.json`, and `issue_token` signs tokens with it. Verification then reads the
+local key directly instead of fetching it from itself.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -43,6 +46,7 @@ class AuthError(Exception):
 @dataclass(frozen=True)
 class User:
     id: str  # the token's `sub`
+    roles: tuple[str, ...] = ()  # the token's role claim (settings.auth_role_claim)
 
 
 def validate_user_name(user: str) -> str:
@@ -112,18 +116,16 @@ def local_jwks(settings: Settings) -> dict[str, Any]:
     return {"keys": [local_key(settings).jwk]}
 
 
-def local_jwks_url(settings: Settings) -> str:
-    return f"{settings.public_url}/.well-known/jwks.json"
-
-
-def issue_token(user: str, settings: Settings, ttl_seconds: int | None = None) -> str:
-    """A local-mode token for `user` (its `sub`), signed with the local key."""
-    if settings.mode != "local":
-        raise RuntimeError("tokens are issued by the identity provider when mode=aws, not by udagram")
+def issue_token(user: str, settings: Settings, ttl_seconds: int | None = None, *, roles: tuple[str, ...] = (),
+                scope: str | None = None, client_id: str | None = None) -> str:
+    """An access token for `user` (its `sub`) signed with the local key: what the built-in
+    provider hands the web page, and what `udagram token` prints for scripts."""
+    if not settings.builtin_idp:
+        raise RuntimeError("tokens come from the configured identity provider (UDAGRAM_AUTH_ISSUER), not from udagram")
     validate_user_name(user)
     key = local_key(settings)
     now = int(time.time())
-    claims = {
+    claims: dict[str, Any] = {
         "sub": user,
         "name": user,
         "iss": settings.auth_issuer,
@@ -131,8 +133,38 @@ def issue_token(user: str, settings: Settings, ttl_seconds: int | None = None) -
         "iat": now,
         "nbf": now,
         "exp": now + (ttl_seconds if ttl_seconds is not None else settings.token_ttl_seconds),
+        "jti": base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode(),
     }
+    if roles:
+        claims[settings.auth_role_claim] = list(roles)
+    if scope:
+        claims["scope"] = scope
+    if client_id:
+        claims["client_id"] = client_id
     return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
+
+
+def discovery_url(issuer: str) -> str:
+    """Where an OpenID provider describes itself (OpenID Connect Discovery 1.0, section 4)."""
+    return issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+def issuer_metadata(issuer: str, timeout: float = 10) -> dict[str, Any]:
+    """The issuer's discovery document; AuthError if it cannot be had or names another issuer."""
+    url = discovery_url(issuer)
+    try:
+        response = httpx.get(url, timeout=timeout, follow_redirects=False)
+        response.raise_for_status()
+        metadata = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise AuthError(f"could not fetch the issuer's discovery document ({url})") from exc
+    named = metadata.get("issuer") if isinstance(metadata, dict) else None
+    if named != issuer:
+        raise AuthError(f"the discovery document at {url} is for issuer {named!r}, "
+                        f"not the configured {issuer!r} (UDAGRAM_AUTH_ISSUER must match it exactly)")
+    if not isinstance(metadata.get("jwks_uri"), str):
+        raise AuthError(f"the discovery document at {url} names no jwks_uri")
+    return metadata
 
 
 # --- verification ------------------------------------------------------------------------------
@@ -142,15 +174,20 @@ class TokenVerifier:
     """Verifies bearer tokens for one Settings; the JWKS client (and its key cache) lives here."""
 
     def __init__(self, settings: Settings) -> None:
-        if not settings.auth_jwks_url or not settings.auth_issuer:
-            raise ValueError("auth_jwks_url and auth_issuer must be set (UDAGRAM_AUTH_JWKS_URL, UDAGRAM_AUTH_ISSUER)")
+        if not settings.auth_issuer:
+            raise ValueError("auth_issuer must be set (UDAGRAM_AUTH_ISSUER)")
         self.settings = settings
-        self.self_issued = settings.mode == "local" and settings.auth_jwks_url == local_jwks_url(settings)
-        self._jwks_client = (
-            None
-            if self.self_issued
-            else jwt.PyJWKClient(settings.auth_jwks_url, cache_keys=True, lifespan=600, timeout=10)
-        )
+        self.self_issued = settings.builtin_idp
+        self._jwks_client: jwt.PyJWKClient | None = None
+        self._jwks_lock = threading.Lock()
+
+    def _jwks(self) -> jwt.PyJWKClient:
+        """The issuer's key set, at the discovery document's jwks_uri (looked up once, unless it failed)."""
+        with self._jwks_lock:
+            if self._jwks_client is None:
+                url = self.settings.auth_jwks_url or issuer_metadata(self.settings.auth_issuer)["jwks_uri"]
+                self._jwks_client = jwt.PyJWKClient(url, cache_keys=True, lifespan=600, timeout=10)
+            return self._jwks_client
 
     def _signing_key(self, token: str, kid: str) -> Any:
         if self.self_issued:
@@ -160,7 +197,7 @@ class TokenVerifier:
             return key.private_key.public_key()
         try:
             # Looks the kid up in the cached JWKS; refetches once for a kid it has not seen.
-            return self._jwks_client.get_signing_key(kid).key
+            return self._jwks().get_signing_key(kid).key
         except jwt.PyJWKClientConnectionError as exc:
             raise AuthError("could not fetch the signing keys (JWKS) to verify the token") from exc
         except jwt.PyJWKClientError as exc:
@@ -183,16 +220,19 @@ class TokenVerifier:
         if not isinstance(kid, str) or not kid:
             raise AuthError("token has no key id (kid)")
         key = self._signing_key(token, kid)
+        audience_claim = self.settings.auth_audience_claim  # "client_id" for Cognito (no `aud`)
         try:
             claims = jwt.decode(
                 token,
                 key,
                 algorithms=[ALGORITHM],
-                audience=self.settings.auth_audience,
+                audience=self.settings.auth_audience if audience_claim == "aud" else None,
                 issuer=self.settings.auth_issuer,
-                options={"require": ["exp", "iss", "aud", "sub"]},
+                options={"require": ["exp", "iss", audience_claim, "sub"], "verify_aud": audience_claim == "aud"},
                 leeway=30,
             )
+            if audience_claim != "aud" and claims[audience_claim] != self.settings.auth_audience:
+                raise jwt.InvalidAudienceError(f"{audience_claim} is not {self.settings.auth_audience!r}")
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("token expired") from exc
         except jwt.InvalidAudienceError as exc:
@@ -208,4 +248,9 @@ class TokenVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 256:
             raise AuthError("token subject (sub) is invalid")
-        return User(id=sub)
+        roles = claims.get(self.settings.auth_role_claim)
+        if isinstance(roles, str):
+            roles = roles.split()
+        if not isinstance(roles, list):
+            roles = []
+        return User(id=sub, roles=tuple(role for role in roles if isinstance(role, str)))

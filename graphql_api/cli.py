@@ -1,11 +1,18 @@
-"""`udagram api` (serve the API) and `udagram token` (a local-mode sign-in token)."""
+"""`udagram api` (serve the API), `udagram user ...` (accounts of the built-in sign-in) and
+`udagram token` (a token for scripts: the local admin path)."""
 
 from __future__ import annotations
 
+import sys
+
 import typer
+
+user_app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
 def register(app: typer.Typer) -> None:
+    app.add_typer(user_app, name="user", help="Accounts of the built-in sign-in (local mode).")
+
     @app.command()
     def api() -> None:
         """Serve the GraphQL API and the web page on settings.host:settings.api_port (Prometheus
@@ -29,13 +36,17 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def token(user: str = typer.Option(..., "--user", help="Local user name (becomes the token's sub).")) -> None:
-        """Print a local-mode bearer token for USER (only the token, on stdout)."""
+        """Print a bearer token for USER, for scripts and GraphiQL (only the token, on stdout).
+
+        The local admin path: it signs with the built-in provider's key (.data/auth, mode 0600), so
+        it works for whoever may read that file, for any name, without a password.
+        """
         from graphql_api.auth import issue_token, validate_user_name
         from udagram.settings import get_settings
 
         settings = get_settings()
-        if settings.mode != "local":
-            typer.echo("tokens come from your identity provider when UDAGRAM_MODE=aws", err=True)
+        if not settings.builtin_idp:
+            typer.echo("tokens come from your identity provider (UDAGRAM_AUTH_ISSUER), not from udagram", err=True)
             raise typer.Exit(2)
         try:
             validate_user_name(user)
@@ -43,3 +54,92 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"invalid --user: {exc}", err=True)
             raise typer.Exit(2)
         typer.echo(issue_token(user, settings))
+
+    @app.command()
+    def schema() -> None:
+        """Print the GraphQL schema (SDL), as committed in schema.graphql: `udagram schema > schema.graphql`."""
+        from graphql_api.schema import schema_sdl
+
+        typer.echo(schema_sdl(), nl=False)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _accounts():  # noqa: ANN202 - imported lazily, after the settings are checked
+    """The accounts module, its tables reachable (created if missing, as the API does)."""
+    from pynamodb.exceptions import PynamoDBException
+
+    from graphql_api import accounts
+    from udagram import data
+    from udagram.settings import get_settings
+
+    settings = get_settings()
+    if not settings.builtin_idp:
+        _fail(f"accounts live at your identity provider ({settings.auth_issuer}), not in udagram", 2)
+    try:
+        if settings.create_resources:
+            data.ensure_tables(settings)
+        else:
+            data.configure(settings)
+    except (PynamoDBException, OSError) as exc:
+        _fail(f"cannot reach DynamoDB at {settings.dynamodb_endpoint_url} (is the stack running? `make up`): {exc}")
+    return accounts
+
+
+def _read_password(name: str) -> str:
+    """From stdin when it is not a terminal (one line; scripts), else a hidden prompt, twice."""
+    if not sys.stdin.isatty():
+        text = sys.stdin.read()
+        return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+    return typer.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True)
+
+
+@user_app.command("add")
+def user_add(
+    name: str = typer.Argument(..., help="User name: 1-32 letters, digits, '.', '_' or '-'."),
+    admin: bool = typer.Option(False, "--admin", help="Make the account an admin (the first account always is)."),
+) -> None:
+    """Create an account. The password comes from stdin when it is not a terminal, else a prompt."""
+    accounts = _accounts()
+    password = _read_password(name)
+    try:
+        user = accounts.add_user(name, password, admin=admin)
+    except accounts.AccountError as exc:
+        _fail(str(exc))
+    roles = f" ({', '.join(user.roles)})" if user.roles else ""
+    typer.echo(f"created {user.name}{roles}")
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List the accounts: name, roles, created."""
+    for user in _accounts().list_users():
+        typer.echo(f"{user.name}\t{','.join(user.roles) or '-'}\t{user.created_at.isoformat(timespec='seconds')}")
+
+
+@user_app.command("remove")
+def user_remove(name: str = typer.Argument(..., help="The account to delete.")) -> None:
+    """Delete an account. Its open sessions end at their next renewal (within the access-token lifetime)."""
+    accounts = _accounts()
+    try:
+        accounts.remove_user(name)
+    except accounts.AccountError as exc:
+        _fail(str(exc))
+    typer.echo(f"removed {name}")
+
+
+@user_app.command("grant")
+def user_grant(
+    name: str = typer.Argument(..., help="The account."),
+    role: str = typer.Argument(..., help="The role to give: admin."),
+) -> None:
+    """Give an account a role (in its tokens from its next sign-in or renewal)."""
+    accounts = _accounts()
+    try:
+        user = accounts.grant_role(name, role)
+    except accounts.AccountError as exc:
+        _fail(str(exc))
+    typer.echo(f"{user.name}: {', '.join(sorted({*user.roles, role}))}")

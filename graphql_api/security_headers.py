@@ -3,7 +3,7 @@
 The web page gets a strict Content-Security-Policy: scripts and styles only from the API's own
 origin (no inline script or style), pictures also from the S3 endpoints that presigned URLs point
 at (plus data: for the favicon and blob: for the local preview of an upload), connections only to
-the API and to the presigned POST's endpoint, no framing, no <base>, no plugins. The S3 origins are
+the API, the presigned POST's endpoint and the sign-in issuer, no framing, no <base>, no plugins. The S3 origins are
 read off real presigned URLs at startup: boto3 writes path-style URLs for an explicit endpoint or a
 bucket name with dots and virtual-hosted ones (bucket.s3.amazonaws.com, not the regional name)
 otherwise, and a wrong guess would silently hide every picture.
@@ -62,13 +62,15 @@ def _policy(**directives: Iterable[str]) -> str:
     return "; ".join(" ".join([name, *sources]) for name, sources in merged.items())
 
 
-def page_policy(storage: Storage) -> str:
+def page_policy(storage: Storage, sign_in_origins: Iterable[str] = ()) -> str:
+    """`sign_in_origins`: where the page's OpenID client fetches the issuer's discovery document
+    and tokens (the issuer's origin, and e.g. Cognito's separate token endpoint domain)."""
     pictures, uploads = storage_origins(storage)
     return _policy(
         script_src=["'self'"],
         style_src=["'self'"],
         img_src=["'self'", *pictures, "data:", "blob:"],
-        connect_src=["'self'", *uploads],
+        connect_src=["'self'", *uploads, *sorted(set(sign_in_origins))],
     )
 
 

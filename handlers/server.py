@@ -7,22 +7,38 @@ and by bench/serving.py, so all three start TorchServe the same way:
   into a run directory (one per instance);
 - environment: its own TMPDIR (pid file, worker sockets and extracted models live there, so two
   instances never collide) and LOG_LOCATION/METRICS_LOCATION (logs stay out of the cwd);
-- output to a file, never a pipe (the Java child inherits it and a pipe would hang the caller).
+- output to a file, never a pipe (the Java child inherits it and a pipe would hang the caller);
+- the management API behind a guard: TorchServe's own management listener is a Unix socket in the
+  run directory, and the management port is served by `ManagementGuard`, a small proxy in this
+  process that refuses browser requests. Any web page the user opens can send a form POST to a
+  loopback port (no CORS needed to send it), and TorchServe's management API executes it
+  (register a model, change workers). Programs (`udagram model`, health checks, tests, bench)
+  send no Origin or Sec-Fetch-* header and pass through. Why not TorchServe's token auth: its
+  tokens expire (60 min by default, renewed through its API key), live in a key_file.json in
+  TorchServe's working directory, and guard inference too, so the worker, in production a
+  separate service, would need TorchServe's keys for predictions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.properties"
 # Environment of the model workers (inherited through Java); bench/serving.py gives its raw
@@ -91,19 +107,26 @@ def read_properties(path: Path) -> dict[str, str]:
     return properties
 
 
+def management_socket(run_dir: Path) -> Path:
+    """TorchServe's real management listener; only `ManagementGuard` (and local processes) reach it."""
+    return Path(run_dir) / "management.sock"
+
+
 def render_config(
     endpoints: Endpoints,
     run_dir: Path,
     overrides: dict[str, str] | None = None,
     template: Path | None = None,
 ) -> Path:
-    """Write run_dir/config.properties: the repo config (or `template`) with this instance's ports."""
+    """Write run_dir/config.properties: the repo config (or `template`) with this instance's ports;
+    management on a Unix socket (the management port is `ManagementGuard`'s)."""
     template = template or REPO_CONFIG
     properties = read_properties(template)
     properties.update(
         {
             "inference_address": endpoints.inference_url,
-            "management_address": endpoints.management_url,
+            "management_address": f"unix:{management_socket(run_dir)}",
+            "use_native_io": "true",  # TorchServe listens on Unix sockets through Netty's epoll only
             "metrics_address": endpoints.metrics_url,
             "grpc_inference_address": endpoints.host,
             "grpc_management_address": endpoints.host,
@@ -209,6 +232,84 @@ def wait_until_ready(
     raise TorchServeError(f"{model_name} had no READY worker at {management_url} after {timeout:.0f} s")
 
 
+# Headers only browsers send: every cross-site request carries Origin (a form POST too) or the
+# Sec-Fetch-* metadata; programs send neither.
+BROWSER_HEADERS = ("origin", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "sec-fetch-user")
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+              "transfer-encoding", "upgrade", "host", "content-length"}
+GUARD_START_TIMEOUT_S = 30.0
+
+
+def refusal(headers: Any, hosts: set[str]) -> str | None:
+    """Why a management request is refused (it comes from a browser), or None."""
+    sent = [name for name in BROWSER_HEADERS if name in headers]
+    if sent:
+        return (f"TorchServe's management API refuses browser requests (this one sent {', '.join(sent)}): "
+                "use `udagram model` or another program")
+    host = httpx.URL(f"http://{headers.get('host', '127.0.0.1')}/").host
+    if host not in hosts:  # a DNS-rebinding page: a name of its own, resolving to loopback
+        return f"TorchServe's management API answers only {', '.join(sorted(hosts))}, not {host!r}"
+    return None
+
+
+class ManagementGuard:
+    """The management port: refuses browser requests, forwards the rest to TorchServe's Unix socket.
+
+    An HTTP server (uvicorn, in a thread of the process that runs TorchServe) so each request is
+    parsed by a real HTTP parser before its headers are judged. Upstream calls may take minutes
+    (synchronous registration): the guard waits as long as its client does.
+    """
+
+    def __init__(self, host: str, port: int, upstream: Path) -> None:
+        self.host, self.port, self.upstream = host, port, upstream
+        self.hosts = {host, "127.0.0.1", "localhost", "::1"}
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def _app(self) -> Starlette:
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(self.upstream)),
+                                         base_url="http://torchserve",
+                                         timeout=httpx.Timeout(None, connect=5.0)) as app.state.upstream:
+                yield
+
+        async def forward(request: Request) -> Response:
+            reason = refusal(request.headers, self.hosts)
+            if reason:
+                return JSONResponse({"code": 403, "type": "BrowserRequestRefused", "message": reason}, 403)
+            try:
+                answer = await request.app.state.upstream.request(
+                    request.method, request.url.path, params=request.url.query or None, content=await request.body(),
+                    headers={k: v for k, v in request.headers.items() if k not in HOP_BY_HOP})
+            except httpx.TransportError as exc:
+                return JSONResponse({"code": 503, "type": "ServiceUnavailable",
+                                     "message": f"TorchServe is not answering: {type(exc).__name__}"}, 503)
+            return Response(answer.content, answer.status_code,
+                            {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP})
+
+        methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]
+        return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
+
+    def start(self) -> None:
+        config = uvicorn.Config(self._app(), host=self.host, port=self.port, log_config=None, access_log=False,
+                                log_level="warning", loop="asyncio", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="torchserve-management-guard", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + GUARD_START_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise TorchServeError(f"the management guard could not listen on {self.host}:{self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+
 class TorchServeProcess:
     """One TorchServe instance in its own run directory (config, TMPDIR, logs, stdout).
 
@@ -239,6 +340,7 @@ class TorchServeProcess:
         self.worker_env = worker_env
         self.config_template = config_template
         self.process: subprocess.Popen[bytes] | None = None
+        self.guard: ManagementGuard | None = None
 
     @property
     def inference_url(self) -> str:
@@ -269,6 +371,10 @@ class TorchServeProcess:
             raise TorchServeError("this TorchServe instance is already running")
         config = render_config(self.endpoints, self.run_dir, self.config_overrides, self.config_template)
         command = torchserve_command(config, self.model_store, self.models)
+        management_socket(self.run_dir).unlink(missing_ok=True)  # a killed instance's (TorchServe won't bind)
+        self.guard = ManagementGuard(self.endpoints.host, self.endpoints.management_port,
+                                     management_socket(self.run_dir))
+        self.guard.start()
         with open(self.stdout_path, "ab") as out:
             self.process = subprocess.Popen(
                 command,
@@ -292,6 +398,9 @@ class TorchServeProcess:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the group, wait, then SIGKILL whatever is left (Java exits seconds after)."""
+        if self.guard is not None:
+            self.guard.stop()
+            self.guard = None
         if self.process is None:
             return
         pgid = self.process.pid  # session leader: pgid == pid

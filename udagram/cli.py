@@ -10,13 +10,15 @@ import typer
 
 from graphql_api.cli import register as register_api
 from handlers.cli import model_app
+from udagram.labels_cli import labels_app
 from udagram.stack.cli import register as register_stack
 from workers.cli import register as register_worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Udagram Redux command line.")
 app.add_typer(model_app, name="model", help="Build, register and manage classifier versions.")
+app.add_typer(labels_app, name="labels", help="The label search index: rebuild it, list its labels.")
 register_stack(app)  # up, down, status
-register_api(app)  # api, token
+register_api(app)  # api, token, user, schema
 register_worker(app)  # worker, reprocess
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The data layer shared by the API and the worker: groups and images in DynamoDB (PynamoDB).
+"""The data layer shared by the API and the worker: groups and images in DynamoDB (PynamoDB), the
+rate-limit counters, and the accounts and sign-in grants of the API's built-in sign-in (docs/auth.md).
 
 Keys, and why:
 - `images` is keyed by the image id, so the worker (which learns the id from the S3 object key)
@@ -8,6 +9,13 @@ Keys, and why:
 - `groups` is keyed by id; the index `by_created` (kind, created_key) lists all groups newest
   first. `created_key` is "<ISO time>#<id>", unique and ordered, and doubles as the cursor.
 - the rate-limit counters (udagram/ratelimit.py) are a third table, created with the others.
+- the built-in sign-in's `users` (by name) and `auth-grants` (by "<kind>:<hash or id>"): each read
+  and written by key only, with conditions where single use matters.
+- `image-labels` is the search index: keyed by (normalised label, the image's created_key), so one
+  Query lists a label's images newest first and the cursor is again the created_key. Its index
+  `by_image` finds an image's entries (to remove them). `label-counts` holds one row per label
+  under the constant partition "LABEL" (range key: the normalised label) for autocomplete with
+  `begins_with`. Written only through `udagram/labels.py`.
 """
 
 from __future__ import annotations
@@ -22,11 +30,12 @@ from pynamodb.attributes import (
     ListAttribute,
     MapAttribute,
     NumberAttribute,
+    TTLAttribute,
     UnicodeAttribute,
     UTCDateTimeAttribute,
 )
 from prometheus_client import Counter
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 from pynamodb.signals import pre_dynamodb_send
 
@@ -175,6 +184,9 @@ class ImageModel(Model):
     # reprocessImage queued a re-run no worker has leased yet (epoch seconds): further requests are
     # coalesced into it; the worker's lease removes it (workers/processor.py).
     rerun_requested_at = NumberAttribute(null=True)
+    # Set by the worker's DONE write, cleared once the search index matches the new predictions:
+    # a delivery that finds it set (after a crash in between) finishes the index (udagram/labels.py).
+    labels_pending = UnicodeAttribute(null=True)
     created_at = UTCDateTimeAttribute()
     processed_at = UTCDateTimeAttribute(null=True)
 
@@ -182,7 +194,103 @@ class ImageModel(Model):
     by_status = ImagesByStatus()
 
 
-MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, RateLimitModel)
+class ImageLabelsByImage(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_image"
+        projection = KeysOnlyProjection()
+
+    image_id = UnicodeAttribute(hash_key=True)
+    label_key = UnicodeAttribute(range_key=True)
+
+
+class ImageLabelModel(Model):
+    """One search index entry: an image whose top 5 holds `label` at or above the confidence threshold."""
+
+    class Meta:
+        table_name = "udagram-image-labels"
+        region = "us-east-1"
+
+    label_key = UnicodeAttribute(hash_key=True)  # normalised label (labels.normalise)
+    created_key = UnicodeAttribute(range_key=True)  # the image's: newest first, and the cursor
+    image_id = UnicodeAttribute()
+    group_id = UnicodeAttribute()
+    label = UnicodeAttribute()  # as the model names it
+    probability = NumberAttribute()
+    revision = NumberAttribute(default=0)  # every write adds 1: a write that reads back 1 created it
+
+    by_image = ImageLabelsByImage()
+
+
+class LabelCountModel(Model):
+    """How many index entries a label has (autocomplete); rows reaching 0 are removed."""
+
+    class Meta:
+        table_name = "udagram-label-counts"
+        region = "us-east-1"
+
+    kind = UnicodeAttribute(hash_key=True, default="LABEL")  # one partition: begins_with on the range key
+    label_key = UnicodeAttribute(range_key=True)
+    label = UnicodeAttribute()
+    image_count = NumberAttribute(default=0)  # (not `count`: Model.count() is a method)
+
+
+
+class UserModel(Model):
+    """An account of the built-in sign-in (graphql_api/accounts.py); `name` is the tokens' `sub`."""
+
+    class Meta:
+        table_name = "udagram-users"
+        region = "us-east-1"
+
+    name = UnicodeAttribute(hash_key=True)
+    password_hash = UnicodeAttribute()  # argon2id, with its parameters and salt
+    roles = ListAttribute(of=UnicodeAttribute, default=list)
+    created_at = UTCDateTimeAttribute()
+
+
+class AuthGrantModel(Model):
+    """What the built-in OpenID provider remembers between requests, so that any API process can
+    answer any step: authorization codes (single use, short-lived), refresh tokens (rotated on
+    each use) and the sign-in sessions they belong to. Secrets are stored only as SHA-256."""
+
+    class Meta:
+        table_name = "udagram-auth-grants"
+        region = "us-east-1"
+
+    id = UnicodeAttribute(hash_key=True)  # "code:<sha256>", "refresh:<sha256>" or "session:<id>"
+    user = UnicodeAttribute()
+    client_id = UnicodeAttribute(default="")
+    scope = UnicodeAttribute(default="")
+    session = UnicodeAttribute(null=True)  # codes and refresh tokens: the session they belong to
+    redirect_uri = UnicodeAttribute(null=True)  # codes
+    nonce = UnicodeAttribute(null=True)
+    code_challenge = UnicodeAttribute(null=True)
+    code_challenge_method = UnicodeAttribute(null=True)
+    auth_time = NumberAttribute(null=True)  # epoch seconds of the password check
+    expires_at = TTLAttribute()  # worthless after it; DynamoDB's TTL removes it (where supported)
+    used_at = NumberAttribute(null=True)  # codes and refresh tokens: redeemed (once), epoch seconds
+    revoked_at = NumberAttribute(null=True)  # sessions: signed out, or a replayed secret
+
+
+MODELS: tuple[type[Model], ...] = (GroupModel, ImageModel, RateLimitModel, ImageLabelModel, LabelCountModel,
+                                   UserModel, AuthGrantModel)
+# The setting naming each model's table.
+TABLE_SETTINGS: dict[type[Model], str] = {
+    GroupModel: "groups_table",
+    ImageModel: "images_table",
+    RateLimitModel: "rate_limits_table",
+    ImageLabelModel: "image_labels_table",
+    LabelCountModel: "label_counts_table",
+    UserModel: "users_table",
+    AuthGrantModel: "auth_grants_table",
+}
+# Only where the API is its own OpenID provider (local mode): its accounts and grants.
+BUILTIN_IDP_MODELS: tuple[type[Model], ...] = (UserModel, AuthGrantModel)
+
+
+def models_for(settings: Settings) -> tuple[type[Model], ...]:
+    """The tables a deployment with these settings uses (ensure_tables, the CDK app)."""
+    return tuple(m for m in MODELS if settings.builtin_idp or m not in BUILTIN_IDP_MODELS)
 
 # DynamoDB requests of this process, by operation (served on the API's and the worker's /metrics):
 # shows that a page query costs a constant number of calls (bench/api.py reads it).
@@ -201,10 +309,8 @@ pre_dynamodb_send.connect(_count_dynamodb_call)  # PynamoDB's documented hook (b
 def configure(settings: Settings | None = None) -> None:
     """Point the models at the configured tables and endpoint (call once per process/test)."""
     settings = settings or get_settings()
-    tables = {GroupModel: settings.groups_table, ImageModel: settings.images_table,
-              RateLimitModel: settings.rate_limits_table}
-    for model, table in tables.items():
-        model.Meta.table_name = table
+    for model in MODELS:
+        model.Meta.table_name = getattr(settings, TABLE_SETTINGS[model])
         model.Meta.region = settings.aws_region
         model.Meta.host = settings.dynamodb_endpoint_url
         model.Meta.aws_access_key_id = settings.aws_access_key_id
@@ -219,7 +325,7 @@ def ensure_tables(settings: Settings | None = None) -> None:
     """Create missing tables (on-demand billing) and wait until they are active."""
     settings = settings or get_settings()
     configure(settings)
-    for model in MODELS:
+    for model in models_for(settings):
         if not model.exists():
             # Tables with a TTL attribute get TTL turned on; dynalite (local) does not support it.
             model.create_table(billing_mode="PAY_PER_REQUEST", wait=True,

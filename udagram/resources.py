@@ -4,9 +4,12 @@
 running it again changes nothing. With `settings.create_resources = False` (a locked-down AWS
 account where infrastructure is provisioned elsewhere) it creates nothing.
 
-- DynamoDB: the groups and images tables (`data.ensure_tables`).
+- DynamoDB: every table of `data.MODELS` (groups, images, the label index; `data.ensure_tables`).
 - S3: the originals and processed buckets, private (public access blocked where the server
-  supports it), CORS on the originals bucket so the web page can POST uploads to it directly.
+  supports it); CORS on the originals bucket lets the web page's own origin POST uploads to it
+  directly (nothing else, no other origin); no CORS on the processed bucket. In mode=local only
+  the stack's admin identity may create and configure buckets (`udagram up` does, before the
+  API and the worker start): with another identity the buckets are left to it.
 - SQS: the uploads queue with a dead-letter queue (redrive after `queue_max_receive_count`
   receives) and a policy letting S3 (only from the originals bucket) send to it.
 - The originals bucket's notification `s3:ObjectCreated:*` on `originals/` -> the uploads queue,
@@ -45,16 +48,16 @@ def _error_code(exc: ClientError) -> str:
     return exc.response.get("Error", {}).get("Code", "")
 
 
-def _page_origins(settings: Settings) -> list[str]:
-    """Where the web page runs: public_url, and on loopback its localhost twin too."""
-    origins = [settings.public_url]
-    for a, b in (("//127.0.0.1:", "//localhost:"), ("//localhost:", "//127.0.0.1:")):
-        if a in settings.public_url:
-            origins.append(settings.public_url.replace(a, b))
-    return origins
+# SeaweedFS answers CORS on a bucket with no configuration of its own from its global
+# allowed-origins list (the page's origins, `udagram.stack.seaweedfs.command`). Locally the
+# processed bucket gets a rule no browser can match, as an Origin header never has a path.
+NO_BROWSER_ORIGIN = "http://no-cross-origin-access.invalid/"
 
 
 def ensure_buckets(settings: Settings, s3: Any = None) -> None:
+    if settings.mode == "local" and settings.local_identity != "admin":
+        log.info("buckets are created by the admin identity (udagram up)", identity=settings.local_identity)
+        return
     s3 = s3 or client("s3", settings)
     for bucket in (settings.originals_bucket, settings.processed_bucket):
         try:
@@ -79,24 +82,17 @@ def ensure_buckets(settings: Settings, s3: Any = None) -> None:
             )
         except ClientError as exc:  # not every S3-compatible server has this API
             log.info("public access block not supported", bucket=bucket, error=_error_code(exc))
-    # Browsers POST uploads straight to the originals bucket from the web page's origin.
-    try:
-        s3.put_bucket_cors(
-            Bucket=settings.originals_bucket,
-            CORSConfiguration={
-                "CORSRules": [
-                    {
-                        "AllowedOrigins": _page_origins(settings),
-                        "AllowedMethods": ["POST", "GET", "HEAD"],
-                        "AllowedHeaders": ["*"],
-                        "ExposeHeaders": ["ETag"],
-                        "MaxAgeSeconds": 3600,
-                    }
-                ]
-            },
-        )
-    except ClientError as exc:
-        log.warning("bucket CORS not supported", bucket=settings.originals_bucket, error=_error_code(exc))
+    # Browsers POST uploads straight to the originals bucket from the web page's origin, with no
+    # header of their own beyond the form's Content-Type (SeaweedFS reads no AllowedHeaders as "all").
+    rules = {settings.originals_bucket: {"AllowedOrigins": settings.page_origins, "AllowedMethods": ["POST"],
+                                         "AllowedHeaders": ["Content-Type"], "MaxAgeSeconds": 3600}}
+    if settings.mode == "local":
+        rules[settings.processed_bucket] = {"AllowedOrigins": [NO_BROWSER_ORIGIN], "AllowedMethods": ["HEAD"]}
+    for bucket, rule in rules.items():
+        try:
+            s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [rule]})
+        except ClientError as exc:
+            log.warning("bucket CORS not supported", bucket=bucket, error=_error_code(exc))
 
 
 def queue_missing(exc: BaseException) -> bool:
@@ -205,3 +201,7 @@ def ensure_resources(settings: Settings | None = None) -> Resources:
         queue_url, queue_arn, dlq_url = queues.result()
     notifications = ensure_bucket_notification(settings, queue_arn)
     return Resources(queue_url, queue_arn, dlq_url, notifications)
+
+
+if __name__ == "__main__":  # `python -m udagram.resources` (the compose file's one-off `resources` service)
+    ensure_resources()

@@ -6,8 +6,10 @@ Every variable is `UDAGRAM_<FIELD>` (e.g. `UDAGRAM_API_PORT=9000`), except the s
 usual names and meaning.
 
 `mode=local` (the default) is the embedded stack that `make up` runs on loopback: when no AWS
-endpoint is given, the endpoints point at the local S3/SQS/DynamoDB servers and fixed local
-credentials are used. `mode=aws` leaves endpoints and credentials to boto3's usual resolution.
+endpoint is given, the endpoints point at the local S3/SQS/DynamoDB servers, and unless AWS keys
+are given the process uses the keys of its local identity (`local_identity`), generated per
+install by `udagram up` (`udagram.stack.credentials`). `mode=aws` leaves endpoints and
+credentials to boto3's usual resolution.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-LOCAL_ACCESS_KEY = "udagram-local"
-LOCAL_SECRET_KEY = "udagram-local-secret"
+from udagram.stack import credentials
 
 
 def _aws(*names: str) -> AliasChoices:
@@ -40,7 +41,7 @@ class Settings(BaseSettings):
     api_port: int = 8000
     public_url: str | None = None  # how browsers reach the API; default http://host:api_port
     # Local mode answers only requests whose Host is public_url's, localhost, 127.0.0.1 or one of
-    # these (JSON list): a DNS-rebinding web page must not reach the password-less local sign-in.
+    # these (JSON list): a DNS-rebinding web page must not reach the local API and its sign-in.
     allowed_hosts: list[str] = []
     max_request_bytes: int = 64 * 1024
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -64,11 +65,29 @@ class Settings(BaseSettings):
     reprocess_rate_limit: int = 10  # reprocessImage calls per user per window (all API processes together)
     reprocess_rate_limit_window_seconds: int = 60
 
-    # --- auth (RS256 JWT against a JWKS, Auth0-compatible) -------------------------------------
-    auth_issuer: str | None = None  # local: the API itself (public_url + "/")
-    auth_audience: str = "udagram"
-    auth_jwks_url: str | None = None  # local: public_url + "/.well-known/jwks.json"
-    token_ttl_seconds: int = 12 * 3600
+    # --- auth: OpenID Connect (docs/auth.md) ----------------------------------------------------
+    # The issuer whose RS256 access tokens the API accepts (keys from its discovery document) and
+    # where the web page signs in. Local mode's default is the API itself, public_url + "/": its
+    # built-in provider with accounts in DynamoDB (`udagram user add`).
+    auth_issuer: str | None = None
+    auth_audience: str = "udagram"  # the `aud` access tokens must carry (Auth0: the API identifier)
+    auth_audience_claim: Literal["aud", "client_id"] = "aud"  # Cognito: client_id (its access tokens have no aud)
+    auth_client_id: str = "udagram-web"  # the web page's client id at the issuer
+    auth_scopes: str = "openid profile offline_access"  # offline_access: refresh tokens (Auth0)
+    auth_role_claim: str = "roles"  # the access-token claim holding the user's roles (a list)
+    auth_jwks_url: str | None = None  # overrides the discovery document's jwks_uri (rarely needed)
+    # Origins besides the issuer's that the page fetches from to sign in (JSON list; Cognito: its
+    # hosted-UI domain, where the token endpoint is); the page's CSP connect-src allows them.
+    auth_connect_origins: list[str] = []
+    auth_signup_enabled: bool = False  # built-in provider: anyone may create an account
+    auth_access_token_ttl_seconds: int = 900  # built-in provider; the page renews before expiry
+    auth_refresh_token_ttl_seconds: int = 14 * 24 * 3600  # a sign-in lasts this long unused
+    auth_code_ttl_seconds: int = 60  # authorization codes: single use, redeemed at once
+    token_ttl_seconds: int = 12 * 3600  # `udagram token` (the local admin path for scripts)
+    # Failed sign-ins at the built-in provider, counted per account and per address.
+    signin_max_failures_per_account: int = 5
+    signin_max_failures_per_address: int = 20
+    signin_failure_window_seconds: int = 900
 
     # --- AWS resources (same names locally and on AWS) -----------------------------------------
     aws_region: str = Field("us-east-1", validation_alias=_aws("AWS_REGION", "AWS_DEFAULT_REGION", "UDAGRAM_AWS_REGION"))
@@ -85,8 +104,15 @@ class Settings(BaseSettings):
     queue_max_receive_count: int = 5  # redrive to the DLQ after this many receives
     groups_table: str = "udagram-groups"
     images_table: str = "udagram-images"
+    users_table: str = "udagram-users"  # built-in provider: accounts
+    auth_grants_table: str = "udagram-auth-grants"  # built-in provider: codes, refresh tokens, sessions
     rate_limits_table: str = "udagram-rate-limits"  # udagram/ratelimit.py: fixed-window counters (TTL)
+    image_labels_table: str = "udagram-image-labels"  # the search index: label -> images (udagram/labels.py)
+    label_counts_table: str = "udagram-label-counts"  # how many images carry each label (autocomplete)
     create_resources: bool = True  # create tables/buckets/queues if missing (off for locked-down AWS)
+    # mode=local: whose generated keys (<data_dir>/secrets/<identity>.json) this process uses when no
+    # AWS keys are given; the local stack gives the API "api", the worker "worker", others "none".
+    local_identity: credentials.Identity = "admin"
 
     # --- local stand-ins (mode=local) ----------------------------------------------------------
     s3_port: int = 8333
@@ -144,6 +170,9 @@ class Settings(BaseSettings):
     # `udagram model canary` (<data_dir>/canary.json) overrides both while it exists (workers/canary.py).
     canary_version: str | None = None
     canary_share: float = Field(0.0, ge=0.0, le=1.0)
+    # A label below this probability is "unsure": the title says "Probably <label> - 14.0%" and the
+    # search index leaves the label out (the overlay and `predictions` keep every number).
+    confidence_threshold: float = Field(0.2, ge=0, le=1)
 
     @model_validator(mode="after")
     def _local_defaults(self) -> "Settings":
@@ -161,12 +190,12 @@ class Settings(BaseSettings):
             self.dynamodb_endpoint_url = (
                 self.dynamodb_endpoint_url or base or f"http://{self.host}:{self.dynamodb_port}"
             )
-            self.aws_access_key_id = self.aws_access_key_id or LOCAL_ACCESS_KEY
-            self.aws_secret_access_key = self.aws_secret_access_key or LOCAL_SECRET_KEY
+            if self.aws_access_key_id is None and self.aws_secret_access_key is None:
+                keys = credentials.read(self.data_dir, self.local_identity)  # None before the first `up`
+                if keys:
+                    self.aws_access_key_id, self.aws_secret_access_key = keys["accessKeyId"], keys["secretAccessKey"]
             if self.auth_issuer is None:
                 self.auth_issuer = self.public_url + "/"
-            if self.auth_jwks_url is None:
-                self.auth_jwks_url = self.public_url + "/.well-known/jwks.json"
         else:
             # On AWS, boto3 resolves AWS_ENDPOINT_URL itself; keep the per-service ones explicit.
             self.s3_endpoint_url = self.s3_endpoint_url or self.aws_endpoint_url
@@ -183,6 +212,28 @@ class Settings(BaseSettings):
     def canary_path(self) -> Path:
         """The live canary setting written by `udagram model canary` (workers/canary.py)."""
         return self.data_dir / "canary.json"
+
+    @property
+    def page_origins(self) -> list[str]:
+        """Origins the web page runs on: public_url, and on loopback its localhost twin too."""
+        origins = [str(self.public_url)]
+        for a, b in (("//127.0.0.1:", "//localhost:"), ("//localhost:", "//127.0.0.1:")):
+            if a in origins[0]:
+                origins.append(origins[0].replace(a, b))
+        return origins
+
+    def as_local_identity(self, identity: credentials.Identity) -> "Settings":
+        """These settings with the keys of another local identity (e.g. `udagram up` creating the
+        buckets as admin). Only in mode=local, where the stand-ins know no other keys."""
+        if self.mode != "local":
+            return self
+        keys = credentials.read(self.data_dir, identity) or {"accessKeyId": None, "secretAccessKey": None}
+        return self.model_copy(update={"local_identity": identity, "aws_access_key_id": keys["accessKeyId"],
+                                       "aws_secret_access_key": keys["secretAccessKey"]})
+
+    def builtin_idp(self) -> bool:
+        """Whether the API is its own OpenID provider (local mode, no other issuer configured)."""
+        return self.mode == "local" and self.auth_issuer == self.public_url + "/"
 
     @property
     def local_signing_key_path(self) -> Path:

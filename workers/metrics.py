@@ -35,7 +35,7 @@ CANARY_FALLBACKS = Counter("udagram_worker_canary_fallbacks_total",
 STAGE_SECONDS = Histogram(
     "udagram_worker_stage_seconds",
     "Time per processing stage",
-    ["stage"],  # lease, download, decode, predict, render, upload, update
+    ["stage"],  # lease, download, decode, predict, render, upload, update, index
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 

@@ -34,7 +34,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 
-from udagram import data
+from udagram import data, labels
 from udagram.aws import client
 from udagram.data import ImageModel, ImageStatus, Prediction as PredictionAttr
 from udagram.settings import Settings
@@ -143,6 +143,8 @@ class Processor:
         if expires > time.time() and current.lease_owner != token:
             return Result(Outcome.DEFERRED, "another worker holds the image", retry_after=expires - time.time())
         if current.status in (ImageStatus.DONE.value, ImageStatus.FAILED.value):
+            if current.labels_pending:  # the delivery that wrote the result died before the index
+                self._sync_labels(current.id)
             return Result(Outcome.SKIPPED, f"already {current.status} for this upload / model version")
         return Result(Outcome.DEFERRED, "lease race", retry_after=1.0)  # condition changed meanwhile
 
@@ -258,6 +260,7 @@ class Processor:
                                    ContentType=rendered.content_type)
             except (ClientError, BotoCoreError) as exc:
                 raise _s3_error(exc, "upload of the processed image failed", s.processed_bucket) from exc
+        title = render.format_title(prediction.labels[0], prediction.probabilities[0], s.confidence_threshold)
         M = ImageModel
         now = data.utcnow()
         with metrics.stage("update", timings):
@@ -265,7 +268,7 @@ class Processor:
                 self._final_write(record.id, token, [
                     M.status.set(ImageStatus.DONE.value),
                     M.status_changed_at.set(data.sortable_time()),
-                    M.title.set(lines[0]),
+                    M.title.set(title),
                     M.predictions.set([PredictionAttr(label=lbl, probability=p)
                                        for lbl, p in zip(prediction.labels, prediction.probabilities)]),
                     M.processed_key.set(out_key),
@@ -276,13 +279,24 @@ class Processor:
                     M.attempts.set(0),
                     M.lease_owner.remove(),
                     M.lease_expires_at.remove(),
+                    M.labels_pending.set(token),  # until the search index has the new labels
                 ], "the result")
             except RecordMissing:
                 self._drop_processed_copy(out_key)
                 raise
-        log.info("image done", title=lines[0], model_version=prediction.version_label, key=out_key,
+        with metrics.stage("index", timings):
+            self._sync_labels(record.id)
+        log.info("image done", title=title, model_version=prediction.version_label, key=out_key,
                  width=rendered.width, height=rendered.height)
-        return Result(Outcome.DONE, lines[0])
+        return Result(Outcome.DONE, title)
+
+    def _sync_labels(self, image_id: str) -> None:
+        """The search index follows the record's new predictions (udagram/labels.py). On failure the
+        message is retried; the record's `labels_pending` makes that delivery finish the index."""
+        try:
+            labels.sync_image(image_id, self.settings.confidence_threshold)
+        except (PynamoDBException, labels.IndexBusy) as exc:
+            raise TransientError(f"search index update failed: {exc}") from exc
 
     def _download(self, bucket: str, key: str) -> tuple[bytes, str | None]:
         """One GET whose headers are checked before the body is read: the size cap applies

@@ -19,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+from udagram import labels
 from udagram.data import CONTENT_TYPE_EXTENSIONS
 from workers.errors import PoisonInput
 
@@ -134,9 +135,19 @@ def classifier_input(original: bytes, decoded: Decoded, short_side: int) -> byte
     return out.getvalue()
 
 
+UNSURE_TITLE_PREFIX = "Probably "
+
+
 def format_prediction(label: str, probability: float) -> str:
-    """`Labrador retriever - 77.0%`: the title format and the overlay lines."""
+    """`Labrador retriever - 77.0%`: the overlay lines, and the title when the model is confident."""
     return f"{label} - {probability * 100:.1f}%"
+
+
+def format_title(label: str, probability: float, threshold: float) -> str:
+    """The image's title from its top class: `Probably Labrador retriever - 14.0%` below the
+    confidence threshold (the overlay keeps the bare numbers)."""
+    line = format_prediction(label, probability)
+    return line if labels.is_confident(probability, threshold) else UNSURE_TITLE_PREFIX + line
 
 
 @lru_cache(maxsize=64)

@@ -199,9 +199,8 @@ class UdagramStack(Stack):
             "Originals", bucket_name=self.names["originals_bucket"], access_logs=self.access_logs,
             # Browsers POST uploads straight here from the page (presigned POST): that origin only.
             cors=[s3.CorsRule(
-                allowed_origins=[self.public_url],
-                allowed_methods=[s3.HttpMethods.POST, s3.HttpMethods.GET, s3.HttpMethods.HEAD],
-                allowed_headers=["*"], exposed_headers=["ETag"], max_age=3600)],
+                allowed_origins=[self.public_url], allowed_methods=[s3.HttpMethods.POST],
+                allowed_headers=["Content-Type"], max_age=3600)],
             lifecycle_rules=[abandoned_uploads])
         self.processed = self._bucket(
             "Processed", bucket_name=self.names["processed_bucket"], access_logs=self.access_logs,
@@ -411,7 +410,7 @@ class UdagramStack(Stack):
 
     # -- worker
     def _worker(self) -> None:
-        images_table = "images_table"  # the worker reads and writes image records only
+        images_table = "images_table"  # image records, and the label index below
         originals, processed = self.originals, self.processed
         self.worker_role = self._task_role("Worker", [
             iam.PolicyStatement(
@@ -432,6 +431,11 @@ class UdagramStack(Stack):
                 actions=["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan",
                          "dynamodb:UpdateItem"],
                 resources=self._table_arns([images_table])),
+            iam.PolicyStatement(
+                # The label search index, written with each result (udagram/labels.py); Scan:
+                # `udagram labels rebuild`, a one-off task of this definition too.
+                actions=["dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:UpdateItem"],
+                resources=self._table_arns(["image_labels_table", "label_counts_table"])),
         ])
         self._acknowledge_object_prefixes(self.worker_role)
         task_definition = ecs.FargateTaskDefinition(self, "WorkerTask", cpu=1024, memory_limit_mib=2048,

@@ -1,6 +1,7 @@
 """DynamoDB tables as the data layer declares them: read from the PynamoDB models, never restated.
 
-Every model in `udagram.data.MODELS` becomes one table with the model's hash/range key, its global
+Every model an AWS deployment uses (`udagram.data.models_for`: not the built-in sign-in's, since on
+AWS users sign in at an external OpenID provider) becomes one table with the model's hash/range key, its global
 and local secondary indexes (keys and projection) and its TTL attribute, if it declares one. The
 settings field naming each table is found through `udagram.data.configure` itself, the one place
 that maps models to settings, so a new model with a new `*_table` setting needs no change here.
@@ -94,4 +95,8 @@ def table_spec(model: type[Model], settings_field: str) -> TableSpec:
 
 def table_specs() -> list[TableSpec]:
     fields = table_settings_fields()
-    return [table_spec(model, fields[model]) for model in data.MODELS]
+    return [table_spec(model, fields[model]) for model in aws_models()]
+
+
+def aws_models() -> tuple[type[Model], ...]:
+    return data.models_for(Settings.model_construct(mode="aws"))

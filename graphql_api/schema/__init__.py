@@ -43,3 +43,9 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             lambda: MaskErrors(should_mask_error=_should_mask),
         ],
     )
+
+
+def schema_sdl() -> str:
+    """The schema in SDL, as committed in schema.graphql (settings do not change it: the defaults,
+    not the environment, are used)."""
+    return build_schema(Settings.model_construct()).as_str() + "\n"

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
+import structlog
 from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, PynamoDBException, UpdateError
 from strawberry.types import Info
 
@@ -29,10 +30,12 @@ from graphql_api.schema.errors import (
 )
 from graphql_api.schema.types import Deleted, Group, Image, ImageUpload, PresignedPost
 from graphql_api.storage import ALLOWED_CONTENT_TYPES
-from udagram import data, jobs, ratelimit
+from udagram import data, jobs, labels, ratelimit
 
 if TYPE_CHECKING:
     from graphql_api.context import Context
+
+log = structlog.get_logger(__name__)
 
 GROUP_NAME_MAX = 80
 GROUP_DESCRIPTION_MAX = 500
@@ -155,7 +158,8 @@ def _create_image(context: Context, user: AuthUser, group_id: str, caption: str,
 
 def _delete_image_record(context: Context, model: data.ImageModel) -> bool:
     """Objects first (a retry after a failure finds the record and tries again), then the record,
-    then the group's counter. False if someone else deleted the record meanwhile."""
+    then the group's counter and the image's search index entries. False if someone else deleted
+    the record meanwhile."""
     context.storage.delete_image_objects(model.id, model.original_key, model.processed_key)
     try:
         model.delete(condition=data.ImageModel.id.exists())
@@ -165,6 +169,12 @@ def _delete_image_record(context: Context, model: data.ImageModel) -> bool:
         data.add_to_image_count(model.group_id, -1)
     except UpdateError:
         pass  # the group is gone already
+    try:  # after the record: a worker's index update that runs meanwhile then finds it gone too
+        labels.sync_image(model.id, context.settings.confidence_threshold, known=model)
+    except (PynamoDBException, labels.IndexBusy) as exc:
+        # The image is gone; search already skips entries without a record, and
+        # `udagram labels rebuild` removes them and corrects the counts.
+        log.warning("search index entries of a deleted image not removed", image_id=model.id, error=str(exc))
     return True
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from strawberry.types import Info
 
 from graphql_api.schema.errors import UserInputError
 from udagram import data
+
+
+T = TypeVar("T")
 
 
 def page_size(info: Info, first: int | None) -> int:
@@ -20,10 +23,9 @@ def page_size(info: Info, first: int | None) -> int:
     return first
 
 
-async def page(
-    info: Info, query: Callable[..., tuple[list, bool]], *args: Any, first: int | None, after: str | None
-) -> tuple[list, bool]:
-    """One page from a `data.page_*` query (a single DynamoDB Query), run off the event loop."""
+async def page(info: Info, query: Callable[..., T], *args: Any, first: int | None, after: str | None) -> T:
+    """One page from a `data.page_*` query (a single DynamoDB Query; `labels.search_page`: a bounded
+    few), called as `query(*args, limit, after)` off the event loop, with `first` and `after` checked."""
     limit = page_size(info, first)
     if after is not None and not data.is_valid_created_key(after):
         raise UserInputError("`after` is not a cursor this API handed out")

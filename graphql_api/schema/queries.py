@@ -9,6 +9,7 @@ from strawberry.types import Info
 
 from graphql_api.schema.errors import UserInputError
 from graphql_api.schema.pagination import page
+from graphql_api.schema.search import SearchQueries
 from graphql_api.schema.types import Group, GroupConnection, GroupEdge, Image, PageInfo, User
 from udagram import data
 
@@ -23,7 +24,7 @@ def _checked_id(value: str, what: str) -> str:
 
 
 @strawberry.type
-class Query:
+class Query(SearchQueries):  # searchImages, labels
     @strawberry.field(description="All groups, newest first.")
     async def groups(
         self, info: Info, first: int | None = None, after: str | None = None
@@ -49,4 +50,4 @@ class Query:
     @strawberry.field(description="The signed-in user; null when anonymous or the token is refused.")
     def me(self, info: Info) -> User | None:
         user = info.context.user
-        return User(id=strawberry.ID(user.id)) if user else None
+        return User(id=strawberry.ID(user.id), roles=list(user.roles)) if user else None

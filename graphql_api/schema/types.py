@@ -9,7 +9,7 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from udagram import data
+from udagram import data, labels
 
 if TYPE_CHECKING:
     from graphql_api.context import Context
@@ -32,6 +32,7 @@ class Prediction:
 @strawberry.type
 class User:
     id: strawberry.ID
+    roles: list[str] = strawberry.field(description="From the access token's role claim, e.g. ['admin'].")
 
 
 @strawberry.type
@@ -41,7 +42,8 @@ class Image:
     owner: str
     caption: str
     title: str = strawberry.field(
-        description="The caption (or file name) until processed; then the top class, e.g. 'tabby - 77.0%'."
+        description="The caption (or file name) until processed; then the top class, e.g. 'tabby - 77.0%', "
+        "or 'Probably tabby - 14.0%' when its probability is below the confidence threshold."
     )
     status: ImageStatus
     predictions: list[Prediction]
@@ -69,6 +71,15 @@ class Image:
             original_key=m.original_key,
             processed_key=m.processed_key,
         )
+
+    @strawberry.field(
+        description="Whether the top class is at or above the confidence threshold (null until processed); "
+        "labels below it are not searchable."
+    )
+    def confident(self, info: Info) -> bool | None:
+        if not self.predictions:
+            return None
+        return labels.is_confident(self.predictions[0].probability, info.context.settings.confidence_threshold)
 
     @strawberry.field(description="Short-lived URL of the original (null until uploaded).")
     async def image_url(self, info: Info) -> str | None:

@@ -18,6 +18,7 @@ from udagram import data, resources
 from udagram.settings import Settings
 
 DEFAULTS = Settings.model_construct()
+AWS_MODELS = data.models_for(Settings.model_construct(mode="aws"))  # the built-in sign-in's are local only
 
 
 class Recorder:
@@ -110,7 +111,7 @@ def _table_for(synth, model) -> dict[str, Any]:
 def test_template_shape_with_cdk_assertions(template):
     from aws_cdk.assertions import Match
 
-    template.resource_count_is("AWS::DynamoDB::Table", len(data.MODELS))  # one table per model
+    template.resource_count_is("AWS::DynamoDB::Table", len(AWS_MODELS))  # one table per model it uses
     template.all_resources_properties("AWS::DynamoDB::Table", {"BillingMode": "PAY_PER_REQUEST"})
     template.all_resources_properties("AWS::S3::Bucket", Match.object_like({
         "PublicAccessBlockConfiguration": {"BlockPublicAcls": True, "BlockPublicPolicy": True,
@@ -125,17 +126,20 @@ def test_template_shape_with_cdk_assertions(template):
     template.all_resources_properties("AWS::Logs::LogGroup", Match.object_like({"RetentionInDays": Match.any_value()}))
 
 
-@pytest.mark.parametrize("model", data.MODELS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("model", AWS_MODELS, ids=lambda m: m.__name__)
 def test_table_keys_indexes_and_projections_equal_the_model(synth, model):
     table = _table_for(synth, model)
     props = table["Properties"]
     schema = model._get_schema()
-    assert sorted(props["KeySchema"], key=json.dumps) == sorted(schema["key_schema"], key=json.dumps)
-    assert sorted(props["AttributeDefinitions"], key=json.dumps) == sorted(schema["attribute_definitions"],
-                                                                           key=json.dumps)
+    def canonical(item: dict) -> str:  # the same order whatever order each side wrote the keys in
+        return json.dumps(item, sort_keys=True)
+
+    assert sorted(props["KeySchema"], key=canonical) == sorted(schema["key_schema"], key=canonical)
+    assert sorted(props["AttributeDefinitions"], key=canonical) == sorted(schema["attribute_definitions"],
+                                                                          key=canonical)
 
     def indexes(items, name_key, keys_key, projection_key):
-        return {i[name_key]: (sorted(i[keys_key], key=json.dumps), i[projection_key]) for i in items}
+        return {i[name_key]: (sorted(i[keys_key], key=canonical), i[projection_key]) for i in items}
 
     assert indexes(props.get("GlobalSecondaryIndexes", []), "IndexName", "KeySchema", "Projection") == \
         indexes(schema["global_secondary_indexes"], "index_name", "key_schema", "projection")
@@ -229,7 +233,7 @@ def test_originals_cors_is_the_local_rule_for_the_page_origin_only(synth):
     assert local["AllowedOrigins"] == ["https://photos.example.com"]
     assert sorted(rule["AllowedMethods"]) == sorted(local["AllowedMethods"])
     assert rule["AllowedHeaders"] == local["AllowedHeaders"]
-    assert rule["ExposedHeaders"] == local["ExposeHeaders"]
+    assert rule.get("ExposedHeaders") == local.get("ExposeHeaders")
     assert rule["MaxAge"] == local["MaxAgeSeconds"]
     assert "CorsConfiguration" not in _bucket(synth, "ProcessedBucket")[1]["Properties"]
 

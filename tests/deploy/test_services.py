@@ -95,6 +95,9 @@ def ids(synth) -> dict[str, str]:
         "dlq": _named(synth, "AWS::SQS::Queue", "QueueName", "DeadLetterQueueName"),
         "groups": _named(synth, "AWS::DynamoDB::Table", "TableName", "GroupsTable"),
         "images": _named(synth, "AWS::DynamoDB::Table", "TableName", "ImagesTable"),
+        "image_labels": _named(synth, "AWS::DynamoDB::Table", "TableName", "ImageLabelsTable"),
+        "label_counts": _named(synth, "AWS::DynamoDB::Table", "TableName", "LabelCountsTable"),
+        "rate_limits": _named(synth, "AWS::DynamoDB::Table", "TableName", "RateLimitsTable"),
         "models": next(k for k, r in synth.resources("AWS::S3::Bucket").items()
                        if r["Properties"].get("VersioningConfiguration")),
     }
@@ -104,8 +107,10 @@ def ids(synth) -> dict[str, str]:
 
 def test_api_role_is_exactly_what_the_api_calls(synth, ids):
     o, p, q, g, i = ids["originals"], ids["processed"], ids["queue"], ids["groups"], ids["images"]
+    labels, counts = ids["image_labels"], ids["label_counts"]
     dynamodb = {"BatchGetItem", "DeleteItem", "GetItem", "PutItem", "Query", "UpdateItem"}
-    tables = [f"<{g}>", f"<{g}>/index/by_created", f"<{i}>", f"<{i}>/index/by_group", f"<{i}>/index/by_status"]
+    tables = [f"<{g}>", f"<{g}>/index/by_created", f"<{i}>", f"<{i}>/index/by_group", f"<{i}>/index/by_status",
+              f"<{labels}>", f"<{labels}>/index/by_image", f"<{counts}>", f"<{ids['rate_limits']}>"]
     assert _grants(synth, _task_role(synth, "api")) == {
         # presigned POST (PutObject), presigned GET / HeadObject (GetObject), delete, on the app's prefixes
         *{(f"s3:{a}", f"<{o}>/originals/*") for a in ("PutObject", "GetObject", "DeleteObject")},
@@ -122,6 +127,8 @@ def test_worker_role_is_exactly_what_the_worker_calls(synth, ids):
            "SendMessage"}
     dynamodb = {"BatchGetItem", "GetItem", "Query", "Scan", "UpdateItem"}
     tables = [f"<{i}>", f"<{i}>/index/by_group", f"<{i}>/index/by_status"]
+    label_index = {"DeleteItem", "Query", "Scan", "UpdateItem"}  # udagram/labels.py, `udagram labels rebuild`
+    label_tables = [f"<{ids['image_labels']}>", f"<{ids['image_labels']}>/index/by_image", f"<{ids['label_counts']}>"]
     assert _grants(synth, _task_role(synth, "worker")) == {
         *{(f"sqs:{a}", f"<{q}>") for a in sqs},
         ("sqs:GetQueueUrl", f"<{d}>"), ("sqs:SendMessage", f"<{d}>"),
@@ -129,6 +136,7 @@ def test_worker_role_is_exactly_what_the_worker_calls(synth, ids):
         ("s3:ListBucket", f"<{o}>"),
         ("s3:PutObject", f"<{p}>/processed/*"), ("s3:DeleteObject", f"<{p}>/processed/*"),
         *{(f"dynamodb:{a}", t) for a in dynamodb for t in tables},
+        *{(f"dynamodb:{a}", t) for a in label_index for t in label_tables},
     }
 
 

@@ -46,3 +46,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.section("browser screenshots")
         for nodeid, path in shots:
             terminalreporter.write_line(f"{path}  ({nodeid.split('::')[-1]})")
+
+
+@pytest.fixture(scope="session")
+def iam_configuration(iam_configuration: dict) -> dict:
+    """pytest-iam's Canaille (the independent OpenID provider of the production-path tests), its key
+    marked RS256: the API accepts RS256 tokens only, and Canaille signs with RS512 when its RSA key
+    names no algorithm."""
+    for key in iam_configuration["CANAILLE_OIDC"]["ACTIVE_JWKS"]:
+        key["alg"] = "RS256"
+    return iam_configuration

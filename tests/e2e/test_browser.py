@@ -6,19 +6,25 @@ Screenshots are written to test-artifacts/ (gitignored); the run's summary lists
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import httpx
+import jwt
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.e2e.conftest import failed
+from tests.fixtures.stack import settings_from
+from tests.graphql_api.oidc_flow import PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
@@ -102,26 +108,70 @@ def chelsea_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _token(base: str, user: str) -> str:
-    response = httpx.post(f"{base}/auth/local/token", json={"user": user}, timeout=30)
-    response.raise_for_status()
-    return response.json()["token"]
+@pytest.fixture(scope="module")
+def account(local_stack) -> Callable[[str], str]:
+    """`account(name)`: an account made once with `udagram user add NAME` (the password on stdin,
+    as a script gives it), as a self-hoster makes one after `make up`."""
+    made: set[str] = set()
+
+    def add(name: str) -> str:
+        if name not in made:
+            local_stack.add_account(name, PASSWORD)
+            made.add(name)
+        return name
+
+    return add
 
 
-def test_sign_in_create_group_upload_watch_it_processed_and_delete(
-    local_stack, page: Page, chelsea_jpeg: Path, screenshot
+def _sign_in(page: Page, user: str, password: str = PASSWORD) -> None:
+    """The page's Sign in button, then the built-in provider's login form."""
+    page.get_by_test_id("sign-in-button").click()
+    page.wait_for_url(re.compile(r"/auth/authorize\?"))
+    page.get_by_label("User name").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def _kept_session(page: Page) -> dict:
+    """What oidc-client-ts keeps for the signed-in user (localStorage: shared by the page's tabs)."""
+    kept = page.evaluate("() => Object.entries(localStorage).filter(([key]) => key.startsWith('oidc.user:'))")
+    assert len(kept) == 1, kept
+    return json.loads(kept[0][1])
+
+
+def test_sign_in_create_group_upload_watch_it_processed_delete_and_sign_out(
+    local_stack, account, page: Page, chelsea_jpeg: Path, screenshot
 ):
     base = _base_url(local_stack)
-    user = f"alice-{uuid.uuid4().hex[:6]}"
+    user = account(f"alice-{uuid.uuid4().hex[:6]}")
     group_name = f"Cats {uuid.uuid4().hex[:6]}"
+    requests: list = []
+    page.on("request", lambda request: requests.append(request))
 
     page.goto(base + "/")
     expect(page.get_by_role("heading", name="Groups", level=1)).to_be_visible()
 
-    # Sign in with a user name (local mode).
+    # Sign in at the login form with the password: a wrong one and an unknown name are refused alike.
+    _sign_in(page, user, "not the password")
+    expect(page.get_by_test_id("sign-in-error")).to_have_text("Wrong user name or password.")
+    screenshot(page, "sign-in-refused")
+    page.get_by_label("User name").fill(f"nobody-{uuid.uuid4().hex[:6]}")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_test_id("sign-in-error")).to_have_text("Wrong user name or password.")
     page.get_by_label("User name").fill(user)
+    page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_test_id("signed-in-user")).to_have_text(user)
+    expect(page).to_have_url(base + "/")  # the code and state are gone from the address
+    # The token came from the code exchange with the PKCE verifier, from nowhere else.
+    exchanges = [r for r in requests if r.url == f"{base}/auth/token"]
+    assert len(exchanges) == 1 and "grant_type=authorization_code" in exchanges[0].post_data
+    assert re.search(r"code_verifier=[\w.~-]{43,}", exchanges[0].post_data)
+    authorizations = [r for r in requests if r.url.startswith(f"{base}/auth/authorize?")]
+    assert authorizations and all("code_challenge_method=S256" in r.url for r in authorizations)
+    kept = _kept_session(page)
+    assert kept["profile"]["sub"] == user and kept["refresh_token"]
 
     # Create a group: the page opens it.
     page.get_by_label("Name", exact=True).fill(group_name)
@@ -208,6 +258,87 @@ def test_sign_in_create_group_upload_watch_it_processed_and_delete(
     expect(page.get_by_test_id("image-card")).to_have_count(0)
     screenshot(page, "after-delete")
 
+    # Sign out: back on the same view, signed out, and the session ended at the provider too.
+    refresh_token = _kept_session(page)["refresh_token"]
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_test_id("sign-in-button")).to_be_visible()
+    expect(page.get_by_test_id("info-message").last).to_contain_text("Signed out")
+    expect(page.get_by_test_id("group-name-heading")).to_have_text(group_name)
+    expect(page.get_by_test_id("upload-form")).to_be_hidden()
+    assert page.evaluate("() => Object.keys(localStorage).filter((key) => key.startsWith('oidc.user:'))") == []
+    renewed = httpx.post(f"{base}/auth/token", timeout=30, data={
+        "grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": local_stack.settings.auth_client_id})
+    assert renewed.json()["error"] == "invalid_grant"
+    assert not [r.url for r in requests if "/auth/local/" in r.url]  # no password-less sign-in anywhere
+
+
+def test_search_by_label_from_the_search_box(local_stack, page: Page, chelsea_jpeg: Path, screenshot):
+    """Upload the cat photo; once processed, its top label is suggested while typing in the search
+    box; the results show it newest first with the model's confidence; a minimum confidence above
+    it hides it; a label below the confidence threshold does not find it; a result opens."""
+    base = _base_url(local_stack)
+    page.goto(base + "/")
+    page.get_by_label("User name").fill(f"sam-{uuid.uuid4().hex[:6]}")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_label("Name", exact=True).fill(f"Search {uuid.uuid4().hex[:6]}")
+    page.get_by_role("button", name="Create group").click()
+    page.get_by_test_id("upload-file").set_input_files(str(chelsea_jpeg))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    card = page.get_by_test_id("image-card").first
+    expect(card.get_by_test_id("image-card-title")).to_have_text(CAT_TITLE, timeout=PROCESSING_TIMEOUT_MS)
+    image_id = card.get_attribute("data-id")
+    predictions = local_stack.graphql(
+        "query($id: ID!) { image(id: $id) { predictions { label probability } } }", {"id": image_id}
+    )["image"]["predictions"]
+    top = predictions[0]
+    threshold = local_stack.settings.confidence_threshold
+    weak = [p for p in predictions if p["probability"] < threshold]
+    assert top["probability"] >= threshold and weak, predictions  # chelsea: one sure class, some unsure
+
+    # Typing the start of the label suggests it (with how many images carry it).
+    box = page.get_by_role("combobox", name="Search images by label")
+    box.press_sequentially(top["label"][:3].lower(), delay=50)
+    suggestions = page.get_by_test_id("search-suggestion")
+    ours = suggestions.filter(has_text=top["label"])
+    expect(ours).to_have_count(1, timeout=UI_TIMEOUT_MS)
+    assert int(ours.locator(".count").text_content()) >= 1
+    box.press("ArrowDown")  # the keyboard walks the suggestions
+    expect(suggestions.first).to_have_attribute("aria-selected", "true")
+    expect(box).to_have_attribute("aria-activedescendant", suggestions.first.get_attribute("id"))
+    screenshot(page, "search-suggestions")
+    ours.click()
+
+    expect(page).to_have_url(re.compile(r"#/search/[^?]+$"))
+    expect(page.get_by_test_id("search-heading")).to_have_text(f"Images labelled “{top['label']}”")
+    result = page.locator(f'#search-results li[data-id="{image_id}"]')
+    expect(result).to_be_visible()
+    expect(result.get_by_test_id("search-match")).to_have_text(
+        f"{top['label']}: {top['probability'] * 100:.1f}%")
+    assert page.get_by_test_id("search-results").get_by_test_id("image-card").first.get_attribute("data-id") == image_id
+    screenshot(page, "search-results")
+
+    # A minimum confidence above the label's probability leaves the image out.
+    above = next(v for v in (30, 50, 70, 90) if v / 100 > top["probability"])
+    page.get_by_test_id("search-min").select_option(str(above))
+    expect(page).to_have_url(re.compile(rf"\?min={above}$"))
+    expect(result).to_have_count(0)
+    page.get_by_test_id("search-min").select_option("0")
+    expect(result).to_be_visible()
+
+    # A label the model was unsure of is not searchable (typed and submitted with Enter).
+    box.fill(weak[0]["label"])
+    box.press("Enter")
+    expect(page.get_by_test_id("search-heading")).to_have_text(f"Images labelled “{weak[0]['label']}”")
+    expect(page.get_by_test_id("search-meta")).not_to_be_empty()
+    expect(page.locator(f'#search-results li[data-id="{image_id}"]')).to_have_count(0)
+
+    # Back to the results, and a result opens in the image dialog.
+    page.go_back()
+    expect(result).to_be_visible()
+    result.get_by_role("link").click()
+    expect(page.get_by_test_id("image-dialog")).to_be_visible()
+    expect(page.get_by_test_id("prediction")).to_have_count(5)
+
 
 # Appends an element the way an injection would, and reports what the policy made of it.
 _INJECT = """(kind) => new Promise((resolve) => {
@@ -238,11 +369,12 @@ def test_security_headers_and_an_enforced_content_security_policy(local_stack, b
         with page.expect_response(lambda response: response.url == base + "/graphql"):  # the groups query
             page.goto(base + "/")
         expect(page.get_by_role("heading", name="Groups", level=1)).to_be_visible()  # shown by the modules
-        expect(page.get_by_test_id("sign-in-form")).to_be_visible()
+        expect(page.get_by_test_id("sign-in-button")).to_be_visible()
 
-        policy = (
+        policy = (  # connect-src: the sign-in issuer too (here the API itself: its public_url's origin)
             f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' {s3} data: blob:; "
-            f"connect-src 'self' {s3}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+            f"connect-src 'self' {s3} {base}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
+            "object-src 'none'"
         )
         own = {r.url.removeprefix(base): r.all_headers() for r in responses if r.url.startswith(base + "/")}
         assert {"/", "/styles.css", "/js/main.js", "/js/auth.js", "/graphql"} <= set(own), sorted(own)
@@ -287,7 +419,7 @@ def test_security_headers_and_an_enforced_content_security_policy(local_stack, b
 
 def test_anonymous_visitor_sees_groups_but_no_upload_or_create(local_stack, page: Page, screenshot):
     base = _base_url(local_stack)
-    token = _token(base, "bob")
+    token = local_stack.token("bob")
     name = f"Bob's dogs {uuid.uuid4().hex[:6]}"
     created = local_stack.graphql(
         'mutation($n: String!) { createGroup(input: {name: $n, description: "walks"}) {'
@@ -300,7 +432,7 @@ def test_anonymous_visitor_sees_groups_but_no_upload_or_create(local_stack, page
     page.goto(base + "/")
     card = page.get_by_test_id("group-card").filter(has_text=name)
     expect(card).to_be_visible()
-    expect(page.get_by_test_id("sign-in-form")).to_be_visible()
+    expect(page.get_by_test_id("sign-in-button")).to_be_visible()
     expect(page.get_by_test_id("sign-in-hint")).to_be_visible()
     expect(page.get_by_role("button", name="Create group")).to_have_count(0)
     expect(page.get_by_test_id("create-group-form")).to_be_hidden()
@@ -331,7 +463,7 @@ def _drop_file(page: Page, path: Path, mime: str) -> None:
 
 
 def test_phone_layout_client_side_checks_and_drag_and_drop(
-    local_stack, browser: Browser, tmp_path: Path, screenshot
+    local_stack, account, browser: Browser, tmp_path: Path, screenshot
 ):
     """On a phone-sized screen: a file that is not an image is refused before anything is sent;
     an image dropped on the drop zone is uploaded and processed; nothing is wider than the screen."""
@@ -344,8 +476,7 @@ def test_phone_layout_client_side_checks_and_drag_and_drop(
     csp_violations = _record_csp_violations(page)
     try:
         page.goto(base + "/")
-        page.get_by_label("User name").fill("carol")
-        page.get_by_role("button", name="Sign in").click()
+        _sign_in(page, account("carol"))
         page.get_by_label("Name", exact=True).fill(f"Phone {uuid.uuid4().hex[:6]}")
         page.get_by_role("button", name="Create group").click()
         expect(page.get_by_test_id("upload-form")).to_be_visible()
@@ -386,7 +517,7 @@ def test_phone_layout_client_side_checks_and_drag_and_drop(
 def test_group_images_newest_first_with_load_more(local_stack, page: Page):
     """13 images (records only, never uploaded) show newest first, 12 per page, then "load more"."""
     base = _base_url(local_stack)
-    token = _token(base, "dora")
+    token = local_stack.token("dora")
     group = local_stack.graphql(
         "mutation($n: String!) { createGroup(input: {name: $n}) { ... on Group { id } ... on Error { message } } }",
         {"n": f"Many {uuid.uuid4().hex[:6]}"},
@@ -413,15 +544,14 @@ def test_group_images_newest_first_with_load_more(local_stack, page: Page):
 
 
 def test_errors_are_shown_and_a_refused_upload_leaves_nothing(
-    local_stack, page: Page, chelsea_jpeg: Path, tmp_path: Path, screenshot
+    local_stack, account, page: Page, chelsea_jpeg: Path, tmp_path: Path, screenshot
 ):
     """The API unreachable, the storage server refusing an upload (as S3 does when a presigned
     POST has expired), and a file the worker cannot read: each gives a clear message; the refused
     image's record is removed again; the failed one can be retried from its card."""
     base = _base_url(local_stack)
     page.goto(base + "/")
-    page.get_by_label("User name").fill("ivan")
-    page.get_by_role("button", name="Sign in").click()
+    _sign_in(page, account("ivan"))
     expect(page.get_by_test_id("signed-in-user")).to_have_text("ivan")
 
     # The API cannot be reached: a network error message, and the form keeps what was typed.
@@ -482,7 +612,7 @@ def test_errors_are_shown_and_a_refused_upload_leaves_nothing(
 def test_groups_newest_first_with_load_more(local_stack, page: Page):
     """Groups show newest first, 12 per page; "Load more groups" brings the rest, without repeats."""
     base = _base_url(local_stack)
-    token = _token(base, "emil")
+    token = local_stack.token("emil")
     tag = uuid.uuid4().hex[:6]
     for i in range(13):
         local_stack.graphql(
@@ -506,3 +636,109 @@ def test_groups_newest_first_with_load_more(local_stack, page: Page):
     assert f"Batch {tag} #00" in all_names
     ids = [c.get_attribute("data-id") for c in cards.all()]
     assert len(ids) == len(set(ids)) >= 13
+
+
+# --- the production path: any OpenID provider, by configuration only ------------------------------
+
+
+@dataclass(frozen=True)
+class ProductionApi:
+    url: str
+    issuer: str
+    user: str
+
+
+@pytest.fixture(scope="module")
+def production_api(local_stack, iam_server, tmp_path_factory) -> Iterator[ProductionApi]:
+    """An `udagram api` of the running stack configured as production is, by settings alone: its
+    users sign in at an independent OpenID provider, Canaille (run by pytest-iam on a free port,
+    in this process), whose access tokens are RS256 JWTs with `aud` = the client's id, `sub` = the
+    user name and the user's groups in a `groups` claim (the role claim here)."""
+    from udagram import resources
+
+    issuer = iam_server.url.rstrip("/")  # Canaille's issuer has no trailing slash: it must match exactly
+    client_id = "udagram-web-spa"
+    log = tmp_path_factory.mktemp("production-api") / "api.log"
+    with local_stack.extra_api(log, UDAGRAM_AUTH_ISSUER=issuer, UDAGRAM_AUTH_AUDIENCE=client_id,
+                               UDAGRAM_AUTH_CLIENT_ID=client_id, UDAGRAM_AUTH_SCOPES="openid profile groups",
+                               UDAGRAM_AUTH_ROLE_CLAIM="groups", UDAGRAM_CREATE_RESOURCES="false") as url:
+        with iam_server.app.app_context():
+            # A public client with PKCE, as one registers the page at Auth0, Keycloak or Cognito.
+            # client_uri: Canaille answers CORS for its origin and skips its consent screen for 127.0.0.1.
+            client = iam_server.models.Client(
+                client_id=client_id, client_name="Udagram", client_uri=url, redirect_uris=[f"{url}/"],
+                post_logout_redirect_uris=[f"{url}/"], grant_types=["authorization_code", "refresh_token"],
+                response_types=["code"], token_endpoint_auth_method="none", scope=["openid", "profile", "groups"])
+            iam_server.backend.save(client)
+            client.audience = [client]
+            iam_server.backend.save(client)
+        user = iam_server.random_user(user_name="grace", display_name="grace", password=PASSWORD)
+        iam_server.random_group(display_name="admin", members=[user])
+        # Uploads from this page's origin: the originals bucket's CORS names it while the test runs.
+        port = urlsplit(url).port
+        resources.ensure_buckets(settings_from(local_stack.env | {"UDAGRAM_API_PORT": str(port)}))
+        try:
+            yield ProductionApi(url=url, issuer=issuer, user="grace")
+        finally:
+            resources.ensure_buckets(local_stack.settings)
+            os.environ.pop("AUTHLIB_INSECURE_TRANSPORT", None)  # set by pytest-iam; the project never does
+
+
+def test_production_sign_in_at_an_independent_provider(production_api, local_stack, page: Page,
+                                                       chelsea_jpeg: Path, screenshot):
+    """The same flow as locally, against Canaille: sign in at its login form, create a group,
+    upload, see it processed, sign out; the API verified Canaille's tokens through its discovery
+    document and read the role from its `groups` claim."""
+    api, base = production_api, production_api.url
+    requests: list = []
+    page.on("request", lambda request: requests.append(request))
+    page.goto(base + "/")
+    assert page.evaluate("() => fetch('/auth/config').then((r) => r.json())")["issuer"] == api.issuer
+
+    page.get_by_test_id("sign-in-button").click()
+    page.wait_for_url(re.compile("^" + re.escape(api.issuer) + "/"))
+    page.locator("input[name=login]").fill(api.user)
+    page.get_by_role("button", name="Continue").click()
+    page.locator("input[name=password]").fill(PASSWORD)
+    page.locator("input[name=password]").press("Enter")
+    expect(page.get_by_test_id("signed-in-user")).to_have_text(api.user)
+    kept = _kept_session(page)
+    claims = jwt.decode(kept["access_token"], options={"verify_signature": False})
+    assert claims["iss"] == api.issuer and claims["aud"] == ["udagram-web-spa"] and claims["sub"] == api.user
+    me = page.evaluate("""(token) => fetch('/graphql', {method: 'POST', headers: {'Content-Type': 'application/json',
+        Authorization: `Bearer ${token}`}, body: JSON.stringify({query: '{ me { id roles } }'})}).then((r) => r.json())""",
+                       kept["access_token"])
+    assert me == {"data": {"me": {"id": api.user, "roles": ["admin"]}}}
+    # the code went to Canaille's token endpoint with the PKCE verifier
+    exchanges = [r for r in requests if r.url.startswith(api.issuer) and r.method == "POST" and "/token" in r.url]
+    assert exchanges and "code_verifier=" in exchanges[0].post_data
+
+    group_name = f"Production {uuid.uuid4().hex[:6]}"
+    page.get_by_label("Name", exact=True).fill(group_name)
+    page.get_by_role("button", name="Create group").click()
+    expect(page.get_by_test_id("group-name-heading")).to_have_text(group_name)
+    page.get_by_test_id("upload-file").set_input_files(str(chelsea_jpeg))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    card = page.get_by_test_id("image-card")
+    expect(card.get_by_test_id("image-card-title")).to_have_text(CAT_TITLE, timeout=PROCESSING_TIMEOUT_MS)
+    screenshot(page, "production-issuer-group")
+    owner = local_stack.graphql("query($id: ID!) { image(id: $id) { owner } }", {"id": card.get_attribute("data-id")})
+    assert owner == {"image": {"owner": api.user}}
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_test_id("sign-in-button")).to_be_visible()
+    expect(page.get_by_test_id("group-name-heading")).to_have_text(group_name)
+    assert page.url.startswith(base + "/")
+    assert not [r.url for r in requests if "/auth/local/" in r.url]
+
+
+def test_an_unreachable_issuer_gets_a_clear_message(production_api, page: Page):
+    """The sign-in service down (its discovery document cannot be fetched): the page says so and
+    stays usable."""
+    page.route(re.compile("^" + re.escape(production_api.issuer) + "/"), lambda route: route.abort("connectionrefused"))
+    page.goto(production_api.url + "/")
+    page.get_by_test_id("sign-in-button").click()
+    expect(page.get_by_test_id("error-message").last).to_contain_text(
+        f"Cannot reach the sign-in service ({production_api.issuer})")
+    expect(page.get_by_test_id("sign-in-button")).to_be_enabled()
+    expect(page.get_by_role("heading", name="Groups", level=1)).to_be_visible()

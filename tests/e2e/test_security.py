@@ -6,10 +6,16 @@ What the API-level tests (tests/graphql_api) cannot show, shown here on the runn
   the day it lands), is refused without a token, with each forged token of
   tests/graphql_api/tokens.py, and with a non-Bearer header, and nothing changes in DynamoDB/S3;
 - every mutation that takes an id refuses another signed-in user the owner's group and image;
+- the API's own sign-in has no password-less way to a token, answers a wrong password and an
+  unknown name alike, and refuses an authorization without PKCE or a code without its verifier;
 - S3 (SeaweedFS) refuses unsigned writes, reads and listings: the presigned URLs are the only way in;
   SeaweedFS's own filer and volume ports refuse unsigned access too (no way around S3's checks);
-- TorchServe's token-less management API downloads no archive from a URL (ShellTorch);
-- no port of the stack grants a foreign web page CORS (beyond the explained S3/SeaweedFS ones),
+- S3's keys are random per install, private files, each process holding only its identity's, and
+  each identity can do only its process's job; the keys the source once held are refused;
+- S3 answers CORS to the web page's origin only, and only for its uploads;
+- TorchServe's token-less management API downloads no archive from a URL (ShellTorch), and its
+  port refuses what a web page sends;
+- no port of the stack grants a foreign web page CORS (beyond the explained SeaweedFS volume one),
   and dynalite refuses browser requests: pages the user opens can reach loopback ports;
 - every listening socket of every process under supervisord (Java and TorchServe's Python
   workers, `weed`, node, moto included) is bound to loopback, and connecting to each of those
@@ -24,14 +30,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,9 +44,11 @@ from typing import Any, Iterator
 import httpx
 import psutil
 import pytest
+from botocore.exceptions import ClientError
 
-from tests.fixtures.stack import LocalStack, free_port_block
+from tests.fixtures.stack import LocalStack
 from tests.graphql_api.hostile import fragment_doubling
+from tests.graphql_api.oidc_flow import PASSWORD, Authorization, code_for, form_error, redeem, redirect_params, sign_in
 from tests.graphql_api.tokens import FORGED, forged
 from udagram.aws import client
 from udagram.stack import programs, seaweedfs, supervisor
@@ -50,6 +56,7 @@ from udagram.stack import programs, seaweedfs, supervisor
 pytestmark = pytest.mark.aws
 
 UDAGRAM = str(Path(sys.executable).parent / "udagram")
+
 
 # Mutations that take another user's id on purpose, and why that is not a hole.
 MAY_TARGET_OTHERS = {
@@ -305,6 +312,32 @@ def test_every_mutation_refuses_missing_bad_and_forged_tokens(local_stack, schem
                                local_stack.token("alice"))["deleteGroup"]["__typename"] == "Deleted"
 
 
+# --- sign-in ------------------------------------------------------------------------------------
+
+
+def test_the_running_sign_in_needs_a_password_and_pkce(local_stack):
+    """The stack's API as issuer: no password-less way to a token, the password form refuses a
+    wrong password and an unknown name alike, and a code is worth nothing without its verifier."""
+    base = local_stack.api_url
+    gone = httpx.post(f"{base}/auth/local/token", json={"user": "alice"}, timeout=30)
+    assert gone.status_code in (404, 405), gone.text
+    name = f"pkce-{uuid.uuid4().hex[:6]}"
+    local_stack.add_account(name, PASSWORD)
+    with httpx.Client(base_url=base, timeout=30) as http:
+        authorization = Authorization(local_stack.settings)
+        wrong, unknown = (sign_in(http, authorization, user, password)
+                          for user, password in ((name, "not the password"), (f"no-{name}", PASSWORD)))
+        assert wrong.status_code == unknown.status_code == 401
+        assert form_error(wrong) == form_error(unknown) == "Wrong user name or password."
+        no_pkce = sign_in(http, authorization, name, PASSWORD, code_challenge=None, code_challenge_method=None)
+        assert "code" not in redirect_params(no_pkce) and redirect_params(no_pkce)["error"] == "invalid_request"
+        code = code_for(http, authorization, name)
+        assert redeem(http, authorization, code, verifier=None).json()["error"] == "invalid_grant"
+        tokens = redeem(http, authorization, code).json()
+        me = post(local_stack, "{ me { id } }", token=tokens["access_token"]).json()
+        assert me == {"data": {"me": {"id": name}}}
+
+
 # --- writes: ownership ---------------------------------------------------------------------------
 
 
@@ -395,9 +428,218 @@ def test_seaweedfs_internal_ports_refuse_unsigned_access(local_stack, alices):
     assert f"originals/{'e' * 32}.jpg" not in _keys(st, st.originals_bucket)
 
 
+# --- S3 identities: per install, least privilege -----------------------------------------------
+
+
+def _s3_as(settings, access_key: str, secret_key: str):
+    return client("s3", settings.model_copy(update={"aws_access_key_id": access_key,
+                                                    "aws_secret_access_key": secret_key}), retries={"max_attempts": 1})
+
+
+def _s3_error(call) -> str:
+    try:
+        call()
+    except ClientError as exc:
+        return exc.response["Error"]["Code"]
+    return "allowed"
+
+
+def test_s3_refuses_the_keys_the_source_used_to_hold(local_stack, alices):
+    """`udagram-local` / `udagram-local-secret` were constants in udagram/settings.py, an admin of
+    the local S3: anyone who read the code could sign requests. The stack knows them no more."""
+    st = local_stack.settings
+    old = _s3_as(st, "udagram-local", "udagram-local-secret")
+    key = f"originals/{'c' * 32}.jpg"
+    assert _s3_error(lambda: old.list_objects_v2(Bucket=st.originals_bucket)) == "InvalidAccessKeyId"
+    assert _s3_error(lambda: old.put_object(Bucket=st.originals_bucket, Key=key, Body=b"x")) == "InvalidAccessKeyId"
+    assert _s3_error(lambda: old.delete_object(Bucket=st.originals_bucket, Key=alices["original"])) \
+        == "InvalidAccessKeyId"
+    post = old.generate_presigned_post(Bucket=st.originals_bucket, Key=key)
+    forged_upload = httpx.post(post["url"], data=post["fields"], files={"file": ("x.jpg", b"x")}, timeout=30)
+    assert forged_upload.status_code == 403, forged_upload.text
+    assert _keys(st, st.originals_bucket) >= {alices["original"]} and key not in _keys(st, st.originals_bucket)
+
+
+def _stack_processes(stack: LocalStack) -> list[psutil.Process]:
+    root = supervisor.running_pid(supervisor.paths(stack.settings))
+    assert root, "the local stack's supervisord is not running"
+    return [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+
+
+def test_s3_keys_are_private_files_each_process_reading_only_its_own(local_stack):
+    """The keys were generated at the first start into <data_dir>/secrets (0600, directory 0700);
+    none is in supervisord's config, the saved settings, a command line or a process environment:
+    each program is only told which identity it is, and the API and the worker hold only theirs."""
+    st = local_stack.settings
+    folder = st.data_dir / "secrets"
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    files = {f.stem: f for f in folder.iterdir()}
+    assert set(files) == {"admin", "api", "worker"}
+    assert {name: oct(f.stat().st_mode & 0o777) for name, f in files.items()} == dict.fromkeys(files, "0o600")
+    keys = {name: json.loads(f.read_text()) for name, f in files.items()}
+    secrets = {value for pair in keys.values() for value in pair.values()}
+    assert st.aws_access_key_id == keys["admin"]["accessKeyId"]  # what a command run by hand uses
+    assert oct((seaweedfs.workdir(st) / "identities.json").stat().st_mode & 0o777) == "0o600"
+
+    texts = {"supervisord.conf": (st.data_dir / "supervisord.conf").read_text(),
+             "stack-settings.json": (st.data_dir / "stack-settings.json").read_text()}
+    identity_of = {}
+    for process in _stack_processes(local_stack):
+        try:
+            texts[f"{process.pid} command line"] = " ".join(process.cmdline())
+            environment = process.environ()
+        except psutil.NoSuchProcess:
+            continue
+        texts[f"{process.pid} environment"] = json.dumps(environment)
+        identity_of[" ".join(process.cmdline()[-2:])] = environment.get("UDAGRAM_LOCAL_IDENTITY")
+    leaks = {where: sorted(value[:6] + "..." for value in secrets if value in text) for where, text in texts.items()}
+    assert {where: found for where, found in leaks.items() if found} == {}
+    assert identity_of[f"{UDAGRAM} api"] == "api" and identity_of[f"{UDAGRAM} worker"] == "worker"
+    assert identity_of["-m udagram.stack.s3_events"] == identity_of["model serve"] == "none"
+
+
+def test_each_s3_identity_can_do_only_its_job(local_stack):
+    """The API presigns uploads into originals/, downloads of both buckets and deletes an image's
+    objects; the worker reads (and may delete) originals and writes processed copies; only the
+    admin creates and configures buckets. Whatever else each tries is refused by SeaweedFS."""
+    st = local_stack.settings
+    api, worker = (client("s3", st.as_local_identity(name), retries={"max_attempts": 1}) for name in ("api", "worker"))
+    admin = client("s3", st)
+    name = uuid.uuid4().hex
+    original, processed = f"originals/{name}.jpg", f"processed/{name}.jpg"
+    try:
+        # the API's job
+        post = api.generate_presigned_post(Bucket=st.originals_bucket, Key=original)
+        upload = httpx.post(post["url"], data=post["fields"], files={"file": ("a.jpg", b"original")}, timeout=30)
+        assert upload.status_code == 204, upload.text
+        assert api.head_object(Bucket=st.originals_bucket, Key=original)["ContentLength"] == 8
+        # the worker's job
+        assert worker.get_object(Bucket=st.originals_bucket, Key=original)["Body"].read() == b"original"
+        worker.put_object(Bucket=st.processed_bucket, Key=processed, Body=b"processed")
+        assert httpx.get(api.generate_presigned_url("get_object", Params={"Bucket": st.processed_bucket,
+                                                                           "Key": processed}), timeout=30).content \
+            == b"processed"
+        # ...and nothing more
+        refused = {
+            "API writes a processed copy": lambda: api.put_object(Bucket=st.processed_bucket, Key=processed,
+                                                                  Body=b"overwritten"),
+            "API writes outside originals/": lambda: api.put_object(Bucket=st.originals_bucket,
+                                                                    Key=f"elsewhere/{name}", Body=b"x"),
+            "API changes the bucket's CORS": lambda: api.put_bucket_cors(
+                Bucket=st.originals_bucket, CORSConfiguration={"CORSRules": [
+                    {"AllowedOrigins": ["*"], "AllowedMethods": ["GET"]}]}),
+            "API lists a bucket": lambda: api.list_objects_v2(Bucket=st.processed_bucket),
+            "API creates a bucket": lambda: api.create_bucket(Bucket=f"planted-{name[:8]}"),
+            "worker writes an original": lambda: worker.put_object(Bucket=st.originals_bucket, Key=original,
+                                                                   Body=b"overwritten"),
+            "worker deletes a bucket": lambda: worker.delete_bucket(Bucket=st.processed_bucket),
+            "worker lists a bucket": lambda: worker.list_objects_v2(Bucket=st.originals_bucket),
+        }
+        outcomes = {what: _s3_error(call) for what, call in refused.items()}
+        assert outcomes == dict.fromkeys(refused, "AccessDenied")
+        post = api.generate_presigned_post(Bucket=st.processed_bucket, Key=processed)
+        planted = httpx.post(post["url"], data=post["fields"], files={"file": ("p.jpg", b"overwritten")}, timeout=30)
+        assert planted.status_code == 403, planted.text
+        post = worker.generate_presigned_post(Bucket=st.originals_bucket, Key=original)
+        planted = httpx.post(post["url"], data=post["fields"], files={"file": ("o.jpg", b"overwritten")}, timeout=30)
+        assert planted.status_code == 403, planted.text
+        assert admin.get_object(Bucket=st.originals_bucket, Key=original)["Body"].read() == b"original"
+        assert admin.get_object(Bucket=st.processed_bucket, Key=processed)["Body"].read() == b"processed"
+        assert f"elsewhere/{name}" not in _keys(st, st.originals_bucket)
+        # deleteImage (the API) and an orphaned original (the worker)
+        api.delete_object(Bucket=st.processed_bucket, Key=processed)
+        worker.delete_object(Bucket=st.originals_bucket, Key=original)
+        assert original not in _keys(st, st.originals_bucket) and processed not in _keys(st, st.processed_bucket)
+    finally:
+        admin.delete_object(Bucket=st.originals_bucket, Key=original)
+        admin.delete_object(Bucket=st.processed_bucket, Key=processed)
+
+
+def _preflight(url: str, origin: str, method: str) -> httpx.Response | None:
+    try:
+        return httpx.options(url, timeout=10, headers={"Origin": origin, "Access-Control-Request-Method": method})
+    except httpx.HTTPError:  # SeaweedFS drops the connection of an origin it refuses on its root path
+        return None
+
+
+def _methods_granted(url: str, origin: str, methods: tuple[str, ...]) -> set[str]:
+    """The methods a preflight from `origin` is allowed (the origin granted and the method listed)."""
+    granted = set()
+    for method in methods:
+        answer = _preflight(url, origin, method)
+        if answer is None or answer.headers.get("access-control-allow-origin") not in ("*", origin):
+            continue
+        listed = {m.strip() for m in answer.headers.get("access-control-allow-methods", "").split(",")}
+        if method in listed or "*" in listed:
+            granted.add(method)
+    return granted
+
+
+def test_s3_cors_answers_only_the_web_page_and_only_for_uploads(local_stack, alices):
+    """A cross-site page listed and deleted processed objects: SeaweedFS answered CORS for any
+    origin (its global default `*`, which also covers every bucket without a CORS configuration
+    of its own, the processed one). Now no preflight from a foreign origin is granted anything,
+    anywhere; the page's own origin may POST to the originals bucket, its uploads, and nothing else;
+    no answer carrying data is readable cross-origin but the page's upload."""
+    st = local_stack.settings
+    s3 = st.s3_endpoint_url
+    page, evil = st.page_origins[0], "http://evil.example"
+    paths = {"root": "/", "originals bucket": f"/{st.originals_bucket}", "originals/": f"/{st.originals_bucket}/",
+             "an original": f"/{st.originals_bucket}/{alices['original']}",
+             "processed bucket": f"/{st.processed_bucket}", "processed/": f"/{st.processed_bucket}/",
+             "a processed copy": f"/{st.processed_bucket}/processed/{alices['image']}.jpg"}
+    methods = ("GET", "HEAD", "POST", "PUT", "DELETE")
+    foreign = {(where, origin, m) for where, path in paths.items() for m in methods for origin in (evil, "null")
+               if (answer := _preflight(f"{s3}{path}", origin, m)) is not None
+               and answer.headers.get("access-control-allow-origin") is not None}
+    assert foreign == set(), f"S3 grants a foreign page: {sorted(foreign)}"
+    # The page's origin: POST on the originals bucket only. (SeaweedFS answers the preflights of
+    # "/" and of bare bucket URLs from its global list, with methods "*": see docs/security.md.)
+    for origin in st.page_origins:
+        granted = {where: _methods_granted(f"{s3}{paths[where]}", origin, methods)
+                   for where in ("originals/", "an original", "processed/", "a processed copy")}
+        assert granted == {"originals/": {"POST"}, "an original": {"POST"}, "processed/": set(),
+                           "a processed copy": set()}, origin
+    # Data is readable by no other origin: a signed download (what the page shows in <img>) carries no
+    # CORS, and what SeaweedFS answers with its hard-coded `*` (requests outside a bucket's routes)
+    # are errors without data.
+    admin, copy = client("s3", st), f"processed/{uuid.uuid4().hex}.jpg"
+    admin.put_object(Bucket=st.processed_bucket, Key=copy, Body=b"processed")
+    try:
+        for bucket, key in ((st.originals_bucket, alices["original"]), (st.processed_bucket, copy)):
+            url = admin.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key})
+            for origin in (page, evil):
+                answer = httpx.get(url, headers={"Origin": origin}, timeout=30)
+                assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers, origin
+    finally:
+        admin.delete_object(Bucket=st.processed_bucket, Key=copy)
+    for origin in (page, evil):
+        for where, path in paths.items():
+            for method in methods:
+                answer = httpx.request(method, f"{s3}{path}", headers={"Origin": origin}, timeout=30)
+                if answer.headers.get("access-control-allow-origin") in ("*", origin):
+                    assert answer.status_code >= 400 and (not answer.content or b"<Error>" in answer.content), (
+                        origin, where, method, answer.status_code, answer.text[:200])
+
+    # the page's real upload: its origin reads the answer, a foreign page's copy of it does not
+    created = local_stack.graphql(
+        "mutation($g: ID!) { createImage(input: {groupId: $g, contentType: \"image/gif\", contentLength: 35}) {"
+        " ... on ImageUpload { image { id } upload { url fields } } } }", {"g": alices["group"]},
+        local_stack.token("alice"))["createImage"]
+    upload, gif = created["upload"], b"GIF89a\x01\x00\x01\x00\x00\x00\x00;" + b"\x00" * 21
+    preflight = _preflight(upload["url"], page, "POST")  # what the page's XHR with upload progress sends first
+    assert preflight is not None and preflight.headers.get("access-control-allow-origin") == page
+    for origin, expected in ((page, page), (evil, None)):
+        answer = httpx.post(upload["url"], data=upload["fields"], files={"file": ("a.gif", gif, "image/gif")},
+                            headers={"Origin": origin}, timeout=30)
+        assert answer.status_code == 204 and answer.headers.get("access-control-allow-origin") == expected, (
+            origin, answer.status_code, answer.headers)
+    local_stack.graphql("mutation($id: ID!) { deleteImage(id: $id) { __typename } }",
+                        {"id": created["image"]["id"]}, local_stack.token("alice"))
+
+
 # Ports that may answer a foreign origin's CORS preflight, and why that exposes nothing.
 CORS_GRANTED_ON_PURPOSE = {
-    "S3 (SeaweedFS)": "the web page uploads there with presigned POSTs; every request must be signed",
     "SeaweedFS volume": "refuses unsigned writes; a read needs a file id with a random 32-bit cookie",
 }
 
@@ -559,6 +801,23 @@ def test_torchserve_management_fetches_no_archive_from_a_url(local_stack, tmp_pa
     assert again.status_code in (200, 409) and "allowed URL" not in again.text, again.text
 
 
+def test_torchserve_management_refuses_a_web_pages_form_post(local_stack):
+    """A page the user opens may send a form POST to TorchServe's management port without CORS;
+    TorchServe would register the model it names. The port refuses requests carrying what only
+    browsers send (Origin, Sec-Fetch-*), and nothing changes; `udagram model` still works."""
+    management = local_stack.settings.torchserve_management_url
+    before = httpx.get(f"{management}/models", timeout=30).json()
+    archive = next(Path(local_stack.settings.model_store).glob("*.mar")).name
+    page_post = httpx.post(f"{management}/models?url={archive}&model_name=planted&initial_workers=1&synchronous=true",
+                           content=b"", timeout=120, headers={
+                               "Origin": "http://evil.example", "Content-Type": "application/x-www-form-urlencoded",
+                               "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"})
+    assert page_post.status_code == 403 and "refuses browser requests" in page_post.json()["message"], page_post.text
+    assert httpx.get(f"{management}/models", timeout=30).json() == before
+    listed = subprocess.run([UDAGRAM, "model", "list"], env=local_stack.env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "READY" in listed.stdout, listed.stdout + listed.stderr
+
+
 # --- GraphQL limits on the running API -----------------------------------------------------------
 
 
@@ -605,36 +864,9 @@ def test_api_metrics_are_not_on_the_public_port(local_stack):
 def api_with_depth_limit(local_stack: LocalStack, tmp_path: Path):
     """A second `udagram api` process of the same stack (its data servers, its signing key) whose
     depth limit the test sets: the running stack's own API keeps its settings."""
-    processes = []
-
-    def start(max_depth: int) -> str:
-        taken = set(declared_ports(local_stack))
-        port, metrics_port = free_port_block(1, taken), free_port_block(1, taken)
-        env = local_stack.env | {"UDAGRAM_API_PORT": str(port), "UDAGRAM_API_METRICS_PORT": str(metrics_port),
-                                 "UDAGRAM_MAX_QUERY_DEPTH": str(max_depth)}
-        with (tmp_path / "api.log").open("wb") as log:
-            processes.append(subprocess.Popen([UDAGRAM, "api"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True))
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert processes[-1].poll() is None, (tmp_path / "api.log").read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        raise AssertionError(f"udagram api not healthy:\n{(tmp_path / 'api.log').read_text()[-3000:]}")
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+    with ExitStack() as apis:
+        yield lambda max_depth: apis.enter_context(
+            local_stack.extra_api(tmp_path / f"api-{max_depth}.log", UDAGRAM_MAX_QUERY_DEPTH=str(max_depth)))
 
 
 def test_depth_limit_holds_on_the_running_api(local_stack, schema, api_with_depth_limit):

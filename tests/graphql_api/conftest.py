@@ -106,3 +106,19 @@ def queued_reprocess_ids(settings: Settings) -> list[str]:
 def api(aws_settings: Settings):
     with TestClient(create_app(aws_settings)) as client:
         yield Api(client, aws_settings)
+
+
+@pytest.fixture
+def dynamodb_calls_sent(monkeypatch) -> list[str]:
+    """The DynamoDB operations sent from now on, in order (counted below PynamoDB's own signal)."""
+    from pynamodb.connection.base import Connection
+
+    sent: list[str] = []
+    real = Connection.dispatch
+
+    def counting(self, operation_name, operation_kwargs):
+        sent.append(operation_name)
+        return real(self, operation_name, operation_kwargs)
+
+    monkeypatch.setattr(Connection, "dispatch", counting)
+    return sent

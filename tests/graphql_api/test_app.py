@@ -1,4 +1,4 @@
-"""The Starlette app around the schema: limits, masking, health, local sign-in, JWKS, static files."""
+"""The Starlette app around the schema: limits, masking, health, sign-in configuration, JWKS, static files."""
 
 from __future__ import annotations
 
@@ -85,25 +85,9 @@ def test_graphiql_in_local_mode(api):
     assert response.status_code == 200 and "graphiql" in response.text.lower()
 
 
-def test_local_token_endpoint_signs_a_named_user_in(api):
-    response = api.client.post("/auth/local/token", json={"user": "alice"})
-    assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
-    token = response.json()["token"]
-    assert api.gql("{ me { id } }", token=token)["me"] == {"id": "alice"}
-    created = api.gql("mutation { createGroup(input: {name: \"x\"}) { __typename } }", token=token)
-    assert created["createGroup"]["__typename"] == "Group"
-
-
-@pytest.mark.parametrize("body", [{"user": ""}, {"user": "a b"}, {"user": 5}, {}, ["alice"], {"user": "x" * 40}])
-def test_local_token_endpoint_validates_the_user(api, body):
-    response = api.client.post("/auth/local/token", json=body)
-    assert response.status_code == 400 and "user name" in response.json()["error"]
-    assert api.client.post("/auth/local/token", content=b"not json").status_code == 400
-
-
 def test_jwks_serves_the_key_tokens_are_signed_with(api):
     jwks = api.client.get("/.well-known/jwks.json").json()
-    token = api.client.post("/auth/local/token", json={"user": "bob"}).json()["token"]
+    token = api.token("bob")
     kid = jwt.get_unverified_header(token)["kid"]
     key = next(k for k in jwks["keys"] if k["kid"] == kid)
     assert "d" not in key  # public half only
@@ -113,30 +97,36 @@ def test_jwks_serves_the_key_tokens_are_signed_with(api):
 
 def test_aws_mode_has_no_local_issuer_and_no_graphiql(moto_server, tmp_path):
     settings = moto_settings(moto_server, tmp_path, mode="aws", auth_issuer="https://tenant.example/",
-                             auth_jwks_url="http://127.0.0.1:9/jwks.json")
+                             auth_audience="https://udagram.example/api", auth_client_id="spa-client-id")
     with TestClient(create_app(settings)) as test_client:
-        assert test_client.get("/.well-known/jwks.json").status_code in (404, 405)
-        assert test_client.post("/auth/local/token", json={"user": "alice"}).status_code in (404, 405)
+        for path in ("/.well-known/jwks.json", "/.well-known/openid-configuration", "/auth/authorize"):
+            assert test_client.get(path).status_code == 404, path
+        assert test_client.post("/auth/token", data={"grant_type": "refresh_token"}).status_code in (404, 405)
         graphiql = test_client.get("/graphql", headers={"Accept": "text/html"})
         assert "graphiql" not in graphiql.text.lower()
+        # the page signs in at the configured issuer, asking for the API's audience
+        assert test_client.get("/auth/config").json() == {
+            "issuer": "https://tenant.example/", "clientId": "spa-client-id",
+            "audience": "https://udagram.example/api", "scopes": "openid profile offline_access"}
     with pytest.raises(RuntimeError):
         auth.issue_token("alice", settings)
 
 
 def test_local_api_answers_only_its_own_host_names(aws_settings):
-    """A DNS-rebinding page (evil.example re-resolved to 127.0.0.1) must not reach the local sign-in."""
+    """A DNS-rebinding page (evil.example re-resolved to 127.0.0.1) must not reach the local API or
+    its sign-in."""
     with TestClient(create_app(aws_settings)) as test_client:
         for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
-            refused = test_client.post("/auth/local/token", json={"user": "alice"}, headers={"Host": host})
-            assert refused.status_code == 400, (host, refused.text)
+            for path in ("/auth/config", "/.well-known/openid-configuration", "/auth/authorize"):
+                refused = test_client.get(path, headers={"Host": host})
+                assert refused.status_code == 400, (host, path, refused.text)
         for host in ("127.0.0.1:8000", "localhost", "testserver"):
-            answered = test_client.post("/auth/local/token", json={"user": "alice"}, headers={"Host": host})
-            assert answered.status_code == 200 and answered.json().get("token"), (host, answered.text)
+            answered = test_client.get("/.well-known/openid-configuration", headers={"Host": host})
+            assert answered.status_code == 200 and answered.json().get("issuer"), (host, answered.text)
 
 
 def test_aws_mode_has_no_host_list(aws_settings):
     """Behind a load balancer, health checks come with the instance's address as Host."""
-    settings = aws_settings.model_copy(update={"mode": "aws", "auth_issuer": "https://idp.example/",
-                                               "auth_jwks_url": "https://idp.example/jwks.json"})
+    settings = aws_settings.model_copy(update={"mode": "aws", "auth_issuer": "https://idp.example/"})
     with TestClient(create_app(settings)) as test_client:
         assert test_client.get("/healthz", headers={"Host": "10.0.3.7:8000"}).status_code == 200

@@ -1,4 +1,4 @@
-"""Token verification: every forged-token case refused, local issuing, a remote (Auth0-like) JWKS."""
+"""Token verification: every forged-token case refused, local issuing, a remote (Auth0-like) issuer."""
 
 from __future__ import annotations
 
@@ -86,14 +86,18 @@ def test_an_unforeseen_verifier_failure_leaves_reads_public(api, monkeypatch):
                       "message": "sign in to do this: the token could not be verified"}
 
 
-class _JWKSHandler(BaseHTTPRequestHandler):
-    jwks: dict = {}
-    hits = 0
+class _IssuerHandler(BaseHTTPRequestHandler):
+    """An OpenID provider's two public documents: discovery and the key set."""
+
+    issuer = ""
+    documents: dict = {}
+    hits: dict = {}
 
     def do_GET(self):  # noqa: N802
-        type(self).hits += 1
-        body = json.dumps(self.jwks).encode()
-        self.send_response(200)
+        type(self).hits[self.path] = type(self).hits.get(self.path, 0) + 1
+        document = self.documents.get(self.path)
+        body = json.dumps(document).encode()
+        self.send_response(200 if document is not None else 404)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -105,38 +109,78 @@ class _JWKSHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def remote_idp(tmp_path):
-    """An Auth0-like identity provider: a JWKS over HTTP on loopback and its private key."""
+    """An Auth0-like identity provider on loopback (discovery document and JWKS) and its private key."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True) | {"kid": "idp-key-1", "use": "sig", "alg": "RS256"}
-    handler = type("Handler", (_JWKSHandler,), {"jwks": {"keys": [jwk]}, "hits": 0})
+    handler = type("Handler", (_IssuerHandler,), {"documents": {}, "hits": {}})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    issuer = f"http://127.0.0.1:{server.server_address[1]}/"
+    handler.documents = {
+        "/.well-known/openid-configuration": {"issuer": issuer, "jwks_uri": f"{issuer}keys/jwks.json"},
+        "/keys/jwks.json": {"keys": [jwk]},
+    }
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    settings = Settings(
-        mode="local", data_dir=tmp_path,
-        auth_jwks_url=f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json",
-        auth_issuer="https://tenant.example.auth0.com/", auth_audience="https://udagram.example/api",
-    )
+    settings = Settings(mode="local", data_dir=tmp_path, auth_issuer=issuer, auth_audience="https://udagram.example/api",
+                        auth_role_claim="https://udagram.example/roles")
     yield settings, key, handler
     server.shutdown()
     server.server_close()
 
 
-def test_remote_jwks_verifies_and_caches(remote_idp):
+def test_remote_issuer_keys_come_from_its_discovery_document_and_are_cached(remote_idp):
     settings, key, handler = remote_idp
     verifier = auth.TokenVerifier(settings)
     assert not verifier.self_issued
-    claims = {"sub": "auth0|123", "iss": settings.auth_issuer, "aud": settings.auth_audience,
-              "exp": int(time.time()) + 600}
+    claims = {"sub": "auth0|123", "iss": settings.auth_issuer, "aud": [settings.auth_audience, "other"],
+              "exp": int(time.time()) + 600, "https://udagram.example/roles": ["admin"]}
     token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "idp-key-1"})
+    assert verifier.verify(token) == auth.User(id="auth0|123", roles=("admin",))  # a namespaced role claim
     assert verifier.verify(token).id == "auth0|123"
-    assert verifier.verify(token).id == "auth0|123"
-    assert handler.hits == 1  # the JWKS is cached
+    # discovery once, then the JWKS it names once: both cached
+    assert handler.hits == {"/.well-known/openid-configuration": 1, "/keys/jwks.json": 1}
 
     with pytest.raises(auth.AuthError, match="unknown key"):
         verifier.verify(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "rotated-away"}))
     with pytest.raises(auth.AuthError, match="wrong audience"):
         verifier.verify(jwt.encode(claims | {"aud": "udagram"}, key, algorithm="RS256", headers={"kid": "idp-key-1"}))
-    # a locally issued token is not trusted by an API configured for the remote issuer
+    # a token of the built-in provider (same data dir, its own key) is not trusted for this issuer
+    local = Settings(mode="local", data_dir=settings.data_dir)
     with pytest.raises(auth.AuthError):
-        verifier.verify(auth.issue_token("alice", settings))
+        verifier.verify(auth.issue_token("alice", local))
+
+
+def test_a_discovery_document_of_another_issuer_or_none_is_refused_clearly(remote_idp, tmp_path):
+    settings, key, handler = remote_idp
+    token = jwt.encode({"sub": "x", "iss": settings.auth_issuer, "aud": settings.auth_audience,
+                        "exp": int(time.time()) + 600}, key, algorithm="RS256", headers={"kid": "idp-key-1"})
+    without_slash = settings.model_copy(update={"auth_issuer": settings.auth_issuer.rstrip("/")})
+    with pytest.raises(auth.AuthError, match="must match it exactly"):
+        auth.TokenVerifier(without_slash).verify(token)
+    unreachable = settings.model_copy(update={"auth_issuer": "http://127.0.0.1:9/"})
+    with pytest.raises(auth.AuthError, match="could not fetch the issuer's discovery document"):
+        auth.TokenVerifier(unreachable).verify(token)
+    # an explicit JWKS URL skips discovery
+    direct = settings.model_copy(update={"auth_jwks_url": f"{settings.auth_issuer}keys/jwks.json"})
+    handler.hits.clear()
+    assert auth.TokenVerifier(direct).verify(token).id == "x"
+    assert handler.hits == {"/keys/jwks.json": 1}
+
+
+def test_cognito_access_tokens_are_matched_by_client_id(remote_idp):
+    """Cognito's access tokens carry `client_id` and no `aud`; its groups are `cognito:groups`."""
+    settings, key, _ = remote_idp
+    cognito = settings.model_copy(update={"auth_audience": "app-client-1", "auth_audience_claim": "client_id",
+                                          "auth_role_claim": "cognito:groups"})
+    verifier = auth.TokenVerifier(cognito)
+    claims = {"sub": "4f1c-uuid", "iss": settings.auth_issuer, "client_id": "app-client-1", "token_use": "access",
+              "exp": int(time.time()) + 600, "cognito:groups": ["admin"]}
+
+    def sign(values: dict) -> str:
+        return jwt.encode(values, key, algorithm="RS256", headers={"kid": "idp-key-1"})
+
+    assert verifier.verify(sign(claims)) == auth.User(id="4f1c-uuid", roles=("admin",))
+    with pytest.raises(auth.AuthError, match="wrong audience"):
+        verifier.verify(sign(claims | {"client_id": "another-app"}))
+    with pytest.raises(auth.AuthError, match="lacks the 'client_id' claim"):
+        verifier.verify(sign({k: v for k, v in claims.items() if k != "client_id"}))

@@ -1,4 +1,4 @@
-"""`udagram token` and `udagram api` as a user runs them (subprocesses)."""
+"""`udagram token`, `udagram user` and `udagram api` as a user runs them (subprocesses)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from pathlib import Path
 import httpx
 import jwt
 
-from graphql_api import auth
+from graphql_api import accounts, auth
 from tests.fixtures.ports import free_port
+from tests.fixtures.stack import settings_from
+from tests.graphql_api.oidc_flow import PASSWORD, tokens_for
+from udagram import data
 from udagram.settings import Settings
 
 UDAGRAM = str(Path(sys.executable).parent / "udagram")
@@ -42,18 +45,64 @@ def test_token_refuses_a_bad_user_name(tmp_path):
     assert result.returncode == 2 and result.stdout == "" and "invalid --user" in result.stderr
 
 
-def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
-    """`udagram api` against the moto server: tables/buckets/queues made, /healthz answers, a token
-    from `udagram token` (same data dir) can create a group over real HTTP, and the metrics port
-    counts the DynamoDB calls."""
-    port, metrics_port = free_port(), free_port()
-    env = _env(
-        UDAGRAM_DATA_DIR=str(tmp_path), UDAGRAM_API_PORT=str(port), UDAGRAM_API_METRICS_PORT=str(metrics_port),
-        AWS_ENDPOINT_URL=moto_server,
-        UDAGRAM_GROUPS_TABLE="cli-groups", UDAGRAM_IMAGES_TABLE="cli-images",
-        UDAGRAM_ORIGINALS_BUCKET="cli-originals", UDAGRAM_PROCESSED_BUCKET="cli-processed",
-        UDAGRAM_QUEUE_NAME="cli-uploads", UDAGRAM_DEAD_LETTER_QUEUE_NAME="cli-uploads-dlq",
+def _moto_env(moto_server: str, tmp_path: Path, **values: str) -> dict[str, str]:
+    suffix = tmp_path.name[-12:].replace("_", "-").lower()
+    return _env(
+        UDAGRAM_DATA_DIR=str(tmp_path), AWS_ENDPOINT_URL=moto_server,
+        UDAGRAM_GROUPS_TABLE=f"cli-groups-{suffix}", UDAGRAM_IMAGES_TABLE=f"cli-images-{suffix}",
+        UDAGRAM_USERS_TABLE=f"cli-users-{suffix}", UDAGRAM_AUTH_GRANTS_TABLE=f"cli-grants-{suffix}",
+        UDAGRAM_RATE_LIMITS_TABLE=f"cli-limits-{suffix}",
+        UDAGRAM_ORIGINALS_BUCKET=f"cli-originals-{suffix}", UDAGRAM_PROCESSED_BUCKET=f"cli-processed-{suffix}",
+        UDAGRAM_QUEUE_NAME=f"cli-uploads-{suffix}", UDAGRAM_DEAD_LETTER_QUEUE_NAME=f"cli-uploads-dlq-{suffix}",
+        **values,
     )
+
+
+def _user(env: dict[str, str], *args: str, password: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([UDAGRAM, "user", *args], input=password, capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+def test_user_commands_add_list_grant_remove(moto_server, tmp_path):
+    env = _moto_env(moto_server, tmp_path)
+    added = _user(env, "add", "alice", password=PASSWORD + "\n")  # one line on stdin, as a script sends it
+    assert added.returncode == 0 and added.stdout.strip() == "created alice (admin)", added.stderr
+    assert _user(env, "add", "bob", password=PASSWORD).stdout.strip() == "created bob"
+    weak = _user(env, "add", "carol", password="short\n")
+    assert weak.returncode == 1 and "the password is too short" in weak.stderr and weak.stdout == ""
+    empty = _user(env, "add", "carol", password="")
+    assert empty.returncode == 1 and "the password is empty" in empty.stderr
+    taken = _user(env, "add", "alice", password=PASSWORD)
+    assert taken.returncode == 1 and "already an account named 'alice'" in taken.stderr
+
+    listed = [line.split("\t")[:2] for line in _user(env, "list").stdout.splitlines()]
+    assert listed == [["alice", "admin"], ["bob", "-"]]
+    assert _user(env, "grant", "bob", "admin").returncode == 0
+    assert [line.split("\t")[:2] for line in _user(env, "list").stdout.splitlines()] == [
+        ["alice", "admin"], ["bob", "admin"]]
+    assert _user(env, "remove", "bob").stdout.strip() == "removed bob"
+    missing = _user(env, "remove", "bob")
+    assert missing.returncode == 1 and "no account named 'bob'" in missing.stderr
+    # the password from stdin is the one that signs in (the trailing newline is not part of it)
+    data.configure(settings_from(env))
+    assert accounts.authenticate("alice", PASSWORD) is not None
+
+
+def test_user_commands_need_the_built_in_provider(tmp_path):
+    env = _env(UDAGRAM_DATA_DIR=str(tmp_path), UDAGRAM_AUTH_ISSUER="https://tenant.example.auth0.com/")
+    refused = _user(env, "add", "alice", password=PASSWORD)
+    assert refused.returncode == 2 and "accounts live at your identity provider" in refused.stderr
+    token = subprocess.run([UDAGRAM, "token", "--user", "alice"], capture_output=True, text=True, timeout=120, env=env)
+    assert token.returncode == 2 and token.stdout == ""
+
+
+def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
+    """`udagram api` against the moto server: tables/buckets/queues made, /healthz answers; a token
+    from `udagram token` (same data dir) can create a group over real HTTP, the metrics port counts
+    the DynamoDB calls, and an account made with `udagram user add` signs in with its password
+    (code flow with PKCE) and writes."""
+    port, metrics_port = free_port(), free_port()
+    env = _moto_env(moto_server, tmp_path, UDAGRAM_API_PORT=str(port), UDAGRAM_API_METRICS_PORT=str(metrics_port))
     log = tmp_path / "api.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([UDAGRAM, "api"], env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -82,6 +131,13 @@ def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
         assert httpx.get(f"{base}/metrics", timeout=10).status_code == 404
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
         assert 'udagram_dynamodb_calls_total{operation="PutItem"} 1.0' in metrics, metrics
+
+        assert _user(env, "add", "dora", password=PASSWORD).returncode == 0
+        with httpx.Client(base_url=base, timeout=30) as client:
+            access = tokens_for(client, settings_from(env), "dora")["access_token"]
+            response = client.post("/graphql", headers={"Authorization": f"Bearer {access}"}, json={
+                "query": "{ me { id roles } }"})
+            assert response.json() == {"data": {"me": {"id": "dora", "roles": ["admin"]}}}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

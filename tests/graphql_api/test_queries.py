@@ -157,21 +157,13 @@ def test_image_lookups_in_one_request_are_batched(api, monkeypatch):
         calls == [("GroupModel", [group["id"]]), ("ImageModel", ids)]
 
 
-def test_dynamodb_calls_per_page_are_bounded(api, monkeypatch):
-    from pynamodb.connection.base import Connection
-
+def test_dynamodb_calls_per_page_are_bounded(api, dynamodb_calls_sent):
     groups = [api.create_group("alice", f"g{i}")["id"] for i in range(4)]
     for gid in groups:
         for _ in range(3):
             api.create_image("alice", gid)
-    calls: list[str] = []
-    real = Connection.dispatch
-
-    def counting(self, operation_name, operation_kwargs):
-        calls.append(operation_name)
-        return real(self, operation_name, operation_kwargs)
-
-    monkeypatch.setattr(Connection, "dispatch", counting)
+    calls = dynamodb_calls_sent
+    calls.clear()
     query = """{ groups(first: 4) { edges { node { id imageCount
                  images(first: 2) { edges { node { id title imageUrl processedImageUrl } } pageInfo { hasNextPage } }
                } } } }"""

@@ -30,10 +30,11 @@ def _directives(policy: str) -> dict[str, list[str]]:
     return {name: sources for name, *sources in parsed}
 
 
-def _page_policy(s3: str) -> str:
+def _page_policy(s3: str, issuer: str) -> str:
     return (
         f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' {s3} data: blob:; "
-        f"connect-src 'self' {s3}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+        f"connect-src 'self' {s3} {issuer}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
+        "object-src 'none'"
     )
 
 
@@ -58,7 +59,23 @@ def test_every_answer_carries_the_security_headers(api, what):
     for name, value in FIXED.items():
         assert response.headers.get(name) == value, (name, response.headers)
     # The local S3 (here the moto server) is where presigned pictures and uploads go.
-    assert response.headers["content-security-policy"] == _page_policy(_origin(api.settings.s3_endpoint_url))
+    # ... and the sign-in issuer (here the API itself, on public_url's origin) is where tokens come from.
+    assert response.headers["content-security-policy"] == _page_policy(
+        _origin(api.settings.s3_endpoint_url), _origin(api.settings.auth_issuer))
+
+
+def test_the_page_may_reach_a_production_issuer_and_nothing_else(aws_settings):
+    from starlette.testclient import TestClient
+
+    from graphql_api.app import create_app
+
+    settings = aws_settings.model_copy(update={
+        "mode": "aws", "auth_issuer": "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC",
+        "auth_connect_origins": ["https://udagram.auth.eu-west-1.amazoncognito.com"]})
+    with TestClient(create_app(settings)) as client:
+        connect = _directives(client.get("/").headers["content-security-policy"])["connect-src"]
+    assert connect == ["'self'", _origin(aws_settings.s3_endpoint_url), "https://cognito-idp.eu-west-1.amazonaws.com",
+                       "https://udagram.auth.eu-west-1.amazoncognito.com"]
 
 
 def test_presigned_urls_the_api_hands_out_are_allowed_by_the_policy(api):

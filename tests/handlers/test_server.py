@@ -1,4 +1,5 @@
-"""TorchServeProcess: the stop/restart other tests rely on (outage simulation) really works."""
+"""TorchServeProcess: the stop/restart other tests rely on (outage simulation) really works, and its
+management port refuses what a web page can send."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from handlers.management import ManagementClient
 from handlers.server import WORKER_ENV, Endpoints, TorchServeProcess, read_properties, render_config
 from tests.fixtures.torchserve import worker_pids
 from tests.handlers.images import coffee_jpeg
@@ -52,8 +54,9 @@ def test_stop_leaves_nothing_and_start_serves_again(torchserve_factory: Callable
     ts.stop()
     assert not ts.is_running()
     assert group_members(pgid) == []
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(ts.inference_url + "/ping", timeout=5)
+    for url in (ts.inference_url + "/ping", ts.management_url + "/models"):  # the guard is gone too
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url, timeout=5)
 
     ts.start()  # same ports, same model
     assert espresso(ts)
@@ -81,7 +84,9 @@ def test_rendered_config_overrides_ports_and_keeps_the_rest(tmp_path: Path) -> N
     endpoints = Endpoints("127.0.0.1", 1111, 2222, 3333, 4444, 5555)
     config = read_properties(render_config(endpoints, tmp_path, {"job_queue_size": "7"}))
     assert config["inference_address"] == "http://127.0.0.1:1111"
-    assert config["management_address"] == "http://127.0.0.1:2222"
+    # TorchServe's own management listener is a Unix socket; port 2222 is the guard's
+    assert config["management_address"] == f"unix:{tmp_path / 'management.sock'}"
+    assert config["use_native_io"] == "true"
     assert config["metrics_address"] == "http://127.0.0.1:3333"
     assert (config["grpc_inference_port"], config["grpc_management_port"]) == ("4444", "5555")
     assert config["job_queue_size"] == "7"
@@ -120,3 +125,43 @@ def test_the_model_server_image_sets_the_same_worker_environment() -> None:
         line.split(None, 1)[1] for line in text.replace("\\\n", " ").splitlines() if line.startswith("ENV "))))
     for key, value in WORKER_ENV.items():
         assert declared.get(key) == value, key
+
+def test_the_management_api_refuses_what_a_web_page_can_send(
+        torchserve_factory: Callable[..., TorchServeProcess]) -> None:
+    """Any page the user opens can send a form POST to a loopback port (no CORS needed to send it),
+    and TorchServe's management API would execute it. Each request below, as a browser sends it
+    (Origin, Sec-Fetch-* metadata, or a rebinding page's own host name), is refused with a clear
+    403 and changes nothing; programs (no such header) are served. An own instance: before the
+    guard these requests registered a model and parked the workers."""
+    ts = torchserve_factory()
+    management = ts.management_url
+    before = httpx.get(f"{management}/models/classifier/all", timeout=30).json()
+    assert before[0]["minWorkers"] >= 1
+    archive = next(Path(ts.model_store).glob("*.mar")).name
+    register = f"{management}/models?url={archive}&model_name=planted&initial_workers=1&synchronous=true"
+    scale = f"{management}/models/classifier?min_worker=0&max_worker=0&synchronous=true"
+    evil = "http://evil.example"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    attempts = {
+        "form POST registering a model": httpx.post(register, content=b"a=b", timeout=120,
+                                                    headers={**form, "Origin": evil}),
+        "form POST, metadata only": httpx.post(register, content=b"a=b", timeout=120, headers={
+            **form, "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}),
+        "fetch PUT scaling to zero": httpx.put(scale, timeout=120, headers={"Origin": evil}),
+        "same-origin POST after DNS rebinding": httpx.post(register, content=b"a=b", timeout=120,
+                                                           headers={**form, "Host": f"evil.example:{ts.endpoints.management_port}"}),
+        "page reading the models": httpx.get(f"{management}/models", timeout=30, headers={"Origin": evil}),
+    }
+    answers = {what: (r.status_code, r.json().get("message", "")) for what, r in attempts.items()}
+    assert all(code == 403 for code, _ in answers.values()), answers
+    assert all("refuses browser requests" in m or "answers only" in m for _, m in answers.values()), answers
+    assert httpx.get(f"{management}/models", timeout=30).json() == {"models": [
+        {"modelName": "classifier", "modelUrl": before[0]["modelUrl"]}]}
+    after = httpx.get(f"{management}/models/classifier/all", timeout=30).json()
+    assert [(v["modelVersion"], v["minWorkers"], v["maxWorkers"]) for v in after] == \
+        [(v["modelVersion"], v["minWorkers"], v["maxWorkers"]) for v in before]
+    # programs pass: the management client (`udagram model`) and a plain request
+    assert [v.version for v in ManagementClient(management).versions()] == [before[0]["modelVersion"]]
+    assert httpx.post(register, timeout=120).status_code == 200  # the same registration, from a program
+    assert {m["modelName"] for m in httpx.get(f"{management}/models", timeout=30).json()["models"]} == {
+        "classifier", "planted"}

@@ -1,9 +1,12 @@
-"""docker/: static checks of the Dockerfiles and compose file (no Docker engine runs here).
+"""docker/: static checks of the Dockerfiles and compose file.
 
 What can be checked without building: compose parses and is consistent (every build points at
-an existing Dockerfile with its own .dockerignore, every environment variable is one the
-settings read, every command and health check names something that exists), and every COPY
-source exists and is let through by the Dockerfile's .dockerignore.
+an existing Dockerfile with its own .dockerignore, every environment variable and every
+`${VARIABLE}` is one the settings read, with the settings' default, and moving the ports moves
+every command and endpoint; every command and health check names something that exists), and
+every COPY source exists and is let through by the Dockerfile's .dockerignore. The images are
+built and run by `make images` / `make compose-smoke` (docs/containers.md); what each image
+installs is checked in test_image_dependencies.py.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,9 +28,30 @@ from udagram.stack import health
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
-COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+RAW_COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 BIN = Path(sys.executable).parent
+VARIABLE = re.compile(r"\$\{(\w+)(:-([^}]*))?\}")
+
+
+def interpolated(value: Any, env: dict[str, str], names: set[str] | None = None) -> Any:
+    """`value` with compose's ${NAME:-default} resolved from `env` (else the default)."""
+    if isinstance(value, str):
+        def resolve(match: re.Match) -> str:
+            name, _, default = match.groups()
+            assert default is not None, f"${{{name}}} has no default"
+            if names is not None:
+                names.add(name)
+            return env.get(name, default)
+        return VARIABLE.sub(resolve, value)
+    if isinstance(value, dict):
+        return {key: interpolated(item, env, names) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolated(item, env, names) for item in value]
+    return value
+
+
+COMPOSE = interpolated(RAW_COMPOSE, {})
 
 
 def settings_env_names() -> set[str]:
@@ -105,19 +130,64 @@ def test_every_environment_variable_is_read_by_the_settings() -> None:
     for name, service in COMPOSE["services"].items():
         unknown = set(service.get("environment") or {}) - known
         assert not unknown, f"{name}: {unknown} are not settings"
-    # and the values configure what they claim: the environment gives one consistent Settings
+        # Endpoints follow the ports (local mode); the stand-ins' credentials are no constants here.
+        assert not {n for n in service.get("environment") or {} if n.startswith("AWS_") and n != "AWS_REGION"}
     env = COMPOSE["services"]["api"]["environment"]
     settings = Settings(**{n.removeprefix("UDAGRAM_").lower(): v for n, v in env.items() if n.startswith("UDAGRAM_")})
     assert settings.mode == "local" and settings.host == "127.0.0.1"
-    assert env["AWS_ENDPOINT_URL_S3"] == f"http://127.0.0.1:{settings.s3_port}"
-    assert env["AWS_ENDPOINT_URL_SQS"] == f"http://127.0.0.1:{settings.sqs_port}"
-    assert env["AWS_ENDPOINT_URL_DYNAMODB"] == f"http://127.0.0.1:{settings.dynamodb_port}"
+
+
+def test_compose_variables_are_settings_with_their_defaults() -> None:
+    names: set[str] = set()
+    interpolated(RAW_COMPOSE, {}, names)
+    assert names and names <= settings_env_names(), names - settings_env_names()
+    defaults = Settings()
+    environment = RAW_COMPOSE["x-environment"]
+    for match in VARIABLE.finditer(yaml.safe_dump(RAW_COMPOSE)):
+        name, _, default = match.groups()
+        assert environment[name] == f"${{{name}:-{default}}}", f"{name} is passed on under its own name"
+        assert default == str(getattr(defaults, name.removeprefix("UDAGRAM_").lower())), name
+
+
+def test_every_port_setting_is_a_compose_variable() -> None:
+    """So an instance on other ports (make compose-smoke picks free ones) moves every listener."""
+    ports = {f"UDAGRAM_{name.upper()}" for name in Settings.model_fields
+             if name.endswith("_port") or name == "seaweedfs_port_base"}
+    assert ports - set(RAW_COMPOSE["x-environment"]) == set()
+
+
+def test_moving_the_ports_moves_every_listener_and_endpoint() -> None:
+    moved = {name: str(20000 + i * 20) for i, name in enumerate(sorted(
+        m.group(1) for m in VARIABLE.finditer(yaml.safe_dump(RAW_COMPOSE))))}
+    services = interpolated(RAW_COMPOSE, moved)["services"]
+    env = services["api"]["environment"]
+    settings = Settings(**{n.removeprefix("UDAGRAM_").lower(): v for n, v in env.items() if n.startswith("UDAGRAM_")})
+
+    def shared(environment: dict[str, str]) -> dict[str, str]:  # all but the S3 identity it reads
+        return {n: v for n, v in environment.items() if n != "UDAGRAM_LOCAL_IDENTITY"}
+
+    assert all(shared(service.get("environment", env)) == shared(env) for service in services.values())
+    identities = {name: s["environment"].get("UDAGRAM_LOCAL_IDENTITY") for name, s in services.items()
+                  if "environment" in s}
+    assert (identities["api"], identities["worker"], identities["resources"]) == ("api", "worker", "admin")
+    assert {identities[name] for name in ("sqs", "s3", "s3-events", "model-server")} == {"none"}
+    assert settings.s3_endpoint_url == f"http://127.0.0.1:{moved['UDAGRAM_S3_PORT']}"
+    assert settings.sqs_endpoint_url == f"http://127.0.0.1:{moved['UDAGRAM_SQS_PORT']}"
+    assert settings.dynamodb_endpoint_url == f"http://127.0.0.1:{moved['UDAGRAM_DYNAMODB_PORT']}"
+    assert services["sqs"]["command"][-2:] == ["-p", moved["UDAGRAM_SQS_PORT"]]
+    dynamodb = services["dynamodb"]
+    assert dynamodb["command"][dynamodb["command"].index("--port") + 1] == moved["UDAGRAM_DYNAMODB_PORT"]
+    assert f"connect({moved['UDAGRAM_DYNAMODB_PORT']}, '127.0.0.1')" in dynamodb["healthcheck"]["test"][-1]
 
 
 def test_every_command_and_health_check_exists() -> None:
     for name, service in COMPOSE["services"].items():
         if "command" in service:
-            check_command(service["command"])
+            dockerfile = DOCKER / service["build"]["dockerfile"].split("/")[-1]
+            if any(keyword == "ENTRYPOINT" for keyword, _ in instructions(dockerfile)):
+                assert service["command"][:2] == ["--host", "127.0.0.1"], name  # arguments of dynalite's
+            else:
+                check_command(service["command"])
         if "healthcheck" in service:
             test = service["healthcheck"]["test"]
             assert test[0] == "CMD"

@@ -48,3 +48,15 @@ def test_counters_expire_by_ttl(aws_settings):
     item = dynamodb.get_item(TableName=aws_settings.rate_limits_table, Key={"key": {"S": "ttl#60#28333334"}})["Item"]
     assert item["hits"] == {"N": "1"}
     assert int(item["expires_at"]["N"]) == WINDOW_START + 120  # the window's end plus one window
+
+
+def test_check_answers_without_counting(aws_settings):
+    """For limits on failures: check before an attempt, hit only when it failed."""
+    for _ in range(5):
+        assert ratelimit.check("failures", 2, 60, now=WINDOW_START + 1).allowed  # counts nothing
+    ratelimit.hit("failures", 2, 60, now=WINDOW_START + 2)
+    assert ratelimit.check("failures", 2, 60, now=WINDOW_START + 3).remaining == 1
+    ratelimit.hit("failures", 2, 60, now=WINDOW_START + 4)
+    blocked = ratelimit.check("failures", 2, 60, now=WINDOW_START + 5)
+    assert not blocked.allowed and blocked.retry_after_seconds == 55
+    assert ratelimit.check("failures", 2, 60, now=WINDOW_START + 60).allowed  # a new window

@@ -44,8 +44,30 @@ def test_ensure_resources_on_seaweedfs_skips_notifications(aws_settings, seaweed
     assert {settings.originals_bucket, settings.processed_bucket} <= names
 
 
-def test_originals_bucket_allows_the_web_page_to_post(aws_settings):
-    rules = client("s3", aws_settings).get_bucket_cors(Bucket=aws_settings.originals_bucket)["CORSRules"]
-    assert "POST" in rules[0]["AllowedMethods"]
-    assert aws_settings.public_url in rules[0]["AllowedOrigins"]
-    assert aws_settings.public_url.replace("127.0.0.1", "localhost") in rules[0]["AllowedOrigins"]
+def test_only_the_web_page_may_post_to_the_originals_bucket(aws_settings):
+    """CORS: the page's origin (and its localhost twin) may POST uploads; nothing else, from nowhere
+    else. The processed bucket's rule matches no browser (SeaweedFS would otherwise apply its
+    global list to it)."""
+    s3 = client("s3", aws_settings)
+    page = aws_settings.public_url
+    assert s3.get_bucket_cors(Bucket=aws_settings.originals_bucket)["CORSRules"] == [{
+        "AllowedOrigins": [page, page.replace("127.0.0.1", "localhost")], "AllowedMethods": ["POST"],
+        "AllowedHeaders": ["Content-Type"], "MaxAgeSeconds": 3600}]
+    processed = s3.get_bucket_cors(Bucket=aws_settings.processed_bucket)["CORSRules"]
+    assert [rule["AllowedOrigins"] for rule in processed] == [[resources.NO_BROWSER_ORIGIN]]
+    assert "/" in resources.NO_BROWSER_ORIGIN.removeprefix("http://")  # an Origin header never has a path
+
+
+def test_only_the_admin_identity_creates_buckets_locally(aws_settings):
+    """The API and the worker start with identities that may not create buckets: `ensure_resources`
+    leaves the buckets to `udagram up` (admin) and still creates what is theirs (tables, queues)."""
+    fresh = aws_settings.model_copy(update={"originals_bucket": aws_settings.originals_bucket + "-new",
+                                            "processed_bucket": aws_settings.processed_bucket + "-new"})
+    for identity in ("api", "worker"):
+        result = resources.ensure_resources(fresh.model_copy(update={"local_identity": identity}))
+        assert result.queue_url
+    names = {b["Name"] for b in client("s3", aws_settings).list_buckets()["Buckets"]}
+    assert fresh.originals_bucket not in names and fresh.processed_bucket not in names
+    resources.ensure_resources(fresh)  # admin (the default)
+    names = {b["Name"] for b in client("s3", aws_settings).list_buckets()["Buckets"]}
+    assert {fresh.originals_bucket, fresh.processed_bucket} <= names

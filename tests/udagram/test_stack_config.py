@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import configparser
+import json
 import shlex
 import socket
+import stat
 from pathlib import Path
 
 import pytest
 
 from udagram.settings import Settings
-from udagram.stack import control, seaweedfs, supervisor
+from udagram.stack import control, credentials, seaweedfs, supervisor
 from udagram.stack.programs import SERVICES, programs
 
 
@@ -81,10 +83,92 @@ def test_seaweedfs_notifications_go_to_the_bridge(tmp_path: Path) -> None:
     cwd = seaweedfs.prepare(settings)
     toml = (cwd / "notification.toml").read_text()
     assert "[notification.webhook]" in toml and 'endpoint = "http://127.0.0.1:21004/events"' in toml
-    identities = (cwd / "identities.json").read_text()
-    assert settings.aws_access_key_id in identities and settings.aws_secret_access_key in identities
     seaweedfs.prepare(settings, notifications=False)
     assert not (cwd / "notification.toml").exists()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_each_install_gets_random_private_keys_for_each_identity(tmp_path: Path) -> None:
+    """No key in the source: the first start writes random keys per identity, mode 0600 in a 0700
+    directory; they survive restarts, differ between installs, and are SeaweedFS's only identities."""
+    settings = local_settings(tmp_path)
+    assert settings.aws_access_key_id is None  # nothing exists before the first start
+    cwd = seaweedfs.prepare(settings)
+    folder = settings.data_dir / "secrets"
+    assert _mode(folder) == 0o700
+    assert {f.name for f in folder.iterdir()} == {"admin.json", "api.json", "worker.json"}
+    assert all(_mode(f) == 0o600 for f in folder.iterdir())
+    keys = {f.stem: json.loads(f.read_text()) for f in folder.iterdir()}
+    values = {value for pair in keys.values() for value in pair.values()}
+    assert len(values) == 6 and all(len(value) >= 20 for value in values)
+    assert not values & {"udagram-local", "udagram-local-secret"}  # the constants the source had
+
+    assert _mode(cwd / "identities.json") == 0o600
+    config = json.loads((cwd / "identities.json").read_text())
+    assert {i["name"]: i["credentials"] for i in config["identities"]} == {
+        name: [{"accessKey": pair["accessKeyId"], "secretKey": pair["secretAccessKey"]}] for name, pair in keys.items()}
+
+    seaweedfs.prepare(settings)  # a restart keeps them
+    assert {f.stem: json.loads(f.read_text()) for f in folder.iterdir()} == keys
+    other = local_settings(tmp_path / "other")
+    seaweedfs.prepare(other)
+    assert not values & {v for f in (other.data_dir / "secrets").iterdir() for v in json.loads(f.read_text()).values()}
+
+
+def test_each_process_reads_only_its_own_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "UDAGRAM_LOCAL_IDENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    keys = credentials.ensure(tmp_path / "data")
+    for identity in ("admin", "api", "worker"):
+        settings = local_settings(tmp_path, local_identity=identity)
+        assert (settings.aws_access_key_id, settings.aws_secret_access_key) == (
+            keys[identity]["accessKeyId"], keys[identity]["secretAccessKey"])
+    assert local_settings(tmp_path).aws_access_key_id == keys["admin"]["accessKeyId"]  # a command run by hand
+    monkeypatch.setenv("UDAGRAM_LOCAL_IDENTITY", "worker")
+    assert local_settings(tmp_path).aws_access_key_id == keys["worker"]["accessKeyId"]
+    # `none` (bridge, TorchServe): keys S3 does not know, enough for the SQS/DynamoDB stand-ins
+    anonymous = local_settings(tmp_path, local_identity="none").aws_access_key_id
+    assert anonymous and anonymous not in {pair["accessKeyId"] for pair in keys.values()}
+    # the standard AWS variables still win, and mode=aws reads no key file
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXPLICIT")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "explicit-secret")
+    assert (local_settings(tmp_path).aws_access_key_id, local_settings(tmp_path).aws_secret_access_key) == (
+        "AKIAEXPLICIT", "explicit-secret")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert local_settings(tmp_path, mode="aws").aws_access_key_id is None
+    # `up` acts as admin whatever identity its caller has
+    assert local_settings(tmp_path).as_local_identity("admin").aws_access_key_id == keys["admin"]["accessKeyId"]
+
+
+def test_programs_get_an_identity_name_and_no_secret(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path)
+    keys = credentials.ensure(settings.data_dir)
+    progs = programs(settings)
+    identities = {p.name: p.environment.get("UDAGRAM_LOCAL_IDENTITY") for p in progs}
+    assert identities["s3-events"] == "none"
+    assert {name: identities[name] for name in ("torchserve", "api", "worker") if name in identities} == {
+        name: role for name, role in (("torchserve", "none"), ("api", "api"), ("worker", "worker"))
+        if name in identities}
+    config = supervisor.render_config(supervisor.paths(settings), progs)
+    commands = " ".join(" ".join(p.command) for p in progs)
+    for pair in keys.values():
+        for value in pair.values():
+            assert value not in config and value not in commands
+
+
+def test_s3_answers_cors_to_the_web_page_only(tmp_path: Path) -> None:
+    """SeaweedFS's global CORS list (its default is `*`) is the page's origins; its IAM API is off."""
+    settings = local_settings(tmp_path, api_port=9000)
+    weed = seaweedfs.command(settings)
+    assert [a for a in weed if a.startswith("-s3.allowedOrigins")] == [
+        "-s3.allowedOrigins=http://127.0.0.1:9000,http://localhost:9000"]
+    assert "-s3.iam=false" in weed
+    public = local_settings(tmp_path, public_url="https://photos.example.com/")
+    assert "-s3.allowedOrigins=https://photos.example.com" in seaweedfs.command(public)
 
 
 def test_a_taken_port_is_named_with_the_variable_that_moves_it(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def test_upload_becomes_done_with_processed_image_and_the_classifiers_answer(set
     expected = direct_prediction(settings, body)
 
     assert rec.status == "DONE", rec.error
-    assert rec.title == render.format_prediction(expected["top5"][0], expected["prob5"][0])
+    assert rec.title == render.format_title(expected["top5"][0], expected["prob5"][0], settings.confidence_threshold)
     assert "cat" in rec.title.lower()
     assert [p.label for p in rec.predictions] == expected["top5"]
     assert [p.probability for p in rec.predictions] == pytest.approx(expected["prob5"], abs=1e-6)
@@ -129,7 +129,7 @@ def test_two_workers_and_duplicated_events_converge(settings, start_worker):
         expected = direct_prediction(settings, bodies[rec.id])
         assert rec.status == "DONE" and rec.lease_owner is None
         assert [p.label for p in rec.predictions] == expected["top5"]
-        assert rec.title == render.format_prediction(expected["top5"][0], expected["prob5"][0])
+        assert rec.title == render.format_title(expected["top5"][0], expected["prob5"][0], settings.confidence_threshold)
     assert sorted(processed_keys(settings)) == sorted(data.processed_key(i) for i in ids)
     assert dlq_messages(settings) == []
 

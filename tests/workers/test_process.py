@@ -28,7 +28,8 @@ BIN = Path(sys.executable).parent
 def worker_env(settings: Settings, **extra: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UDAGRAM_", "AWS_"))}
     fields = ["mode", "queue_name", "dead_letter_queue_name", "originals_bucket", "processed_bucket",
-              "images_table", "groups_table", "torchserve_inference_url", "worker_poll_seconds",
+              "images_table", "groups_table", "image_labels_table", "label_counts_table",
+              "confidence_threshold", "torchserve_inference_url", "worker_poll_seconds",
               "worker_visibility_timeout_seconds", "worker_retry_base_seconds", "worker_retry_max_seconds",
               "worker_concurrency", "worker_shutdown_grace_seconds", "worker_stale_processing_seconds",
               "queue_max_receive_count", "worker_max_attempts", "worker_reconcile_on_start"]

@@ -132,6 +132,12 @@ def test_format_prediction():
     assert render.format_prediction("Labrador retriever", 0.77) == "Labrador retriever - 77.0%"
 
 
+def test_format_title_says_when_the_model_is_unsure():
+    assert render.format_title("Labrador retriever", 0.77, 0.2) == "Labrador retriever - 77.0%"
+    assert render.format_title("Labrador retriever", 0.2, 0.2) == "Labrador retriever - 20.0%"  # at it: sure
+    assert render.format_title("Labrador retriever", 0.14, 0.2) == "Probably Labrador retriever - 14.0%"
+
+
 def test_an_unreadable_file_gets_a_message_a_person_can_read():
     with pytest.raises(PoisonInput) as err:
         render.decode(b"<html>not a picture</html>", width=1000, classifier_short_side=584, max_pixels=10**8)

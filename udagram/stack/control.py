@@ -149,6 +149,9 @@ def _prepare(settings: Settings, progs: list[Program]) -> None:
 
 
 SECRET_FIELDS = {"aws_access_key_id", "aws_secret_access_key"}
+# Locally every program uses its own generated identity: the caller's AWS keys (perhaps real ones,
+# which the stand-ins don't know anyway) are not passed on.
+AWS_KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def _settings_file(settings: Settings) -> Path:
@@ -182,6 +185,9 @@ def up(settings: Settings, env: Mapping[str, str] | None = None, timeout: float 
     env[STACK_MARKER] = str(settings.data_dir)
     env["UDAGRAM_MODEL_STORE"] = str(Path(settings.model_store).resolve())
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if settings.mode == "local":
+        for name in AWS_KEY_VARIABLES:
+            env.pop(name, None)
     progs = programs(settings)
     p = supervisor.paths(settings)
     proxy = supervisor.rpc(p)
@@ -193,6 +199,8 @@ def up(settings: Settings, env: Mapping[str, str] | None = None, timeout: float 
         say(f"supervisord started (pid {pid}); logs in {p.logs}")
     else:
         say("supervisord is already running; starting what is stopped")
+    # `up` creates the buckets: the one job of the admin identity (its keys exist from here on)
+    settings = settings.as_local_identity("admin")
     for stage in sorted({program.stage for program in progs}):
         group = [program for program in progs if program.stage == stage]
         if stage == SERVICES:

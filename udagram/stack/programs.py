@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from udagram.settings import Settings
-from udagram.stack import health, seaweedfs
+from udagram.stack import credentials, health, seaweedfs
 
 SERVICES = 3  # the stage of TorchServe, API and worker: resources are created before it
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +46,11 @@ class Program:
     directory: Path = REPO_ROOT
     environment: dict[str, str] = field(default_factory=dict)
     stop_wait_seconds: int = 15
+
+
+def _identity(name: credentials.Identity) -> dict[str, str]:
+    """A program's S3 identity (`udagram.stack.credentials`): a name here, its keys in a private file."""
+    return {"UDAGRAM_LOCAL_IDENTITY": name}
 
 
 def _cli_has(*names: str) -> bool:
@@ -110,6 +115,7 @@ def storage(settings: Settings) -> list[Program]:
             name="s3-events",
             title="S3 event bridge",
             command=[sys.executable, "-m", "udagram.stack.s3_events"],
+            environment=_identity("none"),  # SQS only
             stage=1,
             ports=(Port(settings.s3_events_port, "S3 event bridge", "UDAGRAM_S3_EVENTS_PORT"),),
             health=health.s3_events,
@@ -141,6 +147,7 @@ def services(settings: Settings) -> list[Program]:
                 health=health.torchserve,
                 # one TorchServe instance per TMPDIR (pid file, worker sockets); logs under .data
                 environment={
+                    **_identity("none"),
                     "TMPDIR": str(torchserve_dir / "tmp"),
                     "LOG_LOCATION": str(settings.data_dir / "logs" / "torchserve"),
                     "METRICS_LOCATION": str(settings.data_dir / "logs" / "torchserve"),
@@ -154,6 +161,7 @@ def services(settings: Settings) -> list[Program]:
                 name="api",
                 title="GraphQL API and web page",
                 command=[udagram, "api"],
+                environment=_identity("api"),
                 stage=SERVICES,
                 ports=(Port(settings.api_port, "API", "UDAGRAM_API_PORT"),
                        Port(settings.api_metrics_port, "API metrics", "UDAGRAM_API_METRICS_PORT")),
@@ -166,6 +174,7 @@ def services(settings: Settings) -> list[Program]:
                 name="worker",
                 title="Worker",
                 command=[udagram, "worker"],
+                environment=_identity("worker"),
                 stage=SERVICES,
                 ports=(Port(settings.worker_metrics_port, "worker metrics", "UDAGRAM_WORKER_METRICS_PORT"),),
                 health=health.worker,

@@ -3,9 +3,19 @@
 One place for them, used by the local stack and by the tests' `seaweedfs` fixture.
 
 - Objects persist under `<data_dir>/s3`; the working directory `<data_dir>/seaweedfs` holds the
-  identities file (the local access keys from the settings are the only identity) and, for the
-  local stack, `notification.toml`, which SeaweedFS reads from its working directory: its filer
-  then POSTs every metadata event to the S3 event bridge (`udagram.stack.s3_events`).
+  identities file and, for the local stack, `notification.toml`, which SeaweedFS reads from its
+  working directory: its filer then POSTs every metadata event to the S3 event bridge
+  (`udagram.stack.s3_events`).
+- Identities (`identities`): the install's random keys (`udagram.stack.credentials`), each with
+  only what its process does. SeaweedFS's own actions cannot tell a PUT from a DELETE (or from
+  a CORS change: all are "Write"), so the API and the worker get IAM policies (attached policies
+  decide every signed request alone, on S3 actions and key prefixes); the API also carries
+  "Write:<originals bucket>", the only thing SeaweedFS checks a presigned POST's signer against
+  before the policy decides on the key.
+- CORS: `-s3.allowedOrigins` is the web page's origins, not SeaweedFS's default `*`. SeaweedFS
+  answers preflights of bucket URLs without a trailing slash (where the page POSTs its uploads)
+  and of buckets with no CORS configuration of their own from that list; the buckets' own rules
+  (`udagram.resources.ensure_buckets`) decide the rest. Its IAM API on the S3 port is off.
 - Nothing but the S3 gateway may touch the objects: anything that reaches a loopback port (any
   local process, or a web page in the user's browser) could otherwise read and change them
   behind S3's back, e.g. a plain GET to the master's `/col/delete` dropped a whole bucket, and
@@ -27,6 +37,7 @@ import sys
 from pathlib import Path
 
 from udagram.settings import Settings
+from udagram.stack import credentials
 
 # `weed mini` flags of its internal ports, in the order they take from `seaweedfs_port_base`.
 INTERNAL_PORT_FLAGS = (
@@ -57,17 +68,39 @@ def workdir(settings: Settings) -> Path:
     return settings.data_dir / "seaweedfs"
 
 
+def _policy(*statements: tuple[list[str], list[str]]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": actions, "Resource": [f"arn:aws:s3:::{r}" for r in resources]}
+        for actions, resources in statements]})
+
+
 def identities(settings: Settings) -> dict:
+    """SeaweedFS's identities file: the admin, and the API and the worker with least privilege."""
+    keys = credentials.ensure(settings.data_dir)
+    originals = f"{settings.originals_bucket}/originals/*"
+    processed = f"{settings.processed_bucket}/processed/*"
+
+    def identity(name: credentials.Identity, actions: list[str]) -> dict:
+        return {"name": name, "credentials": [{"accessKey": keys[name]["accessKeyId"],
+                                               "secretKey": keys[name]["secretAccessKey"]}],
+                "actions": actions, **({"policyNames": [name]} if name != "admin" else {})}
+
     return {
         "identities": [
-            {
-                "name": "udagram",
-                "credentials": [
-                    {"accessKey": settings.aws_access_key_id, "secretKey": settings.aws_secret_access_key}
-                ],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
-        ]
+            identity("admin", ["Admin"]),  # buckets and their configuration: `udagram up`
+            identity("api", [f"Write:{settings.originals_bucket}"]),  # see the module docstring
+            identity("worker", []),
+        ],
+        "policies": [
+            {"name": "api", "content": _policy(
+                (["s3:PutObject"], [originals]),  # presigned upload POSTs
+                (["s3:GetObject", "s3:DeleteObject"], [originals, processed]),  # downloads, HEAD; deleteImage
+            )},
+            {"name": "worker", "content": _policy(
+                (["s3:GetObject", "s3:DeleteObject"], [originals]),  # read an upload; drop an orphan
+                (["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [processed]),
+            )},
+        ],
     }
 
 
@@ -103,13 +136,12 @@ def prepare(settings: Settings, *, notifications: bool = True) -> Path:
     cwd = workdir(settings)
     cwd.mkdir(parents=True, exist_ok=True)
     (settings.data_dir / "s3").mkdir(parents=True, exist_ok=True)
-    path = cwd / "identities.json"
-    path.write_text(json.dumps(identities(settings), indent=2))
-    path.chmod(0o600)
-    security = cwd / "security.toml"
-    security.touch(mode=0o600)  # private before the keys are in it
-    security.chmod(0o600)
-    security.write_text(security_toml())
+    for name, text in (("identities.json", json.dumps(identities(settings), indent=2)),
+                       ("security.toml", security_toml())):
+        private = cwd / name
+        private.touch(mode=0o600)  # private before the keys are in it
+        private.chmod(0o600)
+        private.write_text(text)
     toml = cwd / "notification.toml"
     if notifications:
         toml.write_text(notification_toml(bridge_url(settings)))
@@ -140,6 +172,8 @@ def command(settings: Settings) -> list[str]:
         "-master.telemetry=false",
         "-disableHttp",  # master and filer answer gRPC only (see the module docstring)
         f"-s3.config={identities_file}",
+        f"-s3.allowedOrigins={','.join(settings.page_origins)}",
+        "-s3.iam=false",
     ]
 
 

@@ -4,7 +4,7 @@ import { ApiError, networkError } from "./errors.js";
 
 export async function gql(query, variables = {}) {
   const headers = { "Content-Type": "application/json", Accept: "application/json" };
-  const authorization = authorizationHeader();
+  const authorization = await authorizationHeader(); // renewed first if it is about to expire
   if (authorization) headers.Authorization = authorization;
   let response;
   try {

@@ -1,7 +1,7 @@
 // The GraphQL documents the page sends.
 export const PAGE_SIZE = 12;
 
-const IMAGE_FIELDS = `
+export const IMAGE_FIELDS = `
   id groupId owner caption title status imageUrl processedImageUrl
   predictions { label probability } modelVersion error createdAt processedAt`;
 const GROUP_FIELDS = "id name description owner createdAt imageCount";

@@ -9,11 +9,13 @@ import { showError } from "./messages.js";
 import { stopAllPolling } from "./polling.js";
 import { Q } from "./queries.js";
 import { parseRoute } from "./routes.js";
+import { showSearch } from "./search.js";
 import { view } from "./view.js";
 
 function setView(name) {
   $("groups-view").hidden = name !== "groups";
   $("group-view").hidden = name !== "group";
+  $("search-view").hidden = name !== "search";
   $("loading").hidden = name !== "loading";
 }
 
@@ -21,14 +23,14 @@ async function route() {
   const seq = ++view.routeSeq;
   const r = parseRoute();
   try {
-    if (r.name === "groups") {
+    if (r.name === "groups" || r.name === "search") {
       closeDialog();
       stopAllPolling();
       view.group = null;
       renderGroupOwnerControls();
       document.title = "Udagram";
-      setView("groups");
-      await loadGroups(seq);
+      setView(r.name);
+      await (r.name === "groups" ? loadGroups(seq) : showSearch(r, seq));
     } else if (r.name === "group") {
       closeDialog();
       if (view.group && view.group.id === r.id && !$("group-view").hidden) return;
