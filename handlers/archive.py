@@ -312,6 +312,13 @@ def model_config_yaml(batching: Batching) -> str:
     )
 
 
+def check_version(model_store: Path, version: str) -> Path:
+    """The archive path of a valid version (it names a file: no path tricks)."""
+    if not re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z._-]*", version):
+        raise ArchiveError(f"invalid version {version!r}: use digits, letters, '.', '_' or '-'")
+    return archive_path(model_store, version)
+
+
 def build_archive(
     model_store: Path,
     arch: Arch = "efficientnet_lite2",
@@ -328,11 +335,9 @@ def build_archive(
 
     runtime None: the first of PREFERRED_RUNTIMES that passes verification."""
     batching = batching or Batching()
-    if not re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z._-]*", version):
-        raise ArchiveError(f"invalid version {version!r}: use digits, letters, '.', '_' or '-'")
     if runtime is not None and runtime not in RUNTIMES:
         raise ArchiveError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    target = archive_path(model_store, version)
+    target = check_version(model_store, version)
     if target.exists() and not force:
         return target
     if arch == "efficientnet_lite2":
@@ -345,8 +350,29 @@ def build_archive(
         model, meta, label_names = b2_model(Path(weights), Path(labels) if labels else None)
     else:
         raise ArchiveError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHES)}")
-    if len(label_names) < 5:
-        raise ArchiveError("a classifier needs at least 5 classes to answer a top 5")
+    return write_archive(model_store, model, meta, label_names, version, batching, threads, optimize, runtime)
+
+
+def write_archive(
+    model_store: Path,
+    model: nn.Module,
+    meta: ModelMeta,
+    label_names: list[str],
+    version: str,
+    batching: Batching | None = None,
+    threads: int = 1,
+    optimize: bool = True,
+    runtime: Runtime | None = None,
+) -> Path:
+    """Export an eager model for `runtime` (None: the first of PREFERRED_RUNTIMES that passes),
+    verify it on the reference photos and write it as model_store/classifier-<version>.mar
+    (replacing one that exists). Used by `build` and by `train` (handlers/train.py)."""
+    batching = batching or Batching()
+    target = check_version(model_store, version)
+    if len(label_names) < 2:
+        raise ArchiveError("a classifier needs at least 2 classes")  # answers hold min(5, classes)
+    if len(label_names) != meta.num_classes:
+        raise ArchiveError(f"{len(label_names)} labels for a model of {meta.num_classes} classes")
     meta = ModelMeta(
         **{
             **asdict(meta),

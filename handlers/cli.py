@@ -77,8 +77,14 @@ def build(
     state = "kept (exists; --force rebuilds)" if existed and not force else "built"
     runtime_used = meta.get("runtime", "torchscript")
     typer.echo(f"{path} {state}: {meta['arch']}, {meta['num_classes']} classes, version {version}, {runtime_used}")
+    if not (existed and not force):
+        _echo_verification(meta)
+
+
+def _echo_verification(meta: dict) -> None:  # type: ignore[type-arg]
+    """What the build checked (model_meta.json's `verification`), as `build` and `train` print it."""
     checked = meta.get("verification") or {}
-    if checked and not (existed and not force):
+    if checked:
         typer.echo(f"verified on {checked['photos']} reference photos: same top 5 as the eager model, "
                    f"max |Δp| {checked['max_abs_dp']:.1e}")
         for rejected, why in checked.get("rejected", {}).items():
@@ -89,25 +95,44 @@ def build(
 def serve() -> None:
     """Run TorchServe in the foreground with the settings' ports (builds the default archive first).
 
-    Stops TorchServe on SIGTERM/SIGINT and exits when TorchServe exits (for supervisord)."""
-    from handlers.archive import archive_path, ensure_default_archive
+    Serves what the model registry recorded (the versions, their workers, the default; see
+    handlers/registry.py), else the archive of UDAGRAM_MODEL_DEFAULT_VERSION. Stops TorchServe on
+    SIGTERM/SIGINT and exits when TorchServe exits (for supervisord)."""
+    from handlers import registry
+    from handlers.archive import DEFAULT_VERSION, archive_path, ensure_default_archive
     from handlers.server import Endpoints, TorchServeProcess
 
     settings = _settings()
-    version = settings.model_default_version
-    if version == "1.0":
-        archive = ensure_default_archive(settings)
-    else:
+    try:
+        recorded = registry.load(settings.model_registry_path)
+    except registry.RegistryError as exc:
+        typer.echo(f"warning: {exc}; serving version {settings.model_default_version} only", err=True)
+        recorded = None
+
+    def archive_for(version: str) -> Path:
+        if version == DEFAULT_VERSION:
+            return ensure_default_archive(settings)
         archive = archive_path(settings.model_store, version)
         if not archive.exists():
             _fail(f"{archive} not found: build it (udagram model build --version {version} ...) or unset "
                   "UDAGRAM_MODEL_DEFAULT_VERSION")
+        return archive
+
+    if settings.model_default_version == DEFAULT_VERSION:
+        ensure_default_archive(settings)  # the packaged default, rebuilt when made by an older handler
+    plan = registry.plan_start(
+        recorded,
+        settings.model_store,
+        settings.model_default_version,
+        "model_default_version" in settings.model_fields_set,  # set in the environment: it wins
+        archive_for,
+    )
     log_dir = Path(os.environ.get("LOG_LOCATION") or settings.data_dir / "logs" / "torchserve")
     server = TorchServeProcess(
         Endpoints.from_settings(settings),
         settings.model_store,
         settings.data_dir / "torchserve",
-        {settings.model_name: archive.name},
+        {settings.model_name: plan.default_archive},
         model_name=settings.model_name,
         log_dir=log_dir,
         config_template=settings.torchserve_config,
@@ -120,9 +145,13 @@ def serve() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
     process = server.launch()
     typer.echo(
-        f"TorchServe starting: {settings.model_name} from {archive}; inference {server.inference_url}, "
-        f"management {server.management_url}, metrics {server.metrics_url}; logs in {log_dir}"
+        f"TorchServe starting: {settings.model_name} {plan.default} from {plan.default_archive}; inference "
+        f"{server.inference_url}, management {server.management_url}, metrics {server.metrics_url}; logs in {log_dir}"
     )
+    # The other recorded versions are registered once the default serves, beside this loop.
+    threading.Thread(
+        target=_restore_when_ready, args=(server, plan, settings, stop_requested), daemon=True
+    ).start()
     while process.poll() is None and not stop_requested.wait(0.5):
         pass
     code = process.poll()
@@ -132,6 +161,37 @@ def serve() -> None:
         return
     typer.echo(f"TorchServe exited on its own (code {code}); see {log_dir}", err=True)
     raise typer.Exit(code or 1)  # it is meant to run until stopped
+
+
+def _restore_when_ready(server, plan, settings, stop_requested: threading.Event) -> None:  # noqa: ANN001
+    from handlers import registry
+    from handlers.management import ManagementClient, ManagementError
+    from handlers.server import is_ready
+
+    while not is_ready(server.management_url, settings.model_name):
+        if stop_requested.wait(0.5) or not server.is_running():
+            return
+    client = ManagementClient(server.management_url, settings.model_name)
+    try:
+        registry.restore(client, plan, lambda line: typer.echo(line, err=line.startswith("warning")))
+        serving = ", ".join(sorted(v.version for v in client.versions()))
+    except ManagementError as exc:  # TorchServe went away meanwhile: the next start restores again
+        typer.echo(f"warning: versions not restored: {exc}", err=True)
+        return
+    _remember(client)  # drops what could not be restored: the file says what is served
+    typer.echo(f"serving versions {serving} (default {plan.default})")
+
+
+def _remember(client) -> None:  # noqa: ANN001
+    """Record what TorchServe serves after a change, so that it survives a restart."""
+    from handlers import registry
+    from handlers.management import ManagementError
+
+    path = _settings().model_registry_path
+    try:
+        registry.record(path, client)
+    except (ManagementError, OSError) as exc:
+        typer.echo(f"warning: not recorded in {path}, so a TorchServe restart will not keep it: {exc}", err=True)
 
 
 # --- versions on a running server --------------------------------------------------------------
@@ -175,29 +235,198 @@ def register(
 
     with _management_errors():
         name = stage_archive(archive, _settings().model_store)
-        version = _client().register(name, workers)
+        client = _client()
+        version = client.register(name, workers)
+    _remember(client)
     typer.echo(f"registered {name} as version {version.version} ({version.ready_workers} worker(s) READY)")
 
 
 @model_app.command("set-default")
 def set_default(version: str) -> None:
     """Route /predictions/classifier to VERSION (roll out or roll back)."""
+    client = _client()
     with _management_errors():
-        _client().set_default(version)
+        client.set_default(version)
+    _remember(client)
     typer.echo(f"default version is now {version}")
 
 
 @model_app.command()
 def scale(version: str, workers: int) -> None:
     """Run WORKERS workers for VERSION (0 parks it without unregistering)."""
+    client = _client()
     with _management_errors():
-        _client().scale(version, workers)
+        client.scale(version, workers)
+    _remember(client)
     typer.echo(f"version {version} now runs {workers} worker(s)")
 
 
 @model_app.command()
 def remove(version: str) -> None:
     """Unregister VERSION (refused for the default version)."""
+    client = _client()
     with _management_errors():
-        _client().remove(version)
+        client.remove(version)
+    _remember(client)
     typer.echo(f"version {version} removed")
+
+
+# --- judge, train, canary ------------------------------------------------------------------------
+
+
+@model_app.command()
+def evaluate(
+    directory: Path = typer.Argument(..., help="a folder per label of photos: DIR/<label>/*.jpg"),
+    versions: Optional[str] = typer.Option(None, help="comma-separated, e.g. 1.0,2.0 (default: every registered one)"),
+    report: Optional[Path] = typer.Option(None, help="markdown report (default: <data_dir>/reports/evaluate-<time>.md)"),
+) -> None:
+    """Top-1/top-5 accuracy, confidence and latency of versions side by side, through TorchServe."""
+    from datetime import datetime, timezone
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from handlers.datasets import DatasetError, label_folders
+    from handlers.evaluate import EvaluationError, InferenceClient, archive_labels, evaluate as run, markdown, rich_table
+
+    settings = _settings()
+    try:
+        collection = label_folders(directory)
+    except DatasetError as exc:
+        _fail(str(exc))
+        return
+    client = _client()
+    with _management_errors():
+        registered = {v.version: v for v in client.versions()}
+    if not registered:
+        _fail(f"no {client.model_name} model is registered at {client.base_url}")
+    chosen = [v.strip() for v in versions.split(",") if v.strip()] if versions else sorted(registered)
+    unknown = [v for v in chosen if v not in registered]
+    if unknown or not chosen:
+        _fail(f"not registered: {', '.join(unknown) or '(no version given)'} (registered: {', '.join(sorted(registered))})")
+    class_names: dict[str, list[str] | None] = {}
+    for version in chosen:
+        archive = Path(settings.model_store) / registered[version].archive
+        try:
+            class_names[version] = archive_labels(archive)
+        except (OSError, KeyError, ValueError) as exc:  # a server elsewhere: labels checked against answers only
+            typer.echo(f"warning: class names of {version} unknown ({archive}: {exc})", err=True)
+            class_names[version] = None
+    photos = sum(len(paths) for paths in collection.values())
+    inference = InferenceClient(settings.torchserve_inference_url, settings.model_name)
+    console = Console()
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True)) as progress:
+            task = progress.add_task("predictions", total=photos * len(chosen))
+            scores = run(inference, chosen, collection, class_names, lambda: progress.advance(task))
+    except EvaluationError as exc:
+        _fail(str(exc))
+        return
+    finally:
+        inference.close()
+    when = datetime.now(timezone.utc)
+    console.print(rich_table(scores, f"{photos} photos, {len(collection)} labels from {directory}"))
+    target = report or settings.data_dir / "reports" / f"evaluate-{when:%Y%m%d-%H%M%S}.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(markdown(scores, directory, settings.torchserve_inference_url, when), encoding="utf-8")
+    typer.echo(f"report: {target}")
+
+
+@model_app.command()
+def train(
+    directory: Path = typer.Argument(..., help="a folder per label of photos: DIR/<label>/*.jpg"),
+    version: str = typer.Option(..., help="archive version (file classifier-<version>.mar)"),
+    validation_share: float = typer.Option(0.2, help="share of each label's photos kept for validation"),
+    max_epochs: int = typer.Option(500, help="upper bound; training stops early on the validation loss"),
+    patience: int = typer.Option(20, help="epochs without a better validation loss before stopping"),
+    learning_rate: float = typer.Option(3e-3, help="Adam's learning rate"),
+    seed: int = typer.Option(0, help="seed of the split, the head's initialisation and the shuffling"),
+    workers: int = typer.Option(0, help="model workers when served (0: one per core)"),
+    runtime: Optional[str] = typer.Option(None, help="onnx or torchscript (default: as `build` chooses)"),
+    store: Optional[Path] = typer.Option(None, help="model store directory (default: settings.model_store)"),
+    force: bool = typer.Option(False, help="replace an existing archive of this version"),
+) -> None:
+    """Train a new classifier head on the served backbone (EfficientNet-Lite2) and write its archive."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from handlers.archive import ArchiveError, Batching, archive_info
+    from handlers.datasets import DatasetError
+    from handlers.train import Progress as Hooks, TrainingConfig, train as run
+
+    config = TrainingConfig(validation_share=validation_share, max_epochs=max_epochs, patience=patience,
+                            learning_rate=learning_rate, seed=seed)
+    titles = {"features": "backbone features", "epochs": "training the head"}
+
+    class Bars(Hooks):
+        def __init__(self, progress: Progress) -> None:
+            self.progress, self.tasks = progress, {}
+
+        def start(self, stage: str, total: int) -> None:
+            self.tasks[stage] = self.progress.add_task(titles.get(stage, stage), total=total, note="")
+
+        def advance(self, stage: str, steps: int = 1, note: str = "") -> None:
+            self.progress.update(self.tasks[stage], advance=steps, note=note)
+
+        def finish(self, stage: str) -> None:
+            done = self.progress.tasks[self.tasks[stage]].completed
+            self.progress.update(self.tasks[stage], total=done)  # stopped early: a full bar
+
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.fields[note]}"), console=Console(stderr=True)) as progress:
+            result = run(directory, version, store or _settings().model_store, config,
+                         Batching(**({"workers": workers} if workers > 0 else {})), force, Bars(progress),
+                         runtime)  # type: ignore[arg-type]
+    except (DatasetError, ArchiveError) as exc:
+        _fail(str(exc))
+        return
+    best = result.best
+    for photo, why in result.skipped.items():
+        typer.echo(f"skipped {photo}: {why}", err=True)
+    typer.echo(f"trained on {result.train_size} photos, validated on {result.validation_size} "
+               f"({len(result.labels)} labels: {', '.join(result.labels)})")
+    typer.echo(f"kept epoch {best.epoch} of {result.epochs}{' (stopped early)' if result.stopped_early else ''}: "
+               f"validation loss {best.validation_loss:.4f}, validation accuracy {best.validation_accuracy:.1%}, "
+               f"training accuracy {result.train_accuracy:.1%}")
+    meta = archive_info(result.archive)["meta"]
+    typer.echo(f"{result.archive} built: efficientnet_lite2 backbone with the new head, {meta['num_classes']} "
+               f"classes, version {version}, {meta.get('runtime', 'torchscript')}")
+    _echo_verification(meta)
+    typer.echo(f"next: udagram model register {result.archive}; udagram model evaluate DIR --versions "
+               f"<default>,{version}; udagram model set-default {version}")
+
+
+@model_app.command()
+def canary(
+    version: Optional[str] = typer.Argument(None, help="the candidate version (omit to show the current canary)"),
+    share: float = typer.Option(0.1, min=0.0, max=1.0, help="share of new uploads it classifies (0 to 1)"),
+    off: bool = typer.Option(False, "--off", help="no canary, whatever the environment says"),
+    reset: bool = typer.Option(False, "--reset", help="back to the environment's UDAGRAM_CANARY_* settings"),
+) -> None:
+    """Send a share of new uploads to a candidate version; the worker follows within an image."""
+    from workers.canary import CanaryFileError, effective, write_file
+
+    settings = _settings()
+    path = settings.canary_path
+    if reset:
+        path.unlink(missing_ok=True)
+    elif off:
+        write_file(path, None, 0.0)
+    elif version is not None:
+        with _management_errors():
+            registered = [v.version for v in _client().versions()]
+        if version not in registered:
+            _fail(f"{settings.model_name} has no version {version!r} (registered: {', '.join(registered) or 'none'})")
+        try:
+            write_file(path, version, share)
+        except CanaryFileError as exc:
+            _fail(str(exc))
+    try:
+        current = effective(settings)
+    except CanaryFileError as exc:  # the worker ignores such a file and uses the environment
+        _fail(f"{exc} (the worker ignores it: fix it, or --off / --reset / a new setting replaces it)")
+        return
+    state = f"{current.share:.0%} of new uploads to version {current.version}" if current.active else "off"
+    typer.echo(f"canary: {state} ({current.origin})")

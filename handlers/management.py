@@ -123,6 +123,11 @@ class ManagementClient:
         by_archive = [v for v in registered if v.archive == archive]
         if not by_archive:
             raise ManagementError(f"{archive} was accepted but does not appear under {self.model_name}")
+        if by_archive[0].min_workers != workers:
+            # TorchServe 0.12 starts the archive's own minWorkers (model-config.yaml), whatever
+            # initial_workers says: scale to what was asked for.
+            self.scale(by_archive[0].version, workers)
+            return next(v for v in self.versions() if v.archive == archive)
         return by_archive[0]
 
     def set_default(self, version: str) -> None:

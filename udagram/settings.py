@@ -149,7 +149,9 @@ class Settings(BaseSettings):
     torchserve_management_url: str | None = None
     model_name: str = "classifier"
     model_store: Path = Path("model-store")
-    model_default_version: str = "1.0"  # the archive `udagram model serve` loads at start
+    # The default version `udagram model serve` starts with when the model registry
+    # (<data_dir>/torchserve/registry.json) has none; set in the environment, it wins over the registry.
+    model_default_version: str = "1.0"
     torchserve_config: Path | None = None  # config.properties template; default: the repository's
 
     # --- worker ----------------------------------------------------------------------------------
@@ -182,6 +184,10 @@ class Settings(BaseSettings):
     classifier_input_short_side: int = 584  # downscaled copy sent to TorchServe (2x its 292 px resize)
     torchserve_timeout_seconds: float = 30
     reprocess_max_outstanding: int = 16  # re-runs wait while the queue holds more: uploads stay first
+    # Canary: this share of new uploads is classified by canary_version (None: off). A file written by
+    # `udagram model canary` (<data_dir>/canary.json) overrides both while it exists (workers/canary.py).
+    canary_version: str | None = None
+    canary_share: float = Field(0.0, ge=0.0, le=1.0)
     # A label below this probability is "unsure": the title says "Probably <label> - 14.0%" and the
     # search index leaves the label out (the overlay and `predictions` keep every number).
     confidence_threshold: float = Field(0.2, ge=0, le=1)
@@ -214,6 +220,16 @@ class Settings(BaseSettings):
             self.sqs_endpoint_url = self.sqs_endpoint_url or self.aws_endpoint_url
             self.dynamodb_endpoint_url = self.dynamodb_endpoint_url or self.aws_endpoint_url
         return self
+
+    @property
+    def model_registry_path(self) -> Path:
+        """The versions TorchServe serves, re-applied when it restarts (handlers/registry.py)."""
+        return self.data_dir / "torchserve" / "registry.json"
+
+    @property
+    def canary_path(self) -> Path:
+        """The live canary setting written by `udagram model canary` (workers/canary.py)."""
+        return self.data_dir / "canary.json"
 
     @property
     def page_origins(self) -> list[str]:

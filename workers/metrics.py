@@ -20,6 +20,21 @@ RECONCILED = Counter("udagram_worker_reconciled_total", "Stranded images this wo
 DEAD_LETTERED = Counter("udagram_worker_dead_lettered_total", "Messages moved to the DLQ by the worker")
 IN_FLIGHT = Gauge("udagram_worker_in_flight", "Messages being handled right now")
 CIRCUIT_OPEN = Gauge("udagram_worker_model_server_circuit_open", "1 while TorchServe is considered down")
+# Per model version (workers/canary.py). `version` is the one that answered (for failures: the one
+# asked for, "default" when none was named); `route`: default, canary or explicit (a re-run's version).
+PREDICTIONS = Counter("udagram_worker_predictions_total", "Predictions by answering model version",
+                      ["version", "route"])
+PREDICTION_SECONDS = Histogram(
+    "udagram_worker_prediction_seconds",
+    "TorchServe prediction time (the client's quick retries included) by answering model version",
+    ["version"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PREDICTION_FAILURES = Counter("udagram_worker_prediction_failures_total",
+                              "Predictions that failed, by requested model version", ["version", "reason"])
+CANARY_FALLBACKS = Counter("udagram_worker_canary_fallbacks_total",
+                           "New uploads meant for the canary version that the default version classified "
+                           "because TorchServe does not serve the canary", ["version"])
 STAGE_SECONDS = Histogram(
     "udagram_worker_stage_seconds",
     "Time per processing stage",

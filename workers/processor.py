@@ -39,6 +39,7 @@ from udagram.aws import client
 from udagram.data import ImageModel, ImageStatus, Prediction as PredictionAttr
 from udagram.settings import Settings
 from workers import metrics, render
+from workers.canary import VersionRouter
 from workers.classifier import Classifier
 from workers.errors import (
     BucketMissing, LeaseLost, PermanentFailure, PoisonInput, RecordMissing, TransientError,
@@ -81,6 +82,7 @@ class Processor:
     def __init__(self, settings: Settings, classifier: Classifier | None = None, s3=None):
         self.settings = settings
         self.classifier = classifier or Classifier(settings)
+        self.router = VersionRouter(settings, self.classifier)  # the canary, per-version metrics
         self.s3 = s3 or client("s3", settings, max_pool_connections=max(10, settings.worker_concurrency * 2))
         self.lease_seconds = settings.worker_visibility_timeout_seconds
 
@@ -243,9 +245,8 @@ class Processor:
                 raise
         with metrics.stage("predict", timings):
             try:
-                prediction = self.classifier.predict(
-                    render.classifier_input(original, decoded, s.classifier_input_short_side),
-                    task.model_version)
+                prediction = self.router.predict(
+                    render.classifier_input(original, decoded, s.classifier_input_short_side), task)
             except PoisonInput as exc:
                 exc.etag = etag  # type: ignore[attr-defined]
                 raise

@@ -45,10 +45,11 @@ def b2_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def cli(torchserve: TorchServeProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+def cli(torchserve: TorchServeProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[CliRunner]:
     """`udagram model ...` pointed at the test TorchServe through the environment, like a user."""
     monkeypatch.setenv("UDAGRAM_TORCHSERVE_MANAGEMENT_URL", torchserve.management_url)
     monkeypatch.setenv("UDAGRAM_MODEL_STORE", str(torchserve.model_store))
+    monkeypatch.setenv("UDAGRAM_DATA_DIR", str(tmp_path / "data"))  # its model registry: not the repo's
     get_settings.cache_clear()
     yield CliRunner()
     get_settings.cache_clear()
