@@ -164,8 +164,12 @@ def test_metrics_are_prometheus_text(torchserve: TorchServeProcess) -> None:
 
 def test_everything_listens_on_loopback(torchserve: TorchServeProcess) -> None:
     config = (torchserve.run_dir / "config.properties").read_text()
-    for key in ("inference_address", "management_address", "metrics_address"):
+    for key in ("inference_address", "metrics_address"):
         assert re.search(rf"^{key}=http://127\.0\.0\.1:\d+$", config, re.M), key
+    # TorchServe's own management listener is a Unix socket in the run directory; the management
+    # port is the guard in front of it, on loopback too
+    assert f"management_address=unix:{torchserve.run_dir / 'management.sock'}" in config.splitlines()
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", torchserve.management_url)
     for key in ("grpc_inference_address", "grpc_management_address"):
         assert re.search(rf"^{key}=127\.0\.0\.1$", config, re.M), key
     assert not Path("logs").exists() or not any(Path("logs").glob("ts_log.log*")), "logs leaked into the cwd"

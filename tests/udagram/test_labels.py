@@ -244,6 +244,7 @@ def test_labels_commands(aws_settings, monkeypatch):
     for name, value in {"UDAGRAM_IMAGES_TABLE": s.images_table, "UDAGRAM_IMAGE_LABELS_TABLE": s.image_labels_table,
                         "UDAGRAM_LABEL_COUNTS_TABLE": s.label_counts_table,
                         "AWS_ENDPOINT_URL_DYNAMODB": s.dynamodb_endpoint_url,
+                        "AWS_ACCESS_KEY_ID": s.aws_access_key_id, "AWS_SECRET_ACCESS_KEY": s.aws_secret_access_key,
                         "UDAGRAM_CONFIDENCE_THRESHOLD": "0.5"}.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()

@@ -206,7 +206,9 @@ def test_reprocess_command_reruns_with_progress_and_skips_up_to_date(settings, s
     env = {"UDAGRAM_TORCHSERVE_MANAGEMENT_URL": settings.torchserve_management_url,
            "UDAGRAM_QUEUE_NAME": settings.queue_name, "UDAGRAM_IMAGES_TABLE": settings.images_table,
            "UDAGRAM_GROUPS_TABLE": settings.groups_table, "AWS_ENDPOINT_URL": settings.sqs_endpoint_url,
-           "UDAGRAM_MODE": "local"}
+           "UDAGRAM_MODE": "local",
+           # the test servers take any keys; without them local mode looks for the stack's own (none here)
+           "AWS_ACCESS_KEY_ID": settings.aws_access_key_id, "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key}
     from udagram.settings import get_settings
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -162,7 +162,7 @@ def test_torchserve_outage_mid_run_loses_nothing(make_settings, start_worker, to
 def test_worker_waits_for_unreachable_services_and_exits_0_on_sigterm(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     settings = Settings(mode="local", data_dir=tmp_path, s3_endpoint_url=dead, sqs_endpoint_url=dead,
-                        dynamodb_endpoint_url=dead)
+                        dynamodb_endpoint_url=dead, aws_access_key_id="unused", aws_secret_access_key="unused")
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     try:
         wait_for(lambda: any(l.get("event") == "AWS services not ready; retrying" for l in worker.lines()),
