@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # Local mode answers only requests whose Host is public_url's, localhost, 127.0.0.1 or one of
     # these (JSON list): a DNS-rebinding web page must not reach the local API and its sign-in.
     allowed_hosts: list[str] = []
+    # Other origins the web page is also served from (JSON list, e.g. a second address of the API):
+    # they get what public_url's origin gets (upload CORS, sign-in redirects, the websocket).
+    extra_page_origins: list[str] = []
     max_request_bytes: int = 64 * 1024
     max_upload_bytes: int = 20 * 1024 * 1024
     # The page asks for the URL right before its POST, which must END within it (SeaweedFS checks the
@@ -238,7 +241,7 @@ class Settings(BaseSettings):
         for a, b in (("//127.0.0.1:", "//localhost:"), ("//localhost:", "//127.0.0.1:")):
             if a in origins[0]:
                 origins.append(origins[0].replace(a, b))
-        return origins
+        return origins + [o.rstrip("/") for o in self.extra_page_origins if o.rstrip("/") not in origins]
 
     def as_local_identity(self, identity: credentials.Identity) -> "Settings":
         """These settings with the keys of another local identity (e.g. `udagram up` creating the

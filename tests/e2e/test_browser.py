@@ -23,7 +23,6 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.e2e.conftest import failed
-from tests.fixtures.stack import settings_from
 from tests.graphql_api.oidc_flow import PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
@@ -272,14 +271,15 @@ def test_sign_in_create_group_upload_watch_it_processed_delete_and_sign_out(
     assert not [r.url for r in requests if "/auth/local/" in r.url]  # no password-less sign-in anywhere
 
 
-def test_search_by_label_from_the_search_box(local_stack, page: Page, chelsea_jpeg: Path, screenshot):
+def test_search_by_label_from_the_search_box(local_stack, account, page: Page, chelsea_jpeg: Path, screenshot):
     """Upload the cat photo; once processed, its top label is suggested while typing in the search
     box; the results show it newest first with the model's confidence; a minimum confidence above
     it hides it; a label below the confidence threshold does not find it; a result opens."""
     base = _base_url(local_stack)
     page.goto(base + "/")
-    page.get_by_label("User name").fill(f"sam-{uuid.uuid4().hex[:6]}")
-    page.get_by_role("button", name="Sign in").click()
+    user = account(f"sam-{uuid.uuid4().hex[:6]}")
+    _sign_in(page, user)
+    expect(page.get_by_test_id("signed-in-user")).to_have_text(user)
     page.get_by_label("Name", exact=True).fill(f"Search {uuid.uuid4().hex[:6]}")
     page.get_by_role("button", name="Create group").click()
     page.get_by_test_id("upload-file").set_input_files(str(chelsea_jpeg))
@@ -852,12 +852,10 @@ def production_api(local_stack, iam_server, tmp_path_factory) -> Iterator[Produc
     users sign in at an independent OpenID provider, Canaille (run by pytest-iam on a free port,
     in this process), whose access tokens are RS256 JWTs with `aud` = the client's id, `sub` = the
     user name and the user's groups in a `groups` claim (the role claim here)."""
-    from udagram import resources
-
     issuer = iam_server.url.rstrip("/")  # Canaille's issuer has no trailing slash: it must match exactly
     client_id = "udagram-web-spa"
     log = tmp_path_factory.mktemp("production-api") / "api.log"
-    with local_stack.extra_api(log, UDAGRAM_AUTH_ISSUER=issuer, UDAGRAM_AUTH_AUDIENCE=client_id,
+    with local_stack.extra_api(log, page=True, UDAGRAM_AUTH_ISSUER=issuer, UDAGRAM_AUTH_AUDIENCE=client_id,
                                UDAGRAM_AUTH_CLIENT_ID=client_id, UDAGRAM_AUTH_SCOPES="openid profile groups",
                                UDAGRAM_AUTH_ROLE_CLAIM="groups", UDAGRAM_CREATE_RESOURCES="false") as url:
         with iam_server.app.app_context():
@@ -872,13 +870,10 @@ def production_api(local_stack, iam_server, tmp_path_factory) -> Iterator[Produc
             iam_server.backend.save(client)
         user = iam_server.random_user(user_name="grace", display_name="grace", password=PASSWORD)
         iam_server.random_group(display_name="admin", members=[user])
-        # Uploads from this page's origin: the originals bucket's CORS names it while the test runs.
-        port = urlsplit(url).port
-        resources.ensure_buckets(settings_from(local_stack.env | {"UDAGRAM_API_PORT": str(port)}))
+        # Uploads from this page's origin: it is the stack's second page origin (extra_page_origins)
         try:
             yield ProductionApi(url=url, issuer=issuer, user="grace")
         finally:
-            resources.ensure_buckets(local_stack.settings)
             os.environ.pop("AUTHLIB_INSECURE_TRANSPORT", None)  # set by pytest-iam; the project never does
 
 

@@ -25,3 +25,12 @@ def test_the_api_is_its_own_issuer_only_locally_and_only_when_no_other_is_config
     other = Settings(_env_file=None, data_dir=tmp_path, auth_issuer="https://tenant.example.auth0.com/")
     production = Settings(_env_file=None, data_dir=tmp_path, mode="aws", auth_issuer="https://tenant.example.auth0.com/")
     assert [s.builtin_idp for s in (own, other, production)] == [True, False, False]
+
+
+def test_page_origins_are_public_url_its_loopback_twin_and_the_extra_ones(monkeypatch, tmp_path):
+    monkeypatch.setenv("UDAGRAM_EXTRA_PAGE_ORIGINS", '["http://127.0.0.1:9100/", "http://localhost:8000"]')
+    settings = Settings(mode="local", data_dir=tmp_path, api_port=8000)
+    assert settings.page_origins == ["http://127.0.0.1:8000", "http://localhost:8000", "http://127.0.0.1:9100"]
+    monkeypatch.delenv("UDAGRAM_EXTRA_PAGE_ORIGINS")
+    assert Settings(mode="local", data_dir=tmp_path, api_port=8000).page_origins == [
+        "http://127.0.0.1:8000", "http://localhost:8000"]
