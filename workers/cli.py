@@ -26,7 +26,7 @@ def worker(
 
     from udagram import data, resources
     from udagram.settings import get_settings
-    from workers import logs
+    from udagram import logs
     from workers.consumer import Consumer
 
     settings = get_settings()

@@ -234,7 +234,7 @@ def test_rebuild_repairs_counts_orphans_and_a_new_threshold(aws_settings, monkey
 def test_labels_commands(aws_settings, monkeypatch):
     from typer.testing import CliRunner
 
-    from udagram.cli import app
+    from udagram_cli import app
     from udagram.settings import get_settings
 
     image = make_image([("tabby", 0.6), ("tiger cat", 0.3)])

@@ -197,7 +197,7 @@ def test_reconciliation_requeues_lost_events_and_stale_processing(settings, star
 def test_reprocess_command_reruns_with_progress_and_skips_up_to_date(settings, start_worker, monkeypatch):
     from typer.testing import CliRunner
 
-    from udagram.cli import app
+    from udagram_cli import app
 
     ids = [new_upload(settings, jpeg("chelsea")) for _ in range(3)]
     start_worker(settings)

@@ -218,7 +218,7 @@ def make_server(settings: Settings, bridge: Bridge | None = None) -> ThreadingHT
 def main() -> None:
     import signal
 
-    from workers.logs import configure  # the project's structlog set-up (JSON lines on stderr)
+    from udagram.logs import configure  # the project's structlog set-up (JSON lines on stderr)
 
     settings = get_settings()
     configure(settings)
