@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
             validate_user_name(user)
         except ValueError as exc:
             typer.echo(f"invalid --user: {exc}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         typer.echo(issue_token(user, settings, roles=(ADMIN_ROLE,) if admin else ()))
 
     @app.command()

@@ -9,7 +9,7 @@ does not).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from udagram import data
@@ -52,7 +52,7 @@ class Storage:
         return PresignedUpload(
             url=post["url"],
             fields=post["fields"],
-            expires_at=datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=ttl),
+            expires_at=datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=ttl),
         )
 
     def download_url(self, bucket: str, key: str) -> str:

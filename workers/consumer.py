@@ -72,7 +72,7 @@ class InFlight:
     dead_letter_reasons: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, message: dict[str, Any]) -> "InFlight":
+    def of(cls, message: dict[str, Any]) -> InFlight:
         attributes = message.get("MessageAttributes") or {}
         tries = (attributes.get(TRIES_ATTRIBUTE) or {}).get("StringValue", "0")
         return cls(message["ReceiptHandle"], message["MessageId"],

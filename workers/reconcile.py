@@ -14,8 +14,9 @@ completed (no URL is issued again): it is marked FAILED, saying so, so it does n
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any
 
 import structlog
 from botocore.exceptions import ClientError

@@ -17,10 +17,10 @@ import signal
 import socket
 import time
 import xmlrpc.client
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 from udagram.settings import Settings
 from udagram.stack import seaweedfs, supervisor

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from udagram.settings import Settings
 from udagram.stack import credentials, health, seaweedfs

@@ -20,7 +20,7 @@ import base64
 import binascii
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote_plus
@@ -99,7 +99,7 @@ def s3_record(event: dict[str, Any], *, bucket: str, region: str, prefix: str = 
     extended = entry.get("extended") or {}
     multipart = "X-Seaweedfs-Upload-Id" in extended
     ns = _modified_ns(entry)
-    when = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+    when = datetime.fromtimestamp(ns / 1e9, tz=UTC)
     owner = _b64text(extended.get("Seaweed-X-Amz-Owner")) or "local"
     return {
         "eventVersion": "2.1",

@@ -20,9 +20,10 @@ import sys
 import tempfile
 import time
 import xmlrpc.client
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
