@@ -35,7 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 
 from udagram import data, labels
-from udagram.aws import client
+from udagram.aws import client, is_not_found
 from udagram.data import ImageModel, ImageStatus, Prediction as PredictionAttr
 from udagram.settings import Settings
 from workers import metrics, render
@@ -312,8 +312,7 @@ class Processor:
         try:
             response = self.s3.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if is_not_found(exc):
                 raise PoisonInput(f"the original upload {key} does not exist") from None
             raise _s3_error(exc, "download of the original failed", bucket) from exc
         except BotoCoreError as exc:
