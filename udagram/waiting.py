@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 T = TypeVar("T")
+
+
+def _last_result(state: RetryCallState) -> Any:
+    assert state.outcome is not None  # called after an attempt, which set it
+    return state.outcome.result()
 
 
 def poll_until(check: Callable[[], T], done: Callable[[T], bool], timeout: float, interval: float) -> T:
@@ -19,5 +24,5 @@ def poll_until(check: Callable[[], T], done: Callable[[T], bool], timeout: float
         stop=stop_after_delay(timeout),
         wait=wait_fixed(interval),
         retry=retry_if_result(lambda result: not done(result)),
-        retry_error_callback=lambda state: state.outcome.result(),
+        retry_error_callback=_last_result,
     )(check)
