@@ -25,9 +25,11 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -169,12 +171,12 @@ def validation(repeats: int = 3, strawberry_max_levels: int = 18) -> list[dict[s
         document = parse(text, max_tokens=settings.max_query_tokens)
         refused = check(schema, document, variables, settings)
         row: dict[str, Any] = {"document": name, "refused_by_limits": [e.message[:70] for e in refused],
-                               "limits_ms": _best_of(repeats, lambda: check(schema, document, variables, settings))}
+                               "limits_ms": _best_of(repeats, partial(check, schema, document, variables, settings))}
         if not refused:  # what graphql-core's rules then cost (refused documents never reach them)
-            row["graphql_core_ms"] = _best_of(repeats, lambda: validate(schema, document, specified_rules))
+            row["graphql_core_ms"] = _best_of(repeats, partial(validate, schema, document, specified_rules))
         levels = int(name.split(", ")[1].split()[0]) if name.startswith("fragment doubling") else 0
         if levels <= strawberry_max_levels:  # beyond, each level doubles seconds of waiting
-            row["strawberry_limiters_ms"] = _best_of(1, lambda: validate(schema, document, strawberry_rules))
+            row["strawberry_limiters_ms"] = _best_of(1, partial(validate, schema, document, strawberry_rules))
         rows.append(row)
     return rows
 

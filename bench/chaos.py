@@ -35,13 +35,12 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
@@ -361,7 +360,8 @@ def final_checks(stack: LocalStack, uploads: list[Upload], earlier_keys: frozens
 # ---- report --------------------------------------------------------------------------------------
 
 def table(rows: list[Row]) -> str:
-    lines = ["| fault | images in flight | recovered | lost | failed | back after | all in flight final after | client retries |",
+    lines = ["| fault | images in flight | recovered | lost | failed | back after | all in flight final after "
+             "| client retries |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         back = f"{r.seconds_back} s" if r.seconds_back is not None else "not back"
@@ -407,7 +407,8 @@ def write_report(directory: Path, rows: list[Row], checks: dict, args: argparse.
         f"- Records created but never uploaded to (a client retried createImage after an error answer):"
         f" {len(checks['records_without_upload'])}"
         + "".join(f"\n  - `{r['id']}`: {r['status']}" for r in checks["records_without_upload"]),
-        f"- Clients that gave up: {len(checks['client_gave_up'])}" + "".join(f"\n  - {e}" for e in checks["client_gave_up"]),
+        f"- Clients that gave up: {len(checks['client_gave_up'])}"
+        + "".join(f"\n  - {e}" for e in checks["client_gave_up"]),
         f"- Finished (the worker's \"image done\") more than once: **{len(checks['finished_more_than_once'])}**"
         f" {checks['finished_more_than_once'] or ''}; by worker: {checks['finished_by_worker']}.",
         f"- Reconciliation re-queued {checks['reconciliation']['requeued']} images"

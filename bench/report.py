@@ -10,7 +10,7 @@ import os
 import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "git_commit": git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
@@ -119,7 +119,7 @@ def plots(results: dict[str, Any], out: Path) -> list[tuple[str, str]]:
         counts = sorted({c for (config, c) in best if config in SERVED_CONFIGS})
         colours = {"served-onnx": "tab:blue", "served-torchscript": "tab:orange", "naive": "tab:grey"}
         fig, ax = plt.subplots(figsize=(10.5, 4.5))
-        for config, marker in zip(SERVED_CONFIGS, "o^s"):
+        for config, marker in zip(SERVED_CONFIGS, "o^s", strict=True):
             xs = [c for c in counts if (config, c) in best]
             if xs:
                 ax.plot(xs, [best[(config, c)]["images_per_second"] for c in xs], marker=marker,
@@ -152,7 +152,7 @@ def plots(results: dict[str, Any], out: Path) -> list[tuple[str, str]]:
 
         panels = [config for config in SERVED_CONFIGS if config in names]
         fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), sharex=True, squeeze=False)
-        for ax, config in zip(axes[0], panels):
+        for ax, config in zip(axes[0], panels, strict=True):
             for clients in counts:
                 _cdf(ax, _best_samples(serving, config, clients), f"{clients} clients")
             raw_config = _raw_config(config)
@@ -248,7 +248,8 @@ def markdown(results: dict[str, Any], figures: list[tuple[str, str]]) -> str:
     burst_ratio = pipeline["burst_over_model_server"] if pipeline else None
     for goal in serving["goals"] if serving else []:
         digits = 0 if goal["unit"] else 2
-        lines.append(f"| {goal['goal']} | {_f(goal['value'], digits)}{goal['unit'] if goal['value'] is not None else ''}"
+        unit = goal["unit"] if goal["value"] is not None else ""
+        lines.append(f"| {goal['goal']} | {_f(goal['value'], digits)}{unit}"
                      f" ({_f(goal['median'], digits)}) | "
                      f"{_goal(goal['value'], goal['target'], goal['higher_is_better'])} |")
     lines += [
@@ -280,7 +281,8 @@ def markdown(results: dict[str, Any], figures: list[tuple[str, str]]) -> str:
             "is what `udagram model build` makes by default. **Previous default** = the TorchScript archive "
             "with the workers' environment before issue 12 (glibc's default malloc), i.e. the default "
             "archive as served before. **Naive** = TorchServe's eager mode (model file + state_dict), batch "
-            "1, no model config (1 worker), torch's default threads, TorchServe's default environment (spinning OpenMP, which makes it erratic "
+            "1, no model config (1 worker), torch's default threads, TorchServe's default environment "
+            "(spinning OpenMP, which makes it erratic "
             "when the client threads or other jobs want the same cores); same image pre/post-processing "
             "([bench/naive](../naive)). Page faults and CPU ms = minor faults and "
             "CPU time (user + system) of the processes running the model (TorchServe's workers, or the raw "
@@ -298,7 +300,8 @@ def markdown(results: dict[str, Any], figures: list[tuple[str, str]]) -> str:
         for r in serving["table"]:
             raw = raw_rate.get(_raw_config(r["config"]) or "")
             lines.append(f"| {r['name']} | {r['clients']} | {r['images_per_second']:.1f} "
-                         f"({r['median_images_per_second']:.1f}) | {_f(r['images_per_second'] / raw if raw else None, 2)} "
+                         f"({r['median_images_per_second']:.1f}) "
+                         f"| {_f(r['images_per_second'] / raw if raw else None, 2)} "
                          f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {_f(r.get('faults_per_image'), 0)} "
                          f"| {_f(r.get('cpu_ms_per_image'))} | {r['errors']} |")
         lines += ["", "| ratio (best rounds; medians in brackets) | value |", "|---|---|"]
@@ -379,7 +382,8 @@ def markdown(results: dict[str, Any], figures: list[tuple[str, str]]) -> str:
         ]
         for c in api["calls"]:
             lines.append(f"| {c['query']} | {c['first']} | {c['items']} | {c['dynamodb_calls']:g} |")
-        lines += ["", "| query (first: 20) | clients | requests/s | p50 ms | p95 ms | errors |", "|---|---|---|---|---|---|"]
+        lines += ["", "| query (first: 20) | clients | requests/s | p50 ms | p95 ms | errors |",
+                  "|---|---|---|---|---|---|"]
         for row in api["load"]:
             lines.append(f"| {row['query']} | {row['clients']} | {row['requests_per_second']:.1f} | "
                          f"{row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['errors']} |")
@@ -420,14 +424,16 @@ def why(results: dict[str, Any]) -> str:
         own = pipeline["burst"].get("bench_cpu_ms_per_image", 0.0)
         if ratio < GOALS["burst_over_model_server"] and total:
             ts = cpu.get("torchserve", 0.0)
-            others = ", ".join(f"{k} {v:.0f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if k != "torchserve")
+            others = ", ".join(f"{k} {v:.0f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])
+                               if k != "torchserve")
             notes.append(
                 f"- burst / model server = {ratio:.2f}: during the burst the stack spent {total:.0f} ms of CPU per "
                 f"image, of which TorchServe {ts:.0f} ms ({ts / total:.0%}); the rest ({others} ms) goes to the "
                 f"worker, the API and the local stand-ins for S3, SQS and DynamoDB, which share the same {cores} "
                 f"cores, with the benchmark's own clients ({own:.0f} ms). That caps the burst at about "
                 f"{cores * 1000 / (total + own):.1f} images/s (CPU-bound ceiling; the rest of the gap is other "
-                f"load on the machine), whereas TorchServe alone gets every core. On AWS (S3/SQS/DynamoDB off the machine) or with "
+                "load on the machine), whereas TorchServe alone gets every core. On AWS (S3/SQS/DynamoDB off "
+                "the machine) or with "
                 "the worker on other cores the ratio rises; see docs/worker.md.")
         if pipeline["idle"]["exact"]["p50"] > GOALS["idle_p50_ms"]:
             notes.append("- idle p50 above 500 ms: see the stage costs below for where the time goes.")

@@ -47,8 +47,7 @@ def main() -> int:
     settings = QUICK if args.quick else FULL
     console = Console()
 
-    from bench import api as api_bench
-    from bench import pipeline, report, serving
+    from bench import api as api_bench, pipeline, report, serving
 
     results: dict = {"quick": args.quick, "args": settings, "machine": report.machine(),
                      "load_start": os.getloadavg()[0]}

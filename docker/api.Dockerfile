@@ -15,6 +15,7 @@ COPY udagram ./udagram
 COPY handlers ./handlers
 COPY graphql_api ./graphql_api
 COPY workers ./workers
+COPY udagram_cli ./udagram_cli
 RUN pip install --no-deps .
 ENV UDAGRAM_DATA_DIR=/data UDAGRAM_LOG_FORMAT=json
 USER udagram

@@ -24,6 +24,7 @@ COPY udagram ./udagram
 COPY handlers ./handlers
 COPY graphql_api ./graphql_api
 COPY workers ./workers
+COPY udagram_cli ./udagram_cli
 RUN pip install --no-deps .
 ENV UDAGRAM_DATA_DIR=/data UDAGRAM_LOG_FORMAT=json UDAGRAM_MODEL_STORE=/app/model-store
 # The package is installed into site-packages, away from the repository's config.properties.

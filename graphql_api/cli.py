@@ -13,9 +13,10 @@ user_app = typer.Typer(no_args_is_help=True, add_completion=False)
 def server_options(settings) -> dict:
     """How uvicorn serves the API: on settings.host:api_port; a websocket message over
     `max_request_bytes` closes the socket (1009) before it is buffered, as the body cap refuses
-    an HTTP request."""
+    an HTTP request. No logging config of its own: its lines go through udagram.logs' handler, in
+    settings.log_format like the API's."""
     return dict(host=settings.host, port=settings.api_port, log_level=settings.log_level.lower(),
-                proxy_headers=False, ws_max_size=settings.max_request_bytes)
+                log_config=None, proxy_headers=False, ws_max_size=settings.max_request_bytes)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,10 +31,11 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from graphql_api.app import create_app, listen_socket, start_metrics_server
-        from udagram import resources
+        from udagram import logs, resources
         from udagram.settings import get_settings
 
         settings = get_settings()
+        logs.configure(settings)
         resources.ensure_resources(settings)
         try:
             sock = listen_socket(settings)
@@ -70,7 +72,7 @@ def register(app: typer.Typer) -> None:
             validate_user_name(user)
         except ValueError as exc:
             typer.echo(f"invalid --user: {exc}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         typer.echo(issue_token(user, settings, roles=(ADMIN_ROLE,) if admin else ()))
 
     @app.command()

@@ -27,7 +27,7 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from authlib.common.security import generate_token
@@ -71,7 +71,7 @@ def _digest(secret: str) -> str:
 
 
 def _at(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, timezone.utc)
+    return datetime.fromtimestamp(epoch, UTC)
 
 
 # --- the one client: the web page ---------------------------------------------------------------

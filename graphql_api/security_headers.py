@@ -83,7 +83,7 @@ def page_policy(storage: Storage, page_origins: Iterable[str] = (), sign_in_orig
 
 def _script_hash(script: str) -> str:
     text = script.replace("\r\n", "\n").replace("\r", "\n")  # as the HTML parser hands it over
-    return "'sha256-%s'" % base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+    return f"'sha256-{base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()}'"
 
 
 def graphiql_policy(html: str) -> str:

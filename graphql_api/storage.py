@@ -9,11 +9,11 @@ does not).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from udagram import data
-from udagram.aws import client
+from udagram.aws import client, object_exists
 from udagram.data import CONTENT_TYPE_EXTENSIONS
 from udagram.settings import Settings
 
@@ -52,7 +52,7 @@ class Storage:
         return PresignedUpload(
             url=post["url"],
             fields=post["fields"],
-            expires_at=datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=ttl),
+            expires_at=datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=ttl),
         )
 
     def download_url(self, bucket: str, key: str) -> str:
@@ -68,13 +68,7 @@ class Storage:
         return [self.download_url(bucket, key) for bucket, key in objects]
 
     def original_exists(self, key: str) -> bool:
-        try:
-            self.s3.head_object(Bucket=self.settings.originals_bucket, Key=key)
-            return True
-        except self.s3.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        return object_exists(self.s3, self.settings.originals_bucket, key)
 
     def delete_image_objects(self, image_id: str, original_key: str, processed_key: str | None) -> None:
         """Delete an image's original and processed objects (a missing object is not an error).

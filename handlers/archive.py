@@ -261,7 +261,8 @@ def verify_runner(
         raise ArchiveError(f"the exported model answers {tuple(got.shape)} for {tuple(expected.shape)}")
     drift = float((expected - got).abs().max())
     k = min(5, expected.shape[1])
-    moved = [name for name, a, b in zip(names, expected.topk(k).indices, got.topk(k).indices) if not torch.equal(a, b)]
+    moved = [name for name, a, b in zip(names, expected.topk(k).indices, got.topk(k).indices, strict=True)
+             if not torch.equal(a, b)]
     if moved or not drift <= MAX_PROBABILITY_DRIFT:  # `not <=`: a NaN drift fails too
         raise ArchiveError(
             f"the exported model changes predictions (top 5 differs on {len(moved)} of {len(names)} reference "
@@ -342,7 +343,8 @@ def build_archive(
         return target
     if arch == "efficientnet_lite2":
         if weights is not None:
-            raise ArchiveError("efficientnet_lite2 uses the packaged ImageNet weights; --weights is for efficientnet_b2")
+            raise ArchiveError(
+                "efficientnet_lite2 uses the packaged ImageNet weights; --weights is for efficientnet_b2")
         model, meta, label_names = lite2_model()
     elif arch == "efficientnet_b2":
         if weights is None:

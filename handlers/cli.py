@@ -7,8 +7,8 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -38,18 +38,19 @@ def _client():  # noqa: ANN202
 
 @model_app.command()
 def build(
-    arch: str = typer.Option("efficientnet_lite2", help="efficientnet_lite2 (packaged ImageNet weights) or efficientnet_b2"),
-    weights: Optional[Path] = typer.Option(None, help="efficientnet_b2 state_dict file (.pth)"),
-    labels: Optional[Path] = typer.Option(None, help="class names: JSON list/map or one per line (default: ImageNet)"),
+    arch: str = typer.Option("efficientnet_lite2",
+                             help="efficientnet_lite2 (packaged ImageNet weights) or efficientnet_b2"),
+    weights: Path | None = typer.Option(None, help="efficientnet_b2 state_dict file (.pth)"),
+    labels: Path | None = typer.Option(None, help="class names: JSON list/map or one per line (default: ImageNet)"),
     version: str = typer.Option("1.0", help="archive version (file classifier-<version>.mar)"),
     batch_size: int = typer.Option(2, help="TorchServe dynamic batch size"),
     max_batch_delay: int = typer.Option(5, help="ms TorchServe waits to fill a batch"),
     workers: int = typer.Option(0, help="model workers (0: one per core)"),
     threads: int = typer.Option(1, help="intra-op threads per worker (0: all cores)"),
-    runtime: Optional[str] = typer.Option(
+    runtime: str | None = typer.Option(
         None, help="onnx or torchscript (default: onnx, the faster, if it passes verification, else torchscript)"
     ),
-    store: Optional[Path] = typer.Option(None, help="model store directory (default: settings.model_store)"),
+    store: Path | None = typer.Option(None, help="model store directory (default: settings.model_store)"),
     force: bool = typer.Option(False, help="rebuild even if the archive exists"),
 ) -> None:
     """Write a classifier .mar archive into the model store (kept if it already exists)."""
@@ -277,17 +278,24 @@ def remove(version: str) -> None:
 @model_app.command()
 def evaluate(
     directory: Path = typer.Argument(..., help="a folder per label of photos: DIR/<label>/*.jpg"),
-    versions: Optional[str] = typer.Option(None, help="comma-separated, e.g. 1.0,2.0 (default: every registered one)"),
-    report: Optional[Path] = typer.Option(None, help="markdown report (default: <data_dir>/reports/evaluate-<time>.md)"),
+    versions: str | None = typer.Option(None, help="comma-separated, e.g. 1.0,2.0 (default: every registered one)"),
+    report: Path | None = typer.Option(None, help="markdown report (default: <data_dir>/reports/evaluate-<time>.md)"),
 ) -> None:
     """Top-1/top-5 accuracy, confidence and latency of versions side by side, through TorchServe."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from handlers.datasets import DatasetError, label_folders
-    from handlers.evaluate import EvaluationError, InferenceClient, archive_labels, evaluate as run, markdown, rich_table
+    from handlers.evaluate import (
+        EvaluationError,
+        InferenceClient,
+        archive_labels,
+        evaluate as run,
+        markdown,
+        rich_table,
+    )
 
     settings = _settings()
     try:
@@ -303,7 +311,8 @@ def evaluate(
     chosen = [v.strip() for v in versions.split(",") if v.strip()] if versions else sorted(registered)
     unknown = [v for v in chosen if v not in registered]
     if unknown or not chosen:
-        _fail(f"not registered: {', '.join(unknown) or '(no version given)'} (registered: {', '.join(sorted(registered))})")
+        _fail(f"not registered: {', '.join(unknown) or '(no version given)'} "
+              f"(registered: {', '.join(sorted(registered))})")
     class_names: dict[str, list[str] | None] = {}
     for version in chosen:
         archive = Path(settings.model_store) / registered[version].archive
@@ -325,7 +334,7 @@ def evaluate(
         return
     finally:
         inference.close()
-    when = datetime.now(timezone.utc)
+    when = datetime.now(UTC)
     console.print(rich_table(scores, f"{photos} photos, {len(collection)} labels from {directory}"))
     target = report or settings.data_dir / "reports" / f"evaluate-{when:%Y%m%d-%H%M%S}.md"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -343,8 +352,8 @@ def train(
     learning_rate: float = typer.Option(3e-3, help="Adam's learning rate"),
     seed: int = typer.Option(0, help="seed of the split, the head's initialisation and the shuffling"),
     workers: int = typer.Option(0, help="model workers when served (0: one per core)"),
-    runtime: Optional[str] = typer.Option(None, help="onnx or torchscript (default: as `build` chooses)"),
-    store: Optional[Path] = typer.Option(None, help="model store directory (default: settings.model_store)"),
+    runtime: str | None = typer.Option(None, help="onnx or torchscript (default: as `build` chooses)"),
+    store: Path | None = typer.Option(None, help="model store directory (default: settings.model_store)"),
     force: bool = typer.Option(False, help="replace an existing archive of this version"),
 ) -> None:
     """Train a new classifier head on the served backbone (EfficientNet-Lite2) and write its archive."""
@@ -400,7 +409,7 @@ def train(
 
 @model_app.command()
 def canary(
-    version: Optional[str] = typer.Argument(None, help="the candidate version (omit to show the current canary)"),
+    version: str | None = typer.Argument(None, help="the candidate version (omit to show the current canary)"),
     share: float = typer.Option(0.1, min=0.0, max=1.0, help="share of new uploads it classifies (0 to 1)"),
     off: bool = typer.Option(False, "--off", help="no canary, whatever the environment says"),
     reset: bool = typer.Option(False, "--reset", help="back to the environment's UDAGRAM_CANARY_* settings"),

@@ -17,7 +17,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -206,7 +206,7 @@ def rich_table(scores: list[VersionScore], title: str):  # noqa: ANN201 - rich i
 
 
 def markdown(scores: list[VersionScore], directory: Path, inference_url: str, when: datetime | None = None) -> str:
-    when = when or datetime.now(timezone.utc)
+    when = when or datetime.now(UTC)
     header = "| | " + " | ".join(f"version {s.version}" for s in scores) + " |"
     rule = "|---|" + "---:|" * len(scores)
 

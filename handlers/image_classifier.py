@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-
 from ts.torch_handler.base_handler import BaseHandler
 
 logger = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ class Preprocessing:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> "Preprocessing":
+    def from_meta(cls, meta: dict[str, Any]) -> Preprocessing:
         return cls(
             input_size=int(meta["input_size"]),
             resize_size=int(meta["resize_size"]),

@@ -41,7 +41,7 @@ class Registry(BaseModel):
     versions: dict[str, VersionEntry] = {}
 
     @classmethod
-    def of(cls, model: str, versions: list[ModelVersion]) -> "Registry":
+    def of(cls, model: str, versions: list[ModelVersion]) -> Registry:
         return cls(
             model=model,
             default=next((v.version for v in versions if v.is_default), None),

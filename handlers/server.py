@@ -29,9 +29,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import uvicorn
@@ -73,7 +74,7 @@ class Endpoints:
     grpc_management_port: int
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Endpoints":
+    def from_settings(cls, settings: Any) -> Endpoints:
         return cls(
             host=settings.host,
             inference_port=settings.torchserve_inference_port,
@@ -387,7 +388,7 @@ class TorchServeProcess:
             )
         return self.process
 
-    def start(self, timeout: float = READY_TIMEOUT_S) -> "TorchServeProcess":
+    def start(self, timeout: float = READY_TIMEOUT_S) -> TorchServeProcess:
         process = self.launch()
         try:
             wait_until_ready(self.management_url, self.model_name, timeout, process)
@@ -417,7 +418,7 @@ class TorchServeProcess:
             self.process.wait(timeout=10)
         self.process = None
 
-    def restart(self, timeout: float = READY_TIMEOUT_S) -> "TorchServeProcess":
+    def restart(self, timeout: float = READY_TIMEOUT_S) -> TorchServeProcess:
         self.stop()
         return self.start(timeout)
 
@@ -436,7 +437,7 @@ class TorchServeProcess:
             "model_store": self.model_store,
         }
 
-    def __enter__(self) -> "TorchServeProcess":
+    def __enter__(self) -> TorchServeProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 from urllib.parse import urlparse
 
 import typer
@@ -266,7 +265,7 @@ def image_size(tag: str) -> int:
 @app.command()
 def build(
     only: list[str] = typer.Option([], "--only", help="Build only these images (tag or Dockerfile name)."),
-    torch: Optional[str] = typer.Option(
+    torch: str | None = typer.Option(
         None, help="pip arguments of the model server's torch step (its TORCH build argument). Default: the "
                    "serving group's torch pins from this machine's pip indexes (offline here: PyPI's CUDA build "
                    "from the local wheels, as no CPU wheel of torchvision is on disk)."),

@@ -7,6 +7,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from udagram.settings import Settings, get_settings
 
@@ -44,6 +45,27 @@ def client(service: str, settings: Settings | None = None, **config: Any) -> Any
         aws_secret_access_key=settings.aws_secret_access_key,
         config=Config(**options),
     )
+
+
+# S3's "no such object": NoSuchKey answers a GET; a HEAD answer has no body, so botocore gives its
+# status ("404") as the code
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+def is_not_found(exc: ClientError) -> bool:
+    """Whether S3 answered that the object does not exist."""
+    return exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES
+
+
+def object_exists(s3: Any, bucket: str, key: str) -> bool:
+    """Whether `key` is in `bucket` (one HEAD request); any other S3 error is raised."""
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return False
+        raise
+    return True
 
 
 @lru_cache

@@ -28,9 +28,11 @@ from __future__ import annotations
 import enum
 import re
 import uuid
-from datetime import datetime, timezone
-from typing import Iterable, TypeVar
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TypeVar
 
+from prometheus_client import Counter
 from pynamodb.attributes import (
     ListAttribute,
     MapAttribute,
@@ -40,7 +42,6 @@ from pynamodb.attributes import (
     UnicodeSetAttribute,
     UTCDateTimeAttribute,
 )
-from prometheus_client import Counter
 from pynamodb.exceptions import UpdateError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
@@ -84,7 +85,7 @@ def is_valid_created_key(value: str) -> bool:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def sortable_time(moment: datetime | None = None) -> str:

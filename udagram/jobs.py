@@ -10,7 +10,8 @@ wait behind at most `reprocess_max_outstanding` re-runs however many images are 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from udagram.aws import client
 from udagram.settings import Settings, get_settings

@@ -44,9 +44,9 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import structlog
 from pynamodb.exceptions import DeleteError, DoesNotExist, UpdateError

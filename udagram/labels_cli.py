@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 labels_app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -11,7 +9,7 @@ labels_app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 @labels_app.command()
 def rebuild(
-    threshold: Optional[float] = typer.Option(
+    threshold: float | None = typer.Option(
         None, min=0, max=1, help="Confidence threshold to index with (default: settings.confidence_threshold)."),
     threads: int = typer.Option(4, min=1, max=32, help="Images re-synced in parallel."),
 ) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute
 from pynamodb.exceptions import UpdateError
@@ -71,7 +71,7 @@ def hit(key: str, limit: int, window_seconds: int, now: float | None = None) -> 
         item.update(
             actions=[
                 RateLimitModel.hits.add(1),
-                RateLimitModel.expires_at.set(datetime.fromtimestamp(window_end + window_seconds, timezone.utc)),
+                RateLimitModel.expires_at.set(datetime.fromtimestamp(window_end + window_seconds, UTC)),
             ],
             condition=RateLimitModel.hits.does_not_exist() | (RateLimitModel.hits < limit),
         )

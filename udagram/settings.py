@@ -104,7 +104,8 @@ class Settings(BaseSettings):
     signin_failure_window_seconds: int = 900
 
     # --- AWS resources (same names locally and on AWS) -----------------------------------------
-    aws_region: str = Field("us-east-1", validation_alias=_aws("AWS_REGION", "AWS_DEFAULT_REGION", "UDAGRAM_AWS_REGION"))
+    aws_region: str = Field("us-east-1",
+                            validation_alias=_aws("AWS_REGION", "AWS_DEFAULT_REGION", "UDAGRAM_AWS_REGION"))
     aws_endpoint_url: str | None = Field(None, validation_alias=_aws("AWS_ENDPOINT_URL"))
     s3_endpoint_url: str | None = Field(None, validation_alias=_aws("AWS_ENDPOINT_URL_S3"))
     sqs_endpoint_url: str | None = Field(None, validation_alias=_aws("AWS_ENDPOINT_URL_SQS"))
@@ -196,7 +197,7 @@ class Settings(BaseSettings):
     confidence_threshold: float = Field(0.2, ge=0, le=1)
 
     @model_validator(mode="after")
-    def _local_defaults(self) -> "Settings":
+    def _local_defaults(self) -> Settings:
         if self.public_url is None:
             self.public_url = f"http://{self.host}:{self.api_port}"
         self.public_url = self.public_url.rstrip("/")
@@ -243,7 +244,7 @@ class Settings(BaseSettings):
                 origins.append(origins[0].replace(a, b))
         return origins + [o.rstrip("/") for o in self.extra_page_origins if o.rstrip("/") not in origins]
 
-    def as_local_identity(self, identity: credentials.Identity) -> "Settings":
+    def as_local_identity(self, identity: credentials.Identity) -> Settings:
         """These settings with the keys of another local identity (e.g. `udagram up` creating the
         buckets as admin). Only in mode=local, where the stand-ins know no other keys."""
         if self.mode != "local":

@@ -10,7 +10,6 @@ Another 4xx from the handler means the input itself is bad: `PoisonInput` with i
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from enum import Enum
 
@@ -108,7 +107,7 @@ class Classifier:
         return Prediction(labels, probs, str(doc.get("model_name") or self.settings.model_name),
                           str(doc.get("model_version") or ""))
 
-    def probe(self) -> "ServerState":
+    def probe(self) -> ServerState:
         """One real prediction of a tiny image, no retries."""
         try:
             self._predict_once(PROBE_JPEG)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 
@@ -13,8 +11,8 @@ def register(app: typer.Typer) -> None:
 
 
 def worker(
-    metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (default: settings.worker_metrics_port)."),
-    reconcile_on_start: Optional[bool] = typer.Option(None, "--reconcile/--no-reconcile",
+    metrics_port: int | None = typer.Option(None, help="Prometheus port (default: settings.worker_metrics_port)."),
+    reconcile_on_start: bool | None = typer.Option(None, "--reconcile/--no-reconcile",
                                                       help="Re-queue stranded images on start."),
 ) -> None:
     """Run the image worker in the foreground (SQS -> TorchServe -> processed image); SIGTERM stops it."""
@@ -24,9 +22,8 @@ def worker(
     import structlog
     from prometheus_client import start_http_server
 
-    from udagram import data, resources
+    from udagram import data, logs, resources
     from udagram.settings import get_settings
-    from workers import logs
     from workers.consumer import Consumer
 
     settings = get_settings()
@@ -53,7 +50,7 @@ def worker(
         except Exception as exc:  # noqa: BLE001 - any failure here means "not reachable yet"
             log.warning("AWS services not ready; retrying", error=f"{type(exc).__name__}: {exc}")
             if stop_requested.wait(2.0):
-                raise typer.Exit(0)
+                raise typer.Exit(0) from None
     if stop_requested.is_set():
         raise typer.Exit(0)
     port = metrics_port if metrics_port is not None else settings.worker_metrics_port
@@ -75,10 +72,10 @@ def reprocess(
     image: list[str] = typer.Option([], "--image", help="Image id (repeatable)."),
     group: list[str] = typer.Option([], "--group", help="Every image of this group (repeatable)."),
     all_images: bool = typer.Option(False, "--all", help="Every image."),
-    model_version: Optional[str] = typer.Option(
+    model_version: str | None = typer.Option(
         None, "--model-version",
         help="Run through this TorchServe version of the classifier; images already DONE with it are skipped."),
-    max_outstanding: Optional[int] = typer.Option(
+    max_outstanding: int | None = typer.Option(
         None, help="Feed re-runs only while the queue holds fewer messages (default: settings)."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the re-runs until they are finished."),
 ) -> None:

@@ -42,7 +42,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from udagram import resources
-from udagram.aws import client
+from udagram.aws import client, object_exists
 from udagram.settings import Settings
 from workers import metrics
 from workers.classifier import Classifier, ServerState
@@ -72,7 +72,7 @@ class InFlight:
     dead_letter_reasons: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, message: dict[str, Any]) -> "InFlight":
+    def of(cls, message: dict[str, Any]) -> InFlight:
         attributes = message.get("MessageAttributes") or {}
         tries = (attributes.get(TRIES_ATTRIBUTE) or {}).get("StringValue", "0")
         return cls(message["ReceiptHandle"], message["MessageId"],
@@ -457,14 +457,12 @@ class Consumer:
             return None
         bucket = self.settings.originals_bucket  # task.bucket was checked to be this one
         try:
-            self.processor.s3.head_object(Bucket=bucket, Key=task.key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                log.info("image record and original are gone (deleted): acknowledged")
-                return None
+            exists = object_exists(self.processor.s3, bucket, task.key)
+        except (ClientError, BotoCoreError) as exc:
             return self._retry_later(task, item, last_try, f"could not look at its original without record: {exc}")
-        except BotoCoreError as exc:
-            return self._retry_later(task, item, last_try, f"could not look at its original without record: {exc}")
+        if not exists:
+            log.info("image record and original are gone (deleted): acknowledged")
+            return None
         if not item.orphan_check:
             grace = self.settings.worker_orphan_grace_seconds
             try:

@@ -35,14 +35,19 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 
 from udagram import data, labels
-from udagram.aws import client
+from udagram.aws import client, is_not_found
 from udagram.data import ImageModel, ImageStatus, Prediction as PredictionAttr
 from udagram.settings import Settings
 from workers import metrics, render
 from workers.canary import VersionRouter
 from workers.classifier import Classifier
 from workers.errors import (
-    BucketMissing, LeaseLost, PermanentFailure, PoisonInput, RecordMissing, TransientError,
+    BucketMissing,
+    LeaseLost,
+    PermanentFailure,
+    PoisonInput,
+    RecordMissing,
+    TransientError,
 )
 from workers.events import ImageTask, normalise_etag
 
@@ -250,7 +255,8 @@ class Processor:
             except PoisonInput as exc:
                 exc.etag = etag  # type: ignore[attr-defined]
                 raise
-        lines = [render.format_prediction(lbl, p) for lbl, p in zip(prediction.labels, prediction.probabilities)]
+        lines = [render.format_prediction(lbl, p)
+                 for lbl, p in zip(prediction.labels, prediction.probabilities, strict=True)]
         with metrics.stage("render", timings):
             rendered = render.render(decoded, lines, s.processed_width)
         out_key = data.processed_key(record.id, rendered.extension)
@@ -270,7 +276,7 @@ class Processor:
                     M.status_changed_at.set(data.sortable_time()),
                     M.title.set(title),
                     M.predictions.set([PredictionAttr(label=lbl, probability=p)
-                                       for lbl, p in zip(prediction.labels, prediction.probabilities)]),
+                                       for lbl, p in zip(prediction.labels, prediction.probabilities, strict=True)]),
                     M.processed_key.set(out_key),
                     M.model_version.set(prediction.version_label),
                     M.processed_at.set(now),
@@ -306,8 +312,7 @@ class Processor:
         try:
             response = self.s3.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if is_not_found(exc):
                 raise PoisonInput(f"the original upload {key} does not exist") from None
             raise _s3_error(exc, "download of the original failed", bucket) from exc
         except BotoCoreError as exc:

@@ -14,31 +14,21 @@ completed (no URL is issued again): it is marked FAILED, saying so, so it does n
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any
 
 import structlog
-from botocore.exceptions import ClientError
 from pynamodb.exceptions import PynamoDBException
 
 from udagram import data, jobs
-from udagram.aws import client
+from udagram.aws import client, object_exists
 from udagram.data import ImageModel, ImageStatus
 from udagram.settings import Settings
 from workers import metrics
 
 log = structlog.get_logger(__name__)
 LOGGED_IDS = 100  # ids named in the log line of a pass (the count is always whole)
-
-
-def _exists(s3: Any, bucket: str, key: str) -> bool:
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-        return True
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
 
 
 def _older_than(seconds: float) -> str:
@@ -72,7 +62,7 @@ def stranded_images(settings: Settings, s3: Any = None, queue_lost: bool = False
     upload_age = 0 if queue_lost else settings.worker_stale_upload_seconds
     for image in ImageModel.by_status.query(ImageStatus.AWAITING_UPLOAD.value,
                                             ImageModel.status_changed_at < _older_than(upload_age)):
-        if _exists(s3, settings.originals_bucket, image.original_key):
+        if object_exists(s3, settings.originals_bucket, image.original_key):
             yield image.id
         elif image.status_changed_at < expired:
             _abandon(image, settings)

@@ -10,7 +10,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import torch
 from image_classifier import LABELS_FILE, META_FILE, ImageClassifier, Preprocessing, load_labels
 from ts.torch_handler.base_handler import BaseHandler
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aws_cdk import (
+    Acknowledgment,
     Aws,
     CfnOutput,
     CfnParameter,
     Duration,
     RemovalPolicy,
     Stack,
-    Acknowledgment,
     Validations,
     aws_applicationautoscaling as appscaling,
     aws_autoscaling as autoscaling,
@@ -38,11 +38,10 @@ from aws_cdk import (
 )
 from constructs import Construct
 
-from udagram import resources
-from udagram.settings import Settings
-
 from infra import images
 from infra.tables import TableSpec, table_specs
+from udagram import resources
+from udagram.settings import Settings
 
 DEFAULTS = Settings.model_construct()  # field defaults only: synthesis never reads UDAGRAM_* variables
 # Resource names the app reads from its settings; each is a stack parameter defaulting to the setting.
@@ -357,7 +356,8 @@ class UdagramStack(Stack):
             stop_timeout=Duration.seconds(90),  # TorchServe drains its batches (docs/local-stack.md)
             logging=ecs.LogDrivers.aws_logs(stream_prefix="model-server", log_group=logs_group),
         )
-        server.add_mount_points(ecs.MountPoint(container_path=MODEL_STORE, source_volume="model-store", read_only=False))
+        server.add_mount_points(
+            ecs.MountPoint(container_path=MODEL_STORE, source_volume="model-store", read_only=False))
         server.add_container_dependencies(ecs.ContainerDependency(
             container=sync, condition=ecs.ContainerDependencyCondition.SUCCESS))
         cloud_map = ecs.CloudMapOptions(name=MODEL_SERVER_DNS_NAME, dns_record_type=servicediscovery.DnsRecordType.A,

@@ -76,7 +76,7 @@ class Feeder:
                      else self.settings.bulk_idle_check_seconds)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=pause)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def stop(self) -> None:

@@ -68,7 +68,7 @@ class AdminJob:
     finished_at: datetime | None
 
     @classmethod
-    def from_model(cls, m: data.JobModel) -> "AdminJob":
+    def from_model(cls, m: data.JobModel) -> AdminJob:
         return cls(id=strawberry.ID(m.id), kind=bulk.JobKind(m.kind), state=data.JobState(m.state),
                    model_version=m.model_version, total=int(m.total or 0), queued=int(m.queued or 0),
                    finished=int(m.finished or 0), created_by=m.created_by, created_at=m.created_at,
@@ -149,7 +149,8 @@ def _retry_image(context: Context, image_id: str) -> Image | NotFound | NotUploa
     return requeue_image(context, model)
 
 
-def _rerun_older_model(info: Info, user: AuthUser, version: str | None) -> AdminJob | InvalidInput | ModelServerUnavailable:
+def _rerun_older_model(info: Info, user: AuthUser,
+                       version: str | None) -> AdminJob | InvalidInput | ModelServerUnavailable:
     server = _model_server(info)
     try:
         registered = {v.version for v in server.versions()}

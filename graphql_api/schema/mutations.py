@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 import structlog
-from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, PynamoDBException, UpdateError
+from pynamodb.exceptions import DeleteError, DoesNotExist, PynamoDBException, UpdateError
 from strawberry.types import Info
 
 from graphql_api.auth import User as AuthUser
@@ -326,7 +326,8 @@ class Mutation:
             return InvalidInput(message=f"fileName must be at most {FILE_NAME_MAX} characters", field="fileName")
         if input.content_type not in ALLOWED_CONTENT_TYPES:
             return UnsupportedContentType(
-                message=f"{input.content_type[:100]!r} is not accepted; upload one of: {', '.join(ALLOWED_CONTENT_TYPES)}",
+                message=f"{input.content_type[:100]!r} is not accepted; "
+                        f"upload one of: {', '.join(ALLOWED_CONTENT_TYPES)}",
                 allowed=list(ALLOWED_CONTENT_TYPES),
             )
         if input.content_length < 1:

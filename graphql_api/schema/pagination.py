@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from strawberry.types import Info
 
 from graphql_api.schema.errors import UserInputError
 from udagram import data
-
 
 T = TypeVar("T")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import strawberry
 from strawberry.types import Info
 
@@ -12,9 +10,6 @@ from graphql_api.schema.pagination import page
 from graphql_api.schema.search import SearchQueries
 from graphql_api.schema.types import Group, GroupConnection, GroupEdge, Image, PageInfo, User
 from udagram import data
-
-if TYPE_CHECKING:
-    from graphql_api.context import Context
 
 
 def checked_id(value: str, what: str) -> str:

@@ -52,7 +52,7 @@ class SearchQueries:
         models = await info.context.images.load_many([entry.image_id for entry in found.entries])
         key = label_index.normalise(label)
         edges = []
-        for entry, model in zip(found.entries, models):
+        for entry, model in zip(found.entries, models, strict=True):
             # The record is the truth: skip an entry whose image was deleted or re-run a moment ago
             # and whose index update is still under way.
             wanted = label_index.record_labels(model, threshold).get(key)

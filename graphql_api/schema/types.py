@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from udagram import data, labels
-
-if TYPE_CHECKING:
-    from graphql_api.context import Context
 
 ImageStatus = strawberry.enum(data.ImageStatus, description="Where an image is in its life.")
 
@@ -55,7 +51,7 @@ class Image:
     processed_key: strawberry.Private[str | None]
 
     @classmethod
-    def from_model(cls, m: data.ImageModel) -> "Image":
+    def from_model(cls, m: data.ImageModel) -> Image:
         return cls(
             id=strawberry.ID(m.id),
             group_id=strawberry.ID(m.group_id),
@@ -117,7 +113,7 @@ class Group:
     created_key: strawberry.Private[str]
 
     @classmethod
-    def from_model(cls, m: data.GroupModel) -> "Group":
+    def from_model(cls, m: data.GroupModel) -> Group:
         return cls(
             id=strawberry.ID(m.id),
             name=m.name,

@@ -20,7 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "deploy" / "app.py"
 STACK = "Udagram"
-NODE_BANNERS = {"JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1", "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+NODE_BANNERS = {"JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1",
+                "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
 sys.path.insert(0, str(APP.parent))  # the app's own modules (infra.*) for unit tests of its pieces
 for _name, _value in NODE_BANNERS.items():  # aws_cdk.assertions starts Node in this process too
     os.environ.setdefault(_name, _value)

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from udagram.settings import Settings
-
 from tests.deploy.conftest import REPO
+from udagram.settings import Settings
 
 DEFAULTS = Settings.model_construct()
 
@@ -229,7 +228,8 @@ def test_only_the_workers_reach_torchserve_and_only_its_inference_port(synth):
     worker_task = _task_definition(synth, "worker")[0]
     worker = next(r["Properties"] for r in synth.resources("AWS::ECS::Service").values()
                   if r["Properties"]["TaskDefinition"] == {"Ref": worker_task})
-    (worker_group,) = [g["Fn::GetAtt"][0] for g in worker["NetworkConfiguration"]["AwsvpcConfiguration"]["SecurityGroups"]]
+    (worker_group,) = [g["Fn::GetAtt"][0]
+                       for g in worker["NetworkConfiguration"]["AwsvpcConfiguration"]["SecurityGroups"]]
     inline = synth.template["Resources"][group]["Properties"].get("SecurityGroupIngress", [])
     rules = inline + [r["Properties"] for r in synth.resources("AWS::EC2::SecurityGroupIngress").values()
                       if r["Properties"]["GroupId"] == {"Fn::GetAtt": [group, "GroupId"]}]
@@ -249,7 +249,7 @@ def test_api_is_the_only_public_entry_and_speaks_https(synth):
     (balancer,) = synth.resources("AWS::ElasticLoadBalancingV2::LoadBalancer").values()
     assert balancer["Properties"]["Scheme"] == "internet-facing"
     listeners = [r["Properties"] for r in synth.resources("AWS::ElasticLoadBalancingV2::Listener").values()]
-    by_port = {l["Port"]: l for l in listeners}
+    by_port = {listener["Port"]: listener for listener in listeners}
     assert by_port[443]["Protocol"] == "HTTPS"
     assert by_port[443]["Certificates"] == [{"CertificateArn": {"Ref": "CertificateArn"}}]
     assert by_port[80]["DefaultActions"][0]["Type"] == "redirect"
@@ -298,7 +298,8 @@ def test_model_server_loads_the_version_parameter_from_the_synced_store(synth):
     sync = _container(synth, "model-sync")
     assert sync["Essential"] is False
     mounts = {c["Name"]: c["MountPoints"] for c in (server, sync)}
-    assert mounts["model-server"][0]["ContainerPath"] == env["UDAGRAM_MODEL_STORE"] == mounts["model-sync"][0]["ContainerPath"]
+    assert (mounts["model-server"][0]["ContainerPath"] == env["UDAGRAM_MODEL_STORE"]
+            == mounts["model-sync"][0]["ContainerPath"])
 
 
 # ---- logs and images ------------------------------------------------------------------------------
@@ -328,7 +329,8 @@ def test_images_build_from_the_repository_dockerfiles_with_only_their_context(sy
     assets = json.loads((synth.outdir / "Udagram.assets.json").read_text())["dockerImages"]
     (asset_id,) = [k for k, a in assets.items() if a["source"]["dockerFile"] == f"docker/{name}.Dockerfile"]
     staged = synth.outdir / assets[asset_id]["source"]["directory"]
-    assert (staged / "docker" / f"{name}.Dockerfile").read_text() == (REPO / "docker" / f"{name}.Dockerfile").read_text()
+    dockerfile = f"docker/{name}.Dockerfile"
+    assert (staged / dockerfile).read_text() == (REPO / dockerfile).read_text()
     assert (staged / "udagram" / "settings.py").is_file()
     top = {p.name for p in staged.iterdir()}
     assert not top & {".venv", ".data", "model-store", "tests", "bench", "deploy", ".git"}, top

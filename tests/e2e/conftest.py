@@ -3,8 +3,8 @@ the run (so their paths show in the output even when the tests pass)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

@@ -175,7 +175,8 @@ def observed(outcome: Outcome) -> str:
 
 
 def close(actual: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
-    return all(abs(a - w) <= COLOUR_TOLERANCE for a, w in zip(actual, wanted))
+    # an RGB `wanted` on an RGBA pixel: the colour channels only
+    return all(abs(a - w) <= COLOUR_TOLERANCE for a, w in zip(actual, wanted, strict=False))
 
 
 def check_done(outcome: Outcome, expect: Done) -> None:
@@ -183,7 +184,7 @@ def check_done(outcome: Outcome, expect: Done) -> None:
     assert record["status"] == "DONE", record
     assert record["error"] is None and len(record["predictions"]) == 5
     # "Probably ..." when the top class is below the confidence threshold (noise, blank images)
-    assert re.fullmatch(r"(Probably )?%s - \d{1,3}\.\d%%" % re.escape(record["predictions"][0]["label"]),
+    assert re.fullmatch(r"(Probably )?" + re.escape(record["predictions"][0]["label"]) + r" - \d{1,3}\.\d%",
                         record["title"]), record["title"]
     img = Image.open(io.BytesIO(outcome.processed))
     assert img.format == {"jpg": "JPEG", "png": "PNG"}[expect.extension], expect.reason

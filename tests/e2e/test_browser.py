@@ -12,9 +12,9 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
 
 # ImageNet classes a photo of a cat may honestly get as its top class.
 CAT_CLASSES = ["tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx", "tiger"]
-CAT_TITLE = re.compile(r"^(?:%s) - \d{1,3}\.\d%%$" % "|".join(re.escape(c) for c in CAT_CLASSES))
+CAT_TITLE = re.compile(r"^(?:" + "|".join(re.escape(c) for c in CAT_CLASSES) + r") - \d{1,3}\.\d%$")
 
 PROCESSING_TIMEOUT_MS = 120_000  # first inference on a busy 2-core machine can be slow
 UI_TIMEOUT_MS = 20_000  # the machine is shared: generous waits for ordinary page updates
@@ -55,7 +55,8 @@ def _record_csp_violations(page: Page) -> list[str]:
     """Every Content-Security-Policy violation on `page`, in whatever document it loads: the
     browser's console report and the page's `securitypolicyviolation` events."""
     found: list[str] = []
-    page.on("console", lambda message: found.append(message.text) if "Content Security Policy" in message.text else None)
+    page.on("console",
+            lambda message: found.append(message.text) if "Content Security Policy" in message.text else None)
     page.expose_function("reportCspViolation", lambda violation: found.append(violation))
     page.add_init_script(  # runs before the page's own scripts, whatever the policy says
         "document.addEventListener('securitypolicyviolation', (e) =>"
@@ -266,7 +267,8 @@ def test_sign_in_create_group_upload_watch_it_processed_delete_and_sign_out(
     expect(page.get_by_test_id("upload-form")).to_be_hidden()
     assert page.evaluate("() => Object.keys(localStorage).filter((key) => key.startsWith('oidc.user:'))") == []
     renewed = httpx.post(f"{base}/auth/token", timeout=30, data={
-        "grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": local_stack.settings.auth_client_id})
+        "grant_type": "refresh_token", "refresh_token": refresh_token,
+        "client_id": local_stack.settings.auth_client_id})
     assert renewed.json()["error"] == "invalid_grant"
     assert not [r.url for r in requests if "/auth/local/" in r.url]  # no password-less sign-in anywhere
 
@@ -373,11 +375,12 @@ def test_security_headers_and_an_enforced_content_security_policy(local_stack, b
 
         # connect-src: the API's websocket under either local name (live updates), and the sign-in
         # issuer (here the API itself: its public_url's origin)
-        websockets = "{0} {1}".format(base.replace("http://", "ws://"),
-                                      base.replace("http://127.0.0.1:", "ws://localhost:"))
+        websockets = "{} {}".format(base.replace("http://", "ws://"),
+                                    base.replace("http://127.0.0.1:", "ws://localhost:"))
         policy = (
             f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' {s3} data: blob:; "
-            f"connect-src 'self' {websockets} {s3} {base}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
+            f"connect-src 'self' {websockets} {s3} {base}; "
+            "frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
             "object-src 'none'"
         )
         own = {r.url.removeprefix(base): r.all_headers() for r in responses if r.url.startswith(base + "/")}
@@ -391,7 +394,8 @@ def test_security_headers_and_an_enforced_content_security_policy(local_stack, b
         assert not violations, violations
 
         # Injected inline code is blocked, and the browser says so (what the other tests watch for).
-        assert page.evaluate(_INJECT, "script") == {"directive": "script-src-elem", "blocked": "inline", "applied": False}
+        assert page.evaluate(_INJECT, "script") == {"directive": "script-src-elem", "blocked": "inline",
+                                                    "applied": False}
         assert page.evaluate(_INJECT, "style") == {"directive": "style-src-attr", "blocked": "inline", "applied": False}
         assert any("Content Security Policy" in v and "inline script" in v for v in violations), violations
         assert "event: script-src-elem blocked inline" in violations
@@ -574,7 +578,7 @@ def test_errors_are_shown_and_a_refused_upload_leaves_nothing(
         '<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
         "<Message>Request has expired</Message></Error>"
     )
-    storage = re.compile(r"^(?!%s).*" % re.escape(base))  # every POST that is not to the API
+    storage = re.compile(rf"^(?!{re.escape(base)}).*")  # every POST that is not to the API
     page.route(
         storage,
         lambda route: route.fulfill(status=403, body=refusal, content_type="application/xml",
@@ -773,7 +777,8 @@ def test_admin_sees_counts_retries_a_failed_image_and_retries_all(local_stack, a
     group_id = local_stack.graphql('mutation { createGroup(input: {name: "For the admin"}) { ... on Group { id } } }',
                                    token=owner)["createGroup"]["id"]
     create = ("mutation($g: ID!, $c: String!, $n: Int!) { createImage(input: {groupId: $g, caption: $c,"
-              ' contentType: "image/jpeg", contentLength: $n}) { ... on ImageUpload { image { id } upload { url fields } } } }')
+              ' contentType: "image/jpeg", contentLength: $n})'
+              " { ... on ImageUpload { image { id } upload { url fields } } } }")
     garbage = b"not a picture at all " * 20
     made = {}
     for caption, body in (("good one", chelsea_jpeg.read_bytes()), ("bad one", garbage)):
@@ -899,7 +904,8 @@ def test_production_sign_in_at_an_independent_provider(production_api, local_sta
     claims = jwt.decode(kept["access_token"], options={"verify_signature": False})
     assert claims["iss"] == api.issuer and claims["aud"] == ["udagram-web-spa"] and claims["sub"] == api.user
     me = page.evaluate("""(token) => fetch('/graphql', {method: 'POST', headers: {'Content-Type': 'application/json',
-        Authorization: `Bearer ${token}`}, body: JSON.stringify({query: '{ me { id roles } }'})}).then((r) => r.json())""",
+        Authorization: `Bearer ${token}`}, body: JSON.stringify({query: '{ me { id roles } }'})})
+        .then((r) => r.json())""",
                        kept["access_token"])
     assert me == {"data": {"me": {"id": api.user, "roles": ["admin"]}}}
     # the code went to Canaille's token endpoint with the PKCE verifier

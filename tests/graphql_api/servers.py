@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from tests.fixtures.aws import udagram_api
 from tests.fixtures.ports import free_port

@@ -32,7 +32,8 @@ JOB_FIELDS = "id kind state total queued finished modelVersion createdBy"
 RETRY_FAILED = f"mutation {{ retryFailed {{ __typename ... on AdminJob {{ {JOB_FIELDS} }} {ERROR} }} }}"
 RERUN = f"""mutation($v: String) {{ rerunOlderModel(version: $v) {{ __typename ... on AdminJob {{ {JOB_FIELDS} }}
   ... on InvalidInput {{ field }} {ERROR} }} }}"""
-RETRY_IMAGE = f"mutation($id: ID!) {{ retryImage(id: $id) {{ __typename ... on Image {{ id status error }} {ERROR} }} }}"
+RETRY_IMAGE = (f"mutation($id: ID!) {{ retryImage(id: $id) {{ __typename ... on Image {{ id status error }}"
+               f" {ERROR} }} }}")
 JOB = f"query($id: ID!) {{ adminJob(id: $id) {{ __typename ... on AdminJob {{ {JOB_FIELDS} }} {ERROR} }} }}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -136,3 +137,8 @@ def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
             response = client.post("/graphql", headers={"Authorization": f"Bearer {access}"}, json={
                 "query": "{ me { id roles } }"})
             assert response.json() == {"data": {"me": {"id": "dora", "roles": ["admin"]}}}
+    # settings.log_format (json by default): uvicorn's lines too, through udagram.logs
+    lines = [json.loads(line) for line in (tmp_path / "api.log").read_text().splitlines()]
+    assert any(line["event"].startswith("Uvicorn running on") and line["logger"] == "uvicorn.error"
+               for line in lines), lines
+    assert any(line["logger"] == "uvicorn.access" and "POST /graphql" in line["event"] for line in lines), lines

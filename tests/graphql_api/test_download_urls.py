@@ -16,7 +16,8 @@ from tests.graphql_api.conftest import Api
 from udagram import data
 from udagram.aws import client
 
-PAGE = """query($id: ID!) { group(id: $id) { images(first: 50) { edges { node { id imageUrl processedImageUrl } } } } }"""
+PAGE = """query($id: ID!) { group(id: $id) {
+  images(first: 50) { edges { node { id imageUrl processedImageUrl } } } } }"""
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ one linear pass before graphql-core validates the document."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from graphql import get_introspection_query, parse
 
@@ -47,7 +49,7 @@ def test_analysis_work_grows_linearly_with_fragment_doubling_depth():
         analysis, (figures,) = analyse(fragment_doubling(levels))
         work.append(analysis.work)
         costs.append(figures.cost)
-    steps = {b - a for a, b in zip(work, work[1:])}
+    steps = {b - a for a, b in itertools.pairwise(work)}
     assert len(steps) == 1, work  # linear: a constant step
     assert work[-1] < 200
     # ...while what the document expands to doubles per level (the cost counts it: 2 fields a path)
@@ -134,7 +136,8 @@ def test_depth_counts_through_fragments(aws_settings, refused):
     settings = aws_settings.model_copy(update={"max_query_depth": 4})
     # groups=0 edges=1 node=2 images=3 pageInfo=4 hasNextPage=5, the last three inside fragments
     inner = "images { pageInfo { hasNextPage } }" if refused else "images { __typename }"
-    query = "{ groups { edges { ...E } } } fragment E on GroupEdge { node { ...N } } fragment N on Group { " + inner + " }"
+    query = ("{ groups { edges { ...E } } } fragment E on GroupEdge { node { ...N } } "
+             "fragment N on Group { " + inner + " }")
     with TestClient(create_app(settings)) as client:
         body = client.post("/graphql", json={"query": query}).json()
     if refused:

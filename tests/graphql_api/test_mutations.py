@@ -6,7 +6,12 @@ import httpx
 import pytest
 
 from tests.graphql_api.conftest import (
-    CREATE_GROUP, CREATE_IMAGE, DELETE_GROUP, DELETE_IMAGE, REPROCESS, queued_reprocess_ids,
+    CREATE_GROUP,
+    CREATE_IMAGE,
+    DELETE_GROUP,
+    DELETE_IMAGE,
+    REPROCESS,
+    queued_reprocess_ids,
 )
 from udagram import data
 from udagram.aws import client
@@ -90,7 +95,8 @@ def test_create_image_signed_in_returns_record_and_presigned_post(api):
 @pytest.mark.parametrize(
     "fields,typename,extra",
     [
-        ({"contentType": "text/html"}, "UnsupportedContentType", {"allowed": ["image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp"]}),
+        ({"contentType": "text/html"}, "UnsupportedContentType",
+         {"allowed": ["image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp"]}),
         ({"contentType": "image/svg+xml"}, "UnsupportedContentType", {}),
         ({"contentLength": 20 * 1024 * 1024 + 1}, "UploadTooLarge", {"maxBytes": 20 * 1024 * 1024}),
         ({"contentLength": 0}, "InvalidInput", {"field": "contentLength"}),

@@ -39,7 +39,8 @@ def reprocess(api: Api, image_id: str, user: str) -> dict:
 def limited_api(aws_settings):
     """The default limit (10 calls) in a window too long to end during the test: a fixed window
     ending mid-test (a minute boundary on a slow machine) would let a second batch through."""
-    settings = aws_settings.model_copy(update={"reprocess_rate_limit": 10, "reprocess_rate_limit_window_seconds": 10**9})
+    settings = aws_settings.model_copy(update={"reprocess_rate_limit": 10,
+                                               "reprocess_rate_limit_window_seconds": 10**9})
     with TestClient(create_app(settings)) as test_client:
         yield Api(test_client, settings)
 

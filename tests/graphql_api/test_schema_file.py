@@ -23,7 +23,7 @@ def test_committed_schema_file_is_the_live_schema():
 def test_schema_command_prints_the_same_sdl():
     from typer.testing import CliRunner
 
-    from udagram.cli import app
+    from udagram_cli import app
 
     result = CliRunner().invoke(app, ["schema"])
     assert result.exit_code == 0 and result.output == schema_sdl()

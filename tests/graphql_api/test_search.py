@@ -57,7 +57,8 @@ def test_search_finds_confident_labels_newest_first_page_by_page(api):
     assert search_ids(api, "tiger") == []  # whole labels, not words
     assert search_ids(api, "tabby", min=0.535) == list(reversed(cats[4:]))  # 0.54 only (0.53 is below)
 
-    confident = {e["node"]["id"]: e["node"]["confident"] for e in api.gql(SEARCH, {"label": "tabby"})["searchImages"]["edges"]}
+    edges = api.gql(SEARCH, {"label": "tabby"})["searchImages"]["edges"]
+    confident = {e["node"]["id"]: e["node"]["confident"] for e in edges}
     assert set(confident.values()) == {True}
     image = api.gql("query($id: ID!) { image(id: $id) { confident } }", {"id": unsure})["image"]
     assert image == {"confident": False}

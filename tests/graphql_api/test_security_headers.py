@@ -123,7 +123,7 @@ def test_graphiql_gets_its_own_policy(api):
     parser = _InlineScripts()
     parser.feed(response.text)
     assert parser.scripts, "the GraphiQL page has an inline script"
-    hashes = {"'sha256-%s'" % base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in parser.scripts}
+    hashes = {f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in parser.scripts}
     policy = _directives(response.headers["content-security-policy"])
     assert set(policy["script-src"]) == hashes | {"https://unpkg.com"}
     assert policy["frame-ancestors"] == ["'none'"] and policy["connect-src"] == ["'self'"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -35,7 +35,7 @@ def test_policy_pins_key_type_size_and_expiry(api):
     assert {"Content-Type": "image/webp"} in conditions
     assert ["content-length-range", 10, 10] in conditions  # exactly the declared size
     expiration = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
-    remaining = (expiration - datetime.now(timezone.utc)).total_seconds()
+    remaining = (expiration - datetime.now(UTC)).total_seconds()
     assert 0 < remaining <= api.settings.upload_url_ttl_seconds
     expires_at = datetime.fromisoformat(upload["expiresAt"].replace("Z", "+00:00"))
     assert abs((expires_at - expiration).total_seconds()) < 5

@@ -19,7 +19,7 @@ class GraphQLSocket:
         self.received: list[dict] = []
         self.unread: dict[str | None, deque] = defaultdict(deque)  # by operation id, not yet looked at
 
-    def __enter__(self) -> "GraphQLSocket":
+    def __enter__(self) -> GraphQLSocket:
         return self
 
     def __exit__(self, *exc: Any) -> None:

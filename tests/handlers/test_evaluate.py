@@ -78,7 +78,7 @@ def test_two_versions_side_by_side(torchserve: TorchServeProcess, trained_regist
     assert top1[1] >= 11  # the trained head knows all three
     for row in ("latency mean", "latency p50", "latency p95"):
         assert all(float(c.removesuffix(" ms")) > 0 for c in cells(report, row))
-    p50, p95 = (float(c.removesuffix(" ms")) for c in (cells(report, "latency p50")[0], cells(report, "latency p95")[0]))
+    p50, p95 = (float(cells(report, row)[0].removesuffix(" ms")) for row in ("latency p50", "latency p95"))
     assert p50 <= p95
     confidence = [float(c.removesuffix("%")) for c in cells(report, "mean top-1 confidence")]
     assert all(0 < c <= 100 for c in confidence)

@@ -185,7 +185,8 @@ def serve(classifier_archive: Path, tmp_path: Path) -> Iterator[Serve]:
 def cli(serve: Serve, monkeypatch: pytest.MonkeyPatch, *args: str) -> str:
     for key, value in serve.env.items():
         monkeypatch.setenv(key, value)
-    for key in ("UDAGRAM_TORCHSERVE_MANAGEMENT_URL", "UDAGRAM_TORCHSERVE_INFERENCE_URL", "UDAGRAM_MODEL_DEFAULT_VERSION"):
+    for key in ("UDAGRAM_TORCHSERVE_MANAGEMENT_URL", "UDAGRAM_TORCHSERVE_INFERENCE_URL",
+                "UDAGRAM_MODEL_DEFAULT_VERSION"):
         monkeypatch.delenv(key, raising=False)
     get_settings.cache_clear()
     try:

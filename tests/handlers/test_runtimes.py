@@ -108,7 +108,8 @@ def test_a_build_whose_onnx_export_changes_predictions_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_export = archive_module.export_onnx
-    monkeypatch.setitem(archive_module.EXPORTERS, "onnx", lambda model, size, path: real_export(_perturbed(model), size, path))
+    monkeypatch.setitem(archive_module.EXPORTERS, "onnx",
+                        lambda model, size, path: real_export(_perturbed(model), size, path))
     store = tmp_path / "store"
     result = CliRunner().invoke(model_app, ["build", "--store", str(store), "--runtime", "onnx", "--version", "9.0"])
     assert result.exit_code == 1, result.output
@@ -217,11 +218,13 @@ def test_onnx_and_torchscript_serve_the_same_top5_as_the_eager_model(
             answer = response.json()
             assert_prediction(answer, version=version)
             assert answer["top5"] == [labels[i] for i in top.indices.tolist()], (name, version)
-            assert max(abs(a - b) for a, b in zip(answer["prob5"], top.values.tolist())) <= 1e-3, (name, version)
+            drift = max(abs(a - b) for a, b in zip(answer["prob5"], top.values.tolist(), strict=True))
+            assert drift <= 1e-3, (name, version)
 
 
 @pytest.mark.torchserve
-def test_the_served_torchscript_worker_keeps_its_memory(torchserve: TorchServeProcess, torchscript_version: str) -> None:
+def test_the_served_torchscript_worker_keeps_its_memory(torchserve: TorchServeProcess,
+                                                        torchscript_version: str) -> None:
     """WORKER_ENV's malloc settings: without them this worker takes ~4,700 page faults per image
     (glibc hands activation buffers back to the kernel after every forward)."""
     photos = [body for _, body in reference_photos()]

@@ -148,8 +148,9 @@ def test_the_management_api_refuses_what_a_web_page_can_send(
         "form POST, metadata only": httpx.post(register, content=b"a=b", timeout=120, headers={
             **form, "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}),
         "fetch PUT scaling to zero": httpx.put(scale, timeout=120, headers={"Origin": evil}),
-        "same-origin POST after DNS rebinding": httpx.post(register, content=b"a=b", timeout=120,
-                                                           headers={**form, "Host": f"evil.example:{ts.endpoints.management_port}"}),
+        "same-origin POST after DNS rebinding": httpx.post(
+            register, content=b"a=b", timeout=120,
+            headers={**form, "Host": f"evil.example:{ts.endpoints.management_port}"}),
         "page reading the models": httpx.get(f"{management}/models", timeout=30, headers={"Origin": evil}),
     }
     answers = {what: (r.status_code, r.json().get("message", "")) for what, r in attempts.items()}

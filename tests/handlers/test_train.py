@@ -121,6 +121,6 @@ def test_the_trained_version_serves_and_recognises_held_out_photos(
         assert answer["prob5"][0] > 0.5
     # 1.0 stays the default and still answers with ImageNet's classes
     default = httpx.post(f"{torchserve.inference_url}/predictions/classifier",
-                         content=(held_out / "espresso").joinpath(sorted(p.name for p in (held_out / "espresso").iterdir())[0]).read_bytes(),
+                         content=sorted((held_out / "espresso").iterdir())[0].read_bytes(),
                          headers={"Content-Type": "application/octet-stream"}, timeout=120).json()
     assert default["model_version"] == "1.0" and len(default["top5"]) == 5

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -18,7 +18,7 @@ def test_is_valid_id(value, ok):
 
 
 def test_created_key_orders_by_time_and_is_a_valid_cursor():
-    t = datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=timezone.utc)
+    t = datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC)
     a, b = data.created_key(t, ID), data.created_key(t + timedelta(microseconds=1), ID)
     assert a < b and data.is_valid_created_key(a)
     assert not data.is_valid_created_key(a + "\n") and not data.is_valid_created_key("x#" + ID)
@@ -33,7 +33,7 @@ def test_image_id_from_key(key, expected):
 
 
 def _group(i: int) -> data.GroupModel:
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=i)
+    now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i)
     gid = data.new_id()
     return data.GroupModel(id=gid, created_key=data.created_key(now, gid), name=f"g{i}", owner="a", created_at=now)
 

@@ -17,12 +17,14 @@ import re
 import shlex
 import shutil
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.udagram_cli.commands import cli_has
 from udagram.settings import Settings
 from udagram.stack import health
 
@@ -93,10 +95,8 @@ def ignored(path: str, patterns: list[str]) -> bool:
 
 def check_command(command: list[str]) -> None:
     """The command exists in the project's images: a udagram subcommand, a module, a script."""
-    from udagram.stack.programs import _cli_has
-
     if command[0] == "udagram":
-        assert _cli_has(*command[1:]), f"no `{shlex.join(command)}` command"
+        assert cli_has(*command[1:]), f"no `{shlex.join(command)}` command"
     elif command[:2] == ["python", "-m"]:
         assert importlib.util.find_spec(command[2]) is not None, f"no module {command[2]}"
     elif command[:2] == ["python", "-c"]:
@@ -237,3 +237,18 @@ def test_copy_sources_exist_and_reach_the_build(dockerfile: Path) -> None:
             assert path.exists(), f"{dockerfile.name}: COPY source {source} missing"
             assert not ignored(source.rstrip("/"), patterns), f"{dockerfile.name}: {source} is in .dockerignore"
     assert instructions(dockerfile)[0][0] == "FROM"
+
+
+INSTALLS_THE_PROJECT = [d for d in DOCKERFILES if ("RUN", "pip install --no-deps .") in instructions(d)]
+
+
+@pytest.mark.parametrize("dockerfile", INSTALLS_THE_PROJECT, ids=lambda p: p.name)
+def test_images_installing_the_project_copy_every_package(dockerfile: Path) -> None:
+    """`pip install .` takes what pyproject.toml's package patterns match: each must be in the image
+    (the `udagram` console script lives in udagram_cli/)."""
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.parent.name for p in REPO.glob("*/__init__.py")
+                if any(fnmatch.fnmatch(p.parent.name, pattern) for pattern in patterns)}
+    assert {"udagram", "udagram_cli", "graphql_api", "workers", "handlers"} <= packages
+    copied = {shlex.split(rest)[0].rstrip("/") for keyword, rest in instructions(dockerfile) if keyword == "COPY"}
+    assert packages <= copied, f"{dockerfile.name} does not copy {sorted(packages - copied)}"

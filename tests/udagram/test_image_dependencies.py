@@ -119,7 +119,7 @@ class NotInTheImage(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, NotInTheImage())
 from typer.testing import CliRunner
-from udagram.cli import app
+from udagram_cli import app
 
 for command in commands:
     result = CliRunner().invoke(app, [*command.split(), "--help"])
@@ -146,7 +146,7 @@ def test_what_runs_in_the_image_imports_only_what_it_installs(dockerfile: str) -
 @pytest.mark.parametrize("command", ["api", "worker"])
 def test_api_and_worker_help_import_no_torch(command: str) -> None:
     """Fresh interpreter, nothing blocked: `udagram api|worker --help` loads no torch at all."""
-    code = ("import sys; from typer.testing import CliRunner; from udagram.cli import app; "
+    code = ("import sys; from typer.testing import CliRunner; from udagram_cli import app; "
             f"r = CliRunner().invoke(app, ['{command}', '--help']); assert r.exit_code == 0, r.output; "
             "print(sorted(m for m in sys.modules if m.partition('.')[0] in "
             "{'torch', 'torchvision', 'ts', 'model_archiver', 'PIL', 'numpy'}))")

@@ -4,13 +4,13 @@ against DynamoDB on the moto server subprocess."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from udagram import data, labels
 
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
 GROUP = "a" * 32
 
 
@@ -234,8 +234,8 @@ def test_rebuild_repairs_counts_orphans_and_a_new_threshold(aws_settings, monkey
 def test_labels_commands(aws_settings, monkeypatch):
     from typer.testing import CliRunner
 
-    from udagram.cli import app
     from udagram.settings import get_settings
+    from udagram_cli import app
 
     image = make_image([("tabby", 0.6), ("tiger cat", 0.3)])
     labels.sync_image(image.id, 0.2)

@@ -7,12 +7,14 @@ import json
 import shlex
 import socket
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from udagram.settings import Settings
-from udagram.stack import control, credentials, seaweedfs, supervisor
+from udagram.stack import control, credentials, programs as programs_module, seaweedfs, supervisor
+from udagram.stack.health import Unhealthy
 from udagram.stack.programs import SERVICES, programs
 
 
@@ -256,3 +258,63 @@ def test_each_process_is_checked_on_its_own_metrics_port(tmp_path: Path) -> None
         server.server_close()
     assert health["worker-1"] == "healthy"
     assert f":{server.server_address[1] + 10}/metrics" in health["worker-2"]
+
+
+class FakeSupervisor:
+    """supervisord's getProcessInfo: each program's state in turn, the last one repeated."""
+
+    def __init__(self, states: dict[str, list[str]]) -> None:
+        self.states = states
+
+    def getProcessInfo(self, name: str) -> dict:  # noqa: N802 - supervisord's XML-RPC name
+        states = self.states[name]
+        return {"statename": states.pop(0) if len(states) > 1 else states[0], "spawnerr": ""}
+
+
+def _program(name: str, healthy_after: int) -> programs_module.Program:
+    checks = []
+
+    def health(settings: Settings) -> None:
+        checks.append(1)
+        if len(checks) < healthy_after:
+            raise Unhealthy(f"{name} not yet ({len(checks)})")
+
+    return programs_module.Program(name=name, title=name.upper(), command=["true"], stage=1, ports=(),
+                                   health=health)
+
+
+def _wait(tmp_path: Path, states: dict[str, list[str]], group: list, timeout: float) -> list[str]:
+    settings = local_settings(tmp_path)
+    said: list[str] = []
+    proxy = type("Proxy", (), {"supervisor": FakeSupervisor(states)})()
+    control._wait_healthy(settings, proxy, group, supervisor.paths(settings), timeout, said.append)
+    return said
+
+
+def test_up_waits_until_every_program_of_a_stage_is_healthy(tmp_path: Path) -> None:
+    group = [_program("fast", healthy_after=1), _program("slow", healthy_after=3)]
+    said = _wait(tmp_path, {"fast": ["RUNNING"], "slow": ["STARTING", "RUNNING"]}, group, timeout=30)
+    assert said == ["  FAST: healthy", "  SLOW: healthy"]
+
+
+def test_up_names_what_is_still_unhealthy_at_the_deadline(tmp_path: Path) -> None:
+    group = [_program("fast", healthy_after=1), _program("never", healthy_after=10**6)]
+    with pytest.raises(control.StackError, match=r"not healthy after 0s:\n- NEVER \(never\): never not yet \(\d+\)"):
+        _wait(tmp_path, {"fast": ["RUNNING"], "never": ["RUNNING"]}, group, timeout=0.3)
+
+
+def test_up_stops_waiting_at_once_when_a_program_gave_up(tmp_path: Path) -> None:
+    group = [_program("broken", healthy_after=10**6)]
+    with pytest.raises(control.StackError, match=r"BROKEN \(broken\) is FATAL"):
+        _wait(tmp_path, {"broken": ["STARTING", "FATAL"]}, group, timeout=300)
+
+
+def test_down_waits_for_processes_to_exit_and_names_the_survivors() -> None:
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        assert control._wait_gone([proc.pid], 0.3) == [proc.pid]  # alive at the deadline
+        proc.terminate()
+        assert control._wait_gone([proc.pid], 10) == []  # exited (a zombie until reaped counts as gone)
+    finally:
+        proc.kill()
+        proc.wait()

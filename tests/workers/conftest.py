@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -103,7 +103,8 @@ def wait_status(image_ids: list[str], statuses=("DONE", "FAILED"), timeout: floa
         records = [record(i) for i in image_ids]
         # moto applies an UpdateItem's actions one by one, so a read can land half-way through the
         # worker's final write (status DONE, processed_at not yet set): wait for the whole write.
-        return records if all(r.status in statuses and (r.status != "DONE" or r.processed_at) for r in records) else None
+        done = all(r.status in statuses and (r.status != "DONE" or r.processed_at) for r in records)
+        return records if done else None
 
     return wait_for(finished, timeout, f"images {image_ids} to reach {statuses}")  # type: ignore[return-value]
 

@@ -111,7 +111,8 @@ def versions_of(image_ids: list[str]) -> list[str]:
 def test_the_share_of_new_uploads_goes_to_the_candidate(make_settings, start_worker, candidate, tmp_path,
                                                         share, to_candidate):
     settings = make_settings(data_dir=tmp_path, canary_version=candidate, canary_share=share)
-    canary_before, default_before = count(metrics.PREDICTIONS, candidate, "canary"), count(metrics.PREDICTIONS, "1.0", "default")
+    canary_before = count(metrics.PREDICTIONS, candidate, "canary")
+    default_before = count(metrics.PREDICTIONS, "1.0", "default")
     ids = [new_upload(settings, jpeg(name)) for name in ("chelsea", "coffee", "astronaut")]
     start_worker(settings)
     assert sorted(versions_of(ids)) == sorted(

@@ -8,8 +8,17 @@ import time
 import pytest
 
 from tests.workers.conftest import (
-    create_image, dlq_messages, new_upload, original_exists, processed_keys, queue_empty, record, send_body,
-    upload, wait_for, wait_status,
+    create_image,
+    dlq_messages,
+    new_upload,
+    original_exists,
+    processed_keys,
+    queue_empty,
+    record,
+    send_body,
+    upload,
+    wait_for,
+    wait_status,
 )
 from tests.workers.images import bomb_png, jpeg
 from udagram import data
@@ -30,7 +39,7 @@ def test_poison_inputs_end_failed_with_a_readable_error(make_settings, start_wor
     ids = {name: new_upload(settings, body, ctype) for name, (body, ctype, _) in cases.items()}
     good = new_upload(settings, jpeg("coffee"))
     start_worker(settings)
-    records = dict(zip(ids, wait_status(list(ids.values()))))
+    records = dict(zip(ids, wait_status(list(ids.values())), strict=True))
     for name, (_, _, phrase) in cases.items():
         rec = records[name]
         assert rec.status == "FAILED", name

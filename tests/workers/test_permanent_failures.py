@@ -11,7 +11,15 @@ import pytest
 
 from tests.fixtures.ports import free_port
 from tests.workers.conftest import (
-    create_image, dlq_messages, dlq_reasons, new_upload, queue_empty, record, upload, wait_for, wait_settled,
+    create_image,
+    dlq_messages,
+    dlq_reasons,
+    new_upload,
+    queue_empty,
+    record,
+    upload,
+    wait_for,
+    wait_settled,
     wait_status,
 )
 from tests.workers.images import jpeg

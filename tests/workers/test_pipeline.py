@@ -11,8 +11,18 @@ from PIL import Image
 from prometheus_client import REGISTRY
 
 from tests.workers.conftest import (
-    create_image, dlq_messages, new_upload, processed_keys, processed_object, queue_empty, record,
-    s3_event_body, send_body, upload, wait_for, wait_status,
+    create_image,
+    dlq_messages,
+    new_upload,
+    processed_keys,
+    processed_object,
+    queue_empty,
+    record,
+    s3_event_body,
+    send_body,
+    upload,
+    wait_for,
+    wait_status,
 )
 from tests.workers.images import encode, jpeg, noise, photo
 from udagram import data, jobs
@@ -65,7 +75,7 @@ def test_widths_and_formats(settings, start_worker):
     }
     ids = {name: new_upload(settings, body, ctype) for name, (body, ctype, _, _) in cases.items()}
     start_worker(settings)
-    records = dict(zip(ids, wait_status(list(ids.values()))))
+    records = dict(zip(ids, wait_status(list(ids.values())), strict=True))
     for name, (_, _, size, ext) in cases.items():
         rec = records[name]
         assert rec.status == "DONE", (name, rec.error)
@@ -130,7 +140,8 @@ def test_two_workers_and_duplicated_events_converge(settings, start_worker):
         expected = direct_prediction(settings, bodies[rec.id])
         assert rec.status == "DONE" and rec.lease_owner is None
         assert [p.label for p in rec.predictions] == expected["top5"]
-        assert rec.title == render.format_title(expected["top5"][0], expected["prob5"][0], settings.confidence_threshold)
+        assert rec.title == render.format_title(expected["top5"][0], expected["prob5"][0],
+                                                settings.confidence_threshold)
     assert sorted(processed_keys(settings)) == sorted(data.processed_key(i) for i in ids)
     assert dlq_messages(settings) == []
 
@@ -197,7 +208,7 @@ def test_reconciliation_requeues_lost_events_and_stale_processing(settings, star
 def test_reprocess_command_reruns_with_progress_and_skips_up_to_date(settings, start_worker, monkeypatch):
     from typer.testing import CliRunner
 
-    from udagram.cli import app
+    from udagram_cli import app
 
     ids = [new_upload(settings, jpeg("chelsea")) for _ in range(3)]
     start_worker(settings)

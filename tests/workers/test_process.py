@@ -15,7 +15,13 @@ import pytest
 
 from tests.fixtures.ports import free_port
 from tests.workers.conftest import (
-    dlq_messages, new_upload, queue_counts, queue_empty, record, wait_for, wait_status,
+    dlq_messages,
+    new_upload,
+    queue_counts,
+    queue_empty,
+    record,
+    wait_for,
+    wait_status,
 )
 from tests.workers.images import jpeg
 from udagram.settings import Settings
@@ -97,9 +103,9 @@ def test_worker_process_metrics_logs_and_sigterm(settings, spawn):
     assert "udagram_worker_in_flight" in metrics
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(timeout=30) == 0
-    done_lines = [l for l in worker.lines() if l.get("event") == "image done"]
-    assert sorted(l["image_id"] for l in done_lines) == sorted(ids)
-    assert all(l["level"] == "info" and "timestamp" in l for l in done_lines)
+    done_lines = [line for line in worker.lines() if line.get("event") == "image done"]
+    assert sorted(line["image_id"] for line in done_lines) == sorted(ids)
+    assert all(line["level"] == "info" and "timestamp" in line for line in done_lines)
 
 
 def test_sigterm_mid_work_releases_messages_and_exits_0(settings, spawn):
@@ -165,7 +171,7 @@ def test_worker_waits_for_unreachable_services_and_exits_0_on_sigterm(tmp_path):
                         dynamodb_endpoint_url=dead, aws_access_key_id="unused", aws_secret_access_key="unused")
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     try:
-        wait_for(lambda: any(l.get("event") == "AWS services not ready; retrying" for l in worker.lines()),
+        wait_for(lambda: any(line.get("event") == "AWS services not ready; retrying" for line in worker.lines()),
                  60, "the worker to report unreachable services")
         assert worker.proc.poll() is None  # still waiting, not crashed
         worker.proc.send_signal(signal.SIGTERM)

@@ -9,8 +9,19 @@ import json
 import pytest
 
 from tests.workers.conftest import (
-    create_image, dlq_messages, new_upload, original_exists, processed_keys, queue_counts,
-    queue_empty, record, s3_event_body, send_body, upload, wait_for, wait_settled,
+    create_image,
+    dlq_messages,
+    new_upload,
+    original_exists,
+    processed_keys,
+    queue_counts,
+    queue_empty,
+    record,
+    s3_event_body,
+    send_body,
+    upload,
+    wait_for,
+    wait_settled,
 )
 from tests.workers.images import jpeg
 from udagram import data

@@ -15,17 +15,17 @@ import json
 import os
 import signal
 import socket
-import time
 import xmlrpc.client
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 from udagram.settings import Settings
 from udagram.stack import seaweedfs, supervisor
 from udagram.stack.health import Unhealthy
 from udagram.stack.programs import DYNALITE, SERVICES, Port, Program, instance_port, programs
+from udagram.waiting import poll_until
 
 Say = Callable[[str], None]
 
@@ -123,8 +123,8 @@ def _wait_healthy(settings: Settings, proxy, group: list[Program], p: supervisor
                   say: Say) -> None:
     pending = {program.name: program for program in group}
     reasons: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
-    while pending:
+
+    def all_healthy() -> bool:
         for name, program in list(pending.items()):
             info = _state(proxy, name)
             # EXITED/BACKOFF are retried by supervisord (autorestart); FATAL means it gave up.
@@ -139,16 +139,15 @@ def _wait_healthy(settings: Settings, proxy, group: list[Program], p: supervisor
                 continue
             say(f"  {program.title}: healthy")
             del pending[name]
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            details = "\n".join(
-                f"- {pending[n].title} ({n}): {reasons.get(n, 'not checked')}\n"
-                f"  last lines of {p.log(n)}:\n{supervisor.tail(p.log(n), 15)}"
-                for n in pending
-            )
-            raise StackError(f"not healthy after {timeout:.0f}s:\n{details}")
-        time.sleep(0.5)
+        return not pending
+
+    if not poll_until(all_healthy, done=bool, timeout=timeout, interval=0.5):
+        details = "\n".join(
+            f"- {pending[n].title} ({n}): {reasons.get(n, 'not checked')}\n"
+            f"  last lines of {p.log(n)}:\n{supervisor.tail(p.log(n), 15)}"
+            for n in pending
+        )
+        raise StackError(f"not healthy after {timeout:.0f}s:\n{details}")
 
 
 def _prepare(settings: Settings, progs: list[Program]) -> None:
@@ -273,12 +272,9 @@ def survivors(tree: dict[int, str]) -> list[int]:
 
 
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.2)
-        alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
-    return alive
+    """The `pids` still alive after waiting up to `timeout` seconds for them to exit."""
+    return poll_until(lambda: [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)],
+                      done=lambda alive: not alive, timeout=timeout, interval=0.2)
 
 
 def _zombie(pid: int) -> bool:

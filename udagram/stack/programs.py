@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from udagram.settings import Settings
 from udagram.stack import credentials, health, seaweedfs
@@ -99,23 +99,6 @@ def _identity(name: credentials.Identity) -> dict[str, str]:
     return {"UDAGRAM_LOCAL_IDENTITY": name}
 
 
-def _cli_has(*names: str) -> bool:
-    """Whether `udagram <names...>` exists (the other roles' commands land while this one grows)."""
-    from udagram.cli import app
-
-    typer_app = app
-    for i, name in enumerate(names):
-        last = i == len(names) - 1
-        if last:
-            commands = [c.name or c.callback.__name__.replace("_", "-") for c in typer_app.registered_commands]
-            return name in commands
-        groups = {g.name: g.typer_instance for g in typer_app.registered_groups}
-        if name not in groups:
-            return False
-        typer_app = groups[name]
-    return False
-
-
 def storage(settings: Settings) -> list[Program]:
     host = settings.host
     weed_ports = tuple(
@@ -170,50 +153,45 @@ def storage(settings: Settings) -> list[Program]:
 
 
 def services(settings: Settings) -> list[Program]:
-    udagram = str(BIN / "udagram")
-    programs = []
-    if _cli_has("model", "serve"):
-        torchserve_dir = settings.data_dir / "torchserve"
-        programs.append(
-            Program(
-                name="torchserve",
-                title="TorchServe",
-                command=[udagram, "model", "serve"],
-                stage=SERVICES,
-                ports=(
-                    Port(settings.torchserve_inference_port, "TorchServe inference", "UDAGRAM_TORCHSERVE_INFERENCE_PORT"),
-                    Port(settings.torchserve_management_port, "TorchServe management",
-                         "UDAGRAM_TORCHSERVE_MANAGEMENT_PORT"),
-                    Port(settings.torchserve_metrics_port, "TorchServe metrics", "UDAGRAM_TORCHSERVE_METRICS_PORT"),
-                    Port(settings.torchserve_grpc_inference_port, "TorchServe gRPC inference",
-                         "UDAGRAM_TORCHSERVE_GRPC_INFERENCE_PORT"),
-                    Port(settings.torchserve_grpc_management_port, "TorchServe gRPC management",
-                         "UDAGRAM_TORCHSERVE_GRPC_MANAGEMENT_PORT"),
-                ),
-                health=health.torchserve,
-                # one TorchServe instance per TMPDIR (pid file, worker sockets); logs under .data
-                environment={
-                    **_identity("none"),
-                    "TMPDIR": str(torchserve_dir / "tmp"),
-                    "LOG_LOCATION": str(settings.data_dir / "logs" / "torchserve"),
-                    "METRICS_LOCATION": str(settings.data_dir / "logs" / "torchserve"),
-                },
-                stop_wait_seconds=90,  # `model serve` waits up to ~70 s for Java and its workers
-            )
-        )
-    if _cli_has("api"):
-        programs += _processes(
-            "api", "GraphQL API and web page", settings.api_processes,
-            Port(settings.api_metrics_port, "API metrics", "UDAGRAM_API_METRICS_PORT"), health.api,
-            shared=(Port(settings.api_port, "API", "UDAGRAM_API_PORT"),),
-        )
-    if _cli_has("worker"):
-        programs += _processes(
-            "worker", "Worker", settings.worker_processes,
-            Port(settings.worker_metrics_port, "worker metrics", "UDAGRAM_WORKER_METRICS_PORT"), health.worker,
-            stop_wait_seconds=int(settings.worker_shutdown_grace_seconds) + 10,
-        )
-    return programs
+    """TorchServe, the API and the worker: each runs a subcommand of the `udagram` console script
+    (named, not imported: the roles sit above this package)."""
+    torchserve_dir = settings.data_dir / "torchserve"
+    torchserve = Program(
+        name="torchserve",
+        title="TorchServe",
+        command=[str(BIN / "udagram"), "model", "serve"],
+        stage=SERVICES,
+        ports=(
+            Port(settings.torchserve_inference_port, "TorchServe inference", "UDAGRAM_TORCHSERVE_INFERENCE_PORT"),
+            Port(settings.torchserve_management_port, "TorchServe management",
+                 "UDAGRAM_TORCHSERVE_MANAGEMENT_PORT"),
+            Port(settings.torchserve_metrics_port, "TorchServe metrics", "UDAGRAM_TORCHSERVE_METRICS_PORT"),
+            Port(settings.torchserve_grpc_inference_port, "TorchServe gRPC inference",
+                 "UDAGRAM_TORCHSERVE_GRPC_INFERENCE_PORT"),
+            Port(settings.torchserve_grpc_management_port, "TorchServe gRPC management",
+                 "UDAGRAM_TORCHSERVE_GRPC_MANAGEMENT_PORT"),
+        ),
+        health=health.torchserve,
+        # one TorchServe instance per TMPDIR (pid file, worker sockets); logs under .data
+        environment={
+            **_identity("none"),
+            "TMPDIR": str(torchserve_dir / "tmp"),
+            "LOG_LOCATION": str(settings.data_dir / "logs" / "torchserve"),
+            "METRICS_LOCATION": str(settings.data_dir / "logs" / "torchserve"),
+        },
+        stop_wait_seconds=90,  # `model serve` waits up to ~70 s for Java and its workers
+    )
+    api = _processes(
+        "api", "GraphQL API and web page", settings.api_processes,
+        Port(settings.api_metrics_port, "API metrics", "UDAGRAM_API_METRICS_PORT"), health.api,
+        shared=(Port(settings.api_port, "API", "UDAGRAM_API_PORT"),),
+    )
+    worker = _processes(
+        "worker", "Worker", settings.worker_processes,
+        Port(settings.worker_metrics_port, "worker metrics", "UDAGRAM_WORKER_METRICS_PORT"), health.worker,
+        stop_wait_seconds=int(settings.worker_shutdown_grace_seconds) + 10,
+    )
+    return [torchserve, *api, *worker]
 
 
 def programs(settings: Settings) -> list[Program]:

@@ -20,7 +20,7 @@ import base64
 import binascii
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote_plus
@@ -99,7 +99,7 @@ def s3_record(event: dict[str, Any], *, bucket: str, region: str, prefix: str = 
     extended = entry.get("extended") or {}
     multipart = "X-Seaweedfs-Upload-Id" in extended
     ns = _modified_ns(entry)
-    when = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+    when = datetime.fromtimestamp(ns / 1e9, tz=UTC)
     owner = _b64text(extended.get("Seaweed-X-Amz-Owner")) or "local"
     return {
         "eventVersion": "2.1",
@@ -218,7 +218,7 @@ def make_server(settings: Settings, bridge: Bridge | None = None) -> ThreadingHT
 def main() -> None:
     import signal
 
-    from workers.logs import configure  # the project's structlog set-up (JSON lines on stderr)
+    from udagram.logs import configure  # the project's structlog set-up (JSON lines on stderr)
 
     settings = get_settings()
     configure(settings)

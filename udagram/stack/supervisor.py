@@ -18,16 +18,17 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 import xmlrpc.client
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
 from udagram.settings import Settings
 from udagram.stack.programs import Program
+from udagram.waiting import poll_until
 
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
 
@@ -146,12 +147,9 @@ def start_daemon(p: Paths, programs: list[Program], env: Mapping[str, str], time
     # supervisord daemonizes (forks, setsid) and returns once it is detached.
     subprocess.run([str(supervisord), "-c", str(p.conf)], env=dict(env), check=True, cwd=p.root,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid = running_pid(p)
-        if pid:
-            return pid
-        time.sleep(0.1)
+    pid = poll_until(lambda: running_pid(p), done=bool, timeout=timeout, interval=0.1)
+    if pid:
+        return pid
     raise RuntimeError(f"supervisord did not answer on {p.socket} within {timeout:.0f}s; see {p.logs}/supervisord.log")
 
 

@@ -1,6 +1,7 @@
-"""structlog set-up: one JSON object per line on stderr; `image_id` is bound (contextvars) while
-an image is handled, so every line about it carries it. Standard-library loggers (botocore,
-urllib3, httpx...) go through the same renderer."""
+"""structlog set-up of every long-running process (API, worker, S3 event bridge): one JSON object
+per line on stderr (settings.log_format `console`: plain text); contextvars bound by a role (the
+worker's `image_id`) are on every line. Standard-library loggers (uvicorn, botocore, urllib3,
+httpx...) go through the same renderer."""
 
 from __future__ import annotations
 

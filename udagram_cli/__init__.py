@@ -1,4 +1,6 @@
-"""`udagram`: the project's one command line. Each role contributes its own subcommands.
+"""`udagram`: the project's one command line, above the packages it assembles: the ground
+(`udagram`: the local stack, the label index) and each role (model server, API, worker) contribute
+their own subcommands. `udagram/` never imports a role; this package is where they meet.
 
 Heavy imports (torch, the API, the worker) happen inside the commands, so `udagram token`
 or `udagram status` answer quickly.
@@ -20,6 +22,3 @@ app.add_typer(labels_app, name="labels", help="The label search index: rebuild i
 register_stack(app)  # up, down, status
 register_api(app)  # api, token, user, schema
 register_worker(app)  # worker, reprocess
-
-if __name__ == "__main__":
-    app()

@@ -1,0 +1,3 @@
+from udagram_cli import app
+
+app()
