@@ -373,10 +373,11 @@ def test_security_headers_and_an_enforced_content_security_policy(local_stack, b
         expect(page.get_by_role("heading", name="Groups", level=1)).to_be_visible()  # shown by the modules
         expect(page.get_by_test_id("sign-in-button")).to_be_visible()
 
-        # connect-src: the API's websocket under either local name (live updates), and the sign-in
-        # issuer (here the API itself: its public_url's origin)
-        websockets = "{} {}".format(base.replace("http://", "ws://"),
-                                    base.replace("http://127.0.0.1:", "ws://localhost:"))
+        # connect-src: the API's websocket under either local name and the stack's second page
+        # origin (live updates), and the sign-in issuer (here the API itself: its public_url's origin)
+        page_origins = [base, base.replace("http://127.0.0.1:", "http://localhost:"),
+                        *local_stack.settings.extra_page_origins]
+        websockets = " ".join(origin.replace("http://", "ws://") for origin in page_origins)
         policy = (
             f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' {s3} data: blob:; "
             f"connect-src 'self' {websockets} {s3} {base}; "
