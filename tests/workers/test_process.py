@@ -127,12 +127,17 @@ def test_sigterm_mid_work_releases_messages_and_exits_0(settings, spawn):
 
 
 def test_sigkill_mid_image_loses_nothing(settings, spawn):
-    ids = [new_upload(settings, jpeg("chelsea", size=(4000, 2660))) for _ in range(6)]
+    # Enough work that the worker is still busy when the test sees it start: an image takes well
+    # under a second, faster than one round of reading every record on a loaded machine.
+    photo = jpeg("chelsea", size=(6000, 4000))
+    ids = [new_upload(settings, photo) for _ in range(12)]
     worker = spawn(settings, worker_concurrency=2)
-    wait_for(lambda: any(record(i).status == "PROCESSING" for i in ids), 60, "an image PROCESSING")
+    wait_for(lambda: any(record(i).status in ("PROCESSING", "DONE") for i in ids), 60, "work under way")
     worker.kill()
-    stuck = [i for i in ids if record(i).status != "DONE"]
-    assert stuck
+    statuses = [record(i).status for i in ids]
+    assert "PROCESSING" in statuses  # a lease held by a dead worker
+    stuck = [i for i, status in zip(ids, statuses, strict=True) if status != "DONE"]
+    assert stuck, "the worker finished everything before it was killed: nothing was tested"
     spawn(settings)  # messages reappear after the (6 s) visibility timeout
     records = wait_status(ids, timeout=120)
     assert [r.status for r in records] == ["DONE"] * len(ids)
