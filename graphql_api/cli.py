@@ -27,16 +27,23 @@ def register(app: typer.Typer) -> None:
         """Serve the GraphQL API and the web page on settings.host:settings.api_port (Prometheus
         metrics on settings.api_metrics_host:settings.api_metrics_port)."""
         import logging
+        import threading
 
+        import structlog
         import uvicorn
 
         from graphql_api.app import create_app, listen_socket, start_metrics_server
         from udagram import logs, resources
         from udagram.settings import get_settings
+        from udagram.waiting import until_it_works
 
         settings = get_settings()
         logs.configure(settings)
-        resources.ensure_resources(settings)
+        # As the worker: S3/SQS/DynamoDB, or the resources, may not be there yet (compose starts
+        # every service at once). SIGTERM meanwhile ends the process as usual.
+        log = structlog.get_logger("graphql_api")
+        until_it_works(lambda: resources.ensure_resources(settings), lambda exc: log.warning(
+            "AWS services not ready; retrying", error=f"{type(exc).__name__}: {exc}"), stop=threading.Event())
         try:
             sock = listen_socket(settings)
         except OSError as exc:

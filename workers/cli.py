@@ -24,6 +24,7 @@ def worker(
 
     from udagram import data, logs, resources
     from udagram.settings import get_settings
+    from udagram.waiting import until_it_works
     from workers.consumer import Consumer
 
     settings = get_settings()
@@ -40,18 +41,16 @@ def worker(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    # S3/SQS/DynamoDB may still be starting (the local stack starts everything at once): wait.
-    while True:
-        try:
-            resources.ensure_resources(settings)
-            data.configure(settings)
-            consumer = Consumer(settings, reconcile_on_start=reconcile_on_start)
-            break
-        except Exception as exc:  # noqa: BLE001 - any failure here means "not reachable yet"
-            log.warning("AWS services not ready; retrying", error=f"{type(exc).__name__}: {exc}")
-            if stop_requested.wait(2.0):
-                raise typer.Exit(0) from None
-    if stop_requested.is_set():
+    def start_consumer() -> Consumer:
+        resources.ensure_resources(settings)
+        data.configure(settings)
+        return Consumer(settings, reconcile_on_start=reconcile_on_start)
+
+    # S3/SQS/DynamoDB may still be starting, or the resources not made yet (the local stack and
+    # the compose file start everything at once): wait.
+    consumer = until_it_works(start_consumer, lambda exc: log.warning(
+        "AWS services not ready; retrying", error=f"{type(exc).__name__}: {exc}"), stop=stop_requested)
+    if consumer is None or stop_requested.is_set():
         raise typer.Exit(0)
     port = metrics_port if metrics_port is not None else settings.worker_metrics_port
     start_http_server(port, addr=settings.host)

@@ -217,6 +217,16 @@ def test_services_that_need_ordering_wait_for_health() -> None:
     assert "s3-events" in services["s3"]["depends_on"]  # the bridge listens before SeaweedFS starts
 
 
+def test_no_service_depends_on_the_one_shot_resources_service() -> None:
+    """podman 4.3 refuses to start a container that requires an exited one ("generating
+    dependency graph ... not found in input list"), which `resources` is once it has done its
+    work: the API and the worker wait for the resources themselves instead."""
+    services = COMPOSE["services"]
+    assert services["resources"]["restart"] == "on-failure"  # runs once, then exits
+    dependents = [name for name, service in services.items() if "resources" in (service.get("depends_on") or {})]
+    assert dependents == []
+
+
 def test_everything_on_loopback() -> None:
     for name, service in COMPOSE["services"].items():
         assert service["network_mode"] == "host", name
