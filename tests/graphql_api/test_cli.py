@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -142,3 +144,41 @@ def test_api_command_creates_resources_and_serves(moto_server, tmp_path):
     assert any(line["event"].startswith("Uvicorn running on") and line["logger"] == "uvicorn.error"
                for line in lines), lines
     assert any(line["logger"] == "uvicorn.access" and "POST /graphql" in line["event"] for line in lines), lines
+
+
+def test_api_waits_for_unreachable_services_then_serves_once_they_answer(tmp_path):
+    """As in the compose file, where every service starts at once: `udagram api` keeps retrying
+    while S3/SQS/DynamoDB do not answer (instead of exiting), and serves once they do."""
+    port = free_port()  # moto starts here only after the API has tried it
+    endpoint = f"http://127.0.0.1:{port}"
+    env = _env(UDAGRAM_DATA_DIR=str(tmp_path), UDAGRAM_API_PORT=str(free_port()),
+               UDAGRAM_API_METRICS_PORT=str(free_port()), AWS_ENDPOINT_URL_S3=endpoint,
+               AWS_ENDPOINT_URL_SQS=endpoint, AWS_ENDPOINT_URL_DYNAMODB=endpoint,
+               AWS_ACCESS_KEY_ID=TEST_KEYS["accessKeyId"], AWS_SECRET_ACCESS_KEY=TEST_KEYS["secretAccessKey"])
+    log = tmp_path / "api.log"
+    with log.open("wb") as out:
+        api = subprocess.Popen([UDAGRAM, "api"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    moto = None
+    try:
+        deadline = time.monotonic() + 120
+        while "AWS services not ready; retrying" not in log.read_text():
+            assert api.poll() is None, log.read_text()  # waiting, not exited
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        url = f"http://127.0.0.1:{env['UDAGRAM_API_PORT']}"
+        while True:
+            assert api.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+    finally:
+        for proc in (api, moto):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
