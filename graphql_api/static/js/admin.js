@@ -4,7 +4,7 @@
 // progress bar (live over the websocket, polled while it is down).
 import { gql, unwrap } from "./api.js";
 import { onAuthChange } from "./auth.js";
-import { $ } from "./dom.js";
+import { $, element } from "./dom.js";
 import { formatDate, imageTitle, setBadge } from "./format.js";
 import { onImageUpdate, subscribe, unsubscribe, watchImage } from "./live.js";
 import { showError, showMessage } from "./messages.js";
@@ -50,14 +50,11 @@ async function loadStats(seq = view.routeSeq) {
   const counts = $("admin-counts");
   counts.replaceChildren();
   for (const { status, count } of stats.counts) {
-    const item = document.createElement("div");
-    item.className = "count";
+    const item = element("div", { className: "count", testid: "admin-count" });
     item.dataset.status = status;
-    item.dataset.testid = "admin-count";
-    const badge = document.createElement("span");
+    const badge = element("span");
     setBadge(badge, status);
-    const number = document.createElement("strong");
-    number.textContent = String(count);
+    const number = element("strong", { text: String(count) });
     item.append(number, badge);
     counts.append(item);
   }
@@ -81,24 +78,15 @@ async function loadFailed(seq = view.routeSeq, more = false) {
 }
 
 function failedItem(image) {
-  const li = document.createElement("li");
-  li.className = "failed-item";
+  const li = element("li", { className: "failed-item", testid: "admin-failed-item" });
   li.dataset.id = image.id;
-  li.dataset.testid = "admin-failed-item";
-  const link = document.createElement("a");
+  const link = element("a", { className: "title" });
   link.href = imageHref(image.id);
-  link.className = "title";
-  const badge = document.createElement("span");
-  badge.dataset.testid = "admin-failed-status";
-  const error = document.createElement("p");
-  error.className = "error-text";
-  error.dataset.testid = "admin-failed-error";
-  const meta = document.createElement("p");
-  meta.className = "meta";
-  const retry = document.createElement("button");
+  const badge = element("span", { testid: "admin-failed-status" });
+  const error = element("p", { className: "error-text", testid: "admin-failed-error" });
+  const meta = element("p", { className: "meta" });
+  const retry = element("button", { className: "secondary retry", text: "Retry" });
   retry.type = "button";
-  retry.className = "secondary retry";
-  retry.textContent = "Retry";
   retry.addEventListener("click", () => retryImage(image.id, retry));
   li.append(link, badge, error, meta, retry);
   renderFailedItem(li, image);

@@ -2,7 +2,7 @@
 // owner's delete. Escape, the close button or the backdrop close it, back to the group's address.
 import { gql, unwrap } from "./api.js";
 import { currentUser, onAuthChange } from "./auth.js";
-import { $ } from "./dom.js";
+import { $, element } from "./dom.js";
 import { formatDate, imageTitle, percent, setBadge } from "./format.js";
 import { countImages, renderEmptyNote } from "./group.js";
 import { cardFor, pictureUrl } from "./image-cards.js";
@@ -19,17 +19,10 @@ let lastFocus = null;
 export const dialogImageId = () => shown && shown.id;
 
 function predictionItem(p) {
-  const li = document.createElement("li");
-  li.className = "prediction";
-  li.dataset.testid = "prediction";
-  const label = document.createElement("span");
-  label.className = "label";
-  label.textContent = p.label;
-  const value = document.createElement("span");
-  value.className = "percent";
-  value.textContent = percent(p.probability);
-  const bar = document.createElement("div");
-  bar.className = "bar";
+  const li = element("li", { className: "prediction", testid: "prediction" });
+  const label = element("span", { className: "label", text: p.label });
+  const value = element("span", { className: "percent", text: percent(p.probability) });
+  const bar = element("div", { className: "bar" });
   bar.setAttribute("role", "meter");
   bar.setAttribute("aria-valuemin", "0");
   bar.setAttribute("aria-valuemax", "100");
@@ -71,12 +64,8 @@ function renderDialog(image, pictureChanged = true) {
   ];
   for (const [term, value] of rows) {
     if (!value) continue;
-    const dt = document.createElement("dt");
-    dt.textContent = term;
-    const dd = document.createElement("dd");
-    dd.textContent = value;
-    if (term === "Model") dd.dataset.testid = "image-model-version";
-    details.append(dt, dd);
+    details.append(element("dt", { text: term }),
+      element("dd", { text: value, testid: term === "Model" ? "image-model-version" : "" }));
   }
 
   const original = $("image-original");

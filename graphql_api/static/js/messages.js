@@ -1,19 +1,14 @@
 // Notifications in an aria-live region: errors stay until dismissed, confirmations fade after 5 s.
-import { $ } from "./dom.js";
+import { $, element } from "./dom.js";
 
 export function showMessage(text, kind = "error") {
   // The page behind a modal dialog is inert: while the image dialog is open, messages show inside it.
   const box = $("image-dialog").open ? $("dialog-messages") : $("messages");
-  const item = document.createElement("div");
-  item.className = `message ${kind}`;
+  const item = element("div", { className: `message ${kind}`, testid: kind === "error" ? "error-message" : "info-message" });
   item.setAttribute("role", kind === "error" ? "alert" : "status");
-  item.dataset.testid = kind === "error" ? "error-message" : "info-message";
-  const p = document.createElement("p");
-  p.textContent = text;
-  const close = document.createElement("button");
+  const p = element("p", { text });
+  const close = element("button", { className: "secondary", text: "Dismiss" });
   close.type = "button";
-  close.className = "secondary";
-  close.textContent = "Dismiss";
   close.setAttribute("aria-label", "Dismiss message");
   close.addEventListener("click", () => item.remove());
   item.append(p, close);

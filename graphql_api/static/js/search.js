@@ -2,7 +2,7 @@
 // (`labels(prefix)`, asked for once typing pauses), and the results view (#/search/<label>):
 // images newest first, "Load more results", and a minimum model confidence.
 import { gql } from "./api.js";
-import { $ } from "./dom.js";
+import { $, element } from "./dom.js";
 import { percent } from "./format.js";
 import { imageCard } from "./image-cards.js";
 import { showError, showMessage } from "./messages.js";
@@ -127,16 +127,11 @@ function renderSuggestions(items) {
   suggest.items = items;
   const list = $("search-suggestions");
   list.replaceChildren(...items.map((item, i) => {
-    const li = document.createElement("li");
+    const li = element("li", { testid: "search-suggestion" });
     li.id = `search-option-${i}`;
     li.setAttribute("role", "option");
-    li.dataset.testid = "search-suggestion";
-    const label = document.createElement("span");
-    label.className = "label";
-    label.textContent = item.label;
-    const count = document.createElement("span");
-    count.className = "count";
-    count.textContent = String(item.count);
+    const label = element("span", { className: "label", text: item.label });
+    const count = element("span", { className: "count", text: String(item.count) });
     count.setAttribute("aria-label", `${item.count} image${item.count === 1 ? "" : "s"}`);
     li.append(label, count);
     li.addEventListener("mousedown", (e) => e.preventDefault()); // keep the focus in the box
