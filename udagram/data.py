@@ -21,6 +21,9 @@ Keys, and why:
   `by_image` finds an image's entries (to remove them). `label-counts` holds one row per label
   under the constant partition "LABEL" (range key: the normalised label) for autocomplete with
   `begins_with`. Written only through `udagram/labels.py`.
+
+Image records are written only through `udagram/image_records.py` (their conditions are the
+guarantees against duplicate, out-of-order and forged events).
 """
 
 from __future__ import annotations

@@ -49,8 +49,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import structlog
-from pynamodb.exceptions import DeleteError, DoesNotExist, UpdateError
+from pynamodb.exceptions import DeleteError, DoesNotExist
 
+from udagram import image_records
 from udagram.data import ImageLabelModel, ImageModel, LabelCountModel, condition_failed
 
 log = structlog.get_logger(__name__)
@@ -202,12 +203,8 @@ def sync_image(image_id: str, threshold: float, *, known: ImageModel | None = No
 
 
 def _clear_pending(image_id: str, value: str) -> None:
-    try:
-        ImageModel(image_id).update(actions=[ImageModel.labels_pending.remove()],
-                                    condition=ImageModel.labels_pending == value)
-    except UpdateError as exc:
-        if not condition_failed(exc):
-            raise  # a newer result set its own marker: its writer clears it
+    # Refused if a newer result set its own marker: its writer clears it.
+    image_records.clear_labels_pending(image_id, value)
 
 
 # --- reading -----------------------------------------------------------------------------------

@@ -21,22 +21,25 @@ read-then-put:
 - **Failures keep an earlier result of a re-run.** When a re-run of an image that has a result
   fails (unknown model version, bad input, given up), the image stays DONE with that result and
   `error` says why the re-run failed; otherwise it ends FAILED with the error.
+
+The writes themselves, with their conditions, are `udagram/image_records.py`'s.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
-from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
+from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from udagram import data, labels
+from udagram import data, image_records, labels
 from udagram.aws import client, is_not_found
-from udagram.data import ImageModel, ImageStatus, Prediction as PredictionAttr
+from udagram.data import ImageModel, ImageStatus
 from udagram.settings import Settings
 from workers import metrics, render
 from workers.canary import VersionRouter
@@ -72,10 +75,6 @@ class Result:
     dead_letter: bool = False  # also keep the message in the DLQ (an operator must act)
 
 
-def _conditional_failed(exc: PynamoDBException) -> bool:
-    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
-
-
 def _s3_error(exc: ClientError | BotoCoreError, what: str, bucket: str) -> Exception:
     """NoSuchBucket is permanent (a deployment problem); other S3 faults are transient."""
     if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
@@ -97,42 +96,18 @@ class Processor:
 
     # ---- lease ------------------------------------------------------------------------------
     def acquire(self, task: ImageTask, token: str) -> ImageModel | Result:
-        now = time.time()
-        M = ImageModel
-        cond = M.id.exists() & (M.lease_expires_at.does_not_exist() | (M.lease_expires_at < now)
-                                | (M.lease_owner == token))
-        if task.source == "s3":
-            # In the condition, not read before: the record is never marked PROCESSING for an
-            # event about another object, whatever happens between a read and the write.
-            cond &= M.original_key == task.key
-        if task.source == "s3" and task.etag:
-            cond &= ~(M.status.is_in(ImageStatus.DONE.value, ImageStatus.FAILED.value)
-                      & (M.source_etag == task.etag))
-        if task.pending_only:
-            cond &= M.status.is_in(ImageStatus.AWAITING_UPLOAD.value, ImageStatus.PROCESSING.value)
-        if task.model_version:
-            cond &= ~((M.status == ImageStatus.DONE.value)
-                      & (M.model_version == self.version_label(task.model_version)))
-        record = M(task.image_id)
+        from_s3 = task.source == "s3"
         try:
-            record.update(
-                actions=[
-                    M.status.set(ImageStatus.PROCESSING.value),
-                    M.status_changed_at.set(data.sortable_time()),
-                    M.lease_owner.set(token),
-                    M.lease_expires_at.set(now + self.lease_seconds),
-                    M.attempts.add(1),
-                    M.rerun_requested_at.remove(),  # picked up: a new reprocessImage queues a new run
-                ],
-                condition=cond,
+            record = image_records.acquire_lease(
+                task.image_id, token, self.lease_seconds,
+                s3_original_key=(task.key or "") if from_s3 else None,  # "": no record's original
+                s3_etag=task.etag if from_s3 else None,
+                pending_only=task.pending_only,
+                unless_done_with=self.version_label(task.model_version) if task.model_version else None,
             )
-            return record
-        except UpdateError as exc:
-            if not _conditional_failed(exc):
-                raise TransientError(f"DynamoDB lease update failed: {exc}") from exc
         except PynamoDBException as exc:
             raise TransientError(f"DynamoDB lease update failed: {exc}") from exc
-        return self._why_not_leased(task, token)
+        return record if record is not None else self._why_not_leased(task, token)
 
     def _why_not_leased(self, task: ImageTask, token: str) -> Result:
         try:
@@ -157,25 +132,19 @@ class Processor:
         return f"{self.settings.model_name} {version}"
 
     def extend_lease(self, image_id: str, token: str) -> bool:
-        M = ImageModel
         try:
-            M(image_id).update(actions=[M.lease_expires_at.set(time.time() + self.lease_seconds)],
-                               condition=M.lease_owner == token)
-            return True
+            if image_records.extend_lease(image_id, token, self.lease_seconds):
+                return True
+            log.warning("lease not extended", image_id=image_id, error="another delivery holds the lease")
         except PynamoDBException as exc:
             log.warning("lease not extended", image_id=image_id, error=str(exc))
-            return False
+        return False
 
     def release(self, image_id: str, token: str, *, count_attempt: bool, error: str | None = None) -> None:
         """Give the lease back (transient failure, shutdown); `count_attempt=False` returns the try."""
-        M = ImageModel
-        actions = [M.lease_expires_at.set(0), M.lease_owner.remove()]
-        if not count_attempt:
-            actions.append(M.attempts.add(-1))
-        if error:
-            actions.append(M.error.set(error[:1000]))
         try:
-            M(image_id).update(actions=actions, condition=M.lease_owner == token)
+            if not image_records.release_lease(image_id, token, count_attempt=count_attempt, error=error):
+                log.info("lease not released", image_id=image_id, error="another delivery holds the lease")
         except PynamoDBException as exc:  # the lease expires by itself anyway
             log.info("lease not released", image_id=image_id, error=str(exc))
 
@@ -224,15 +193,7 @@ class Processor:
         return Result(Outcome.FAILED, error)
 
     def _keep_result(self, image_id: str, token: str, error: str) -> None:
-        M = ImageModel
-        self._final_write(image_id, token, [
-            M.status.set(ImageStatus.DONE.value),
-            M.status_changed_at.set(data.sortable_time()),
-            M.error.set(error[:1000]),
-            M.attempts.set(0),
-            M.lease_owner.remove(),
-            M.lease_expires_at.remove(),
-        ], "the re-run's error")
+        self._final_write(image_id, "the re-run's error", lambda: image_records.keep_result(image_id, token, error))
         log.warning("re-run failed; earlier result kept", error=error)
 
     def _run(self, task: ImageTask, record: ImageModel, token: str, timings: dict[str, float]) -> Result:
@@ -267,26 +228,12 @@ class Processor:
             except (ClientError, BotoCoreError) as exc:
                 raise _s3_error(exc, "upload of the processed image failed", s.processed_bucket) from exc
         title = render.format_title(prediction.labels[0], prediction.probabilities[0], s.confidence_threshold)
-        M = ImageModel
-        now = data.utcnow()
         with metrics.stage("update", timings):
             try:
-                self._final_write(record.id, token, [
-                    M.status.set(ImageStatus.DONE.value),
-                    M.status_changed_at.set(data.sortable_time()),
-                    M.title.set(title),
-                    M.predictions.set([PredictionAttr(label=lbl, probability=p)
-                                       for lbl, p in zip(prediction.labels, prediction.probabilities, strict=True)]),
-                    M.processed_key.set(out_key),
-                    M.model_version.set(prediction.version_label),
-                    M.processed_at.set(now),
-                    M.source_etag.set(etag) if etag else M.source_etag.remove(),
-                    M.error.remove(),
-                    M.attempts.set(0),
-                    M.lease_owner.remove(),
-                    M.lease_expires_at.remove(),
-                    M.labels_pending.set(token),  # until the search index has the new labels
-                ], "the result")
+                self._final_write(record.id, "the result", lambda: image_records.complete(
+                    record.id, token, title=title,
+                    predictions=list(zip(prediction.labels, prediction.probabilities, strict=True)),
+                    processed_key=out_key, model_version=prediction.version_label, source_etag=etag))
             except RecordMissing:
                 self._drop_processed_copy(out_key)
                 raise
@@ -335,21 +282,20 @@ class Processor:
             raise _with_etag(PoisonInput(f"the file is larger than the {cap} byte limit"), etag)
         return payload, etag
 
-    def _final_write(self, image_id: str, token: str, actions: list, what: str) -> None:
-        """The update that ends a delivery's work, only while it still holds the lease. Refused:
-        RecordMissing if the owner deleted the image meanwhile (the consumer then treats the
-        original as an orphan upload), else LeaseLost (another worker took over)."""
-        M = ImageModel
+    def _final_write(self, image_id: str, what: str, write: Callable[[], bool]) -> None:
+        """`write`: an `image_records` update that ends a delivery's work, only while it still
+        holds the lease. Refused: RecordMissing if the owner deleted the image meanwhile (the
+        consumer then treats the original as an orphan upload), else LeaseLost (another worker
+        took over)."""
         try:
-            M(image_id).update(actions=actions, condition=M.lease_owner == token)
-        except UpdateError as exc:
-            if not _conditional_failed(exc):
-                raise TransientError(f"DynamoDB update of {what} failed: {exc}") from exc
-            if self._deleted(image_id):
-                raise RecordMissing(f"image {image_id} was deleted while it was processed") from None
-            raise LeaseLost(f"another worker took over the image before the write of {what}") from exc
+            written = write()
         except PynamoDBException as exc:
             raise TransientError(f"DynamoDB update of {what} failed: {exc}") from exc
+        if written:
+            return
+        if self._deleted(image_id):
+            raise RecordMissing(f"image {image_id} was deleted while it was processed") from None
+        raise LeaseLost(f"another worker took over the image before the write of {what}")
 
     @staticmethod
     def _deleted(image_id: str) -> bool:
@@ -371,17 +317,7 @@ class Processor:
             log.warning("could not remove the processed copy of a deleted image", key=out_key, error=str(exc))
 
     def fail(self, image_id: str, token: str, error: str, etag: str | None) -> None:
-        M = ImageModel
-        actions = [
-            M.status.set(ImageStatus.FAILED.value),
-            M.status_changed_at.set(data.sortable_time()),
-            M.error.set(error[:1000]),
-            M.lease_owner.remove(),
-            M.lease_expires_at.remove(),
-        ]
-        if etag:
-            actions.append(M.source_etag.set(etag))
-        self._final_write(image_id, token, actions, "FAILED")
+        self._final_write(image_id, "FAILED", lambda: image_records.fail(image_id, token, error, etag))
         log.warning("image failed", error=error)
 
 

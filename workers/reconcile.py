@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from pynamodb.exceptions import PynamoDBException
 
-from udagram import data, jobs
+from udagram import data, image_records, jobs
 from udagram.aws import client, object_exists
 from udagram.data import ImageModel, ImageStatus
 from udagram.settings import Settings
@@ -46,12 +46,11 @@ def _abandon(image: ImageModel, settings: Settings) -> None:
     reason = (f"the upload never arrived: its upload URL expired {settings.upload_url_ttl_seconds} s after the "
               "image was created; delete it and upload the file again")
     try:
-        image.update(actions=[ImageModel.status.set(ImageStatus.FAILED.value),
-                              ImageModel.status_changed_at.set(data.sortable_time()),
-                              ImageModel.error.set(reason)],
-                     condition=ImageModel.status == ImageStatus.AWAITING_UPLOAD.value)
-        log.info("upload never arrived: image marked FAILED", image_id=image.id)
-    except PynamoDBException as exc:  # uploaded or deleted meanwhile: nothing to do
+        if image_records.abandon_upload(image, reason):
+            log.info("upload never arrived: image marked FAILED", image_id=image.id)
+        else:  # uploaded or deleted meanwhile: nothing to do
+            log.info("abandoned upload not marked", image_id=image.id, error="no longer awaiting its upload")
+    except PynamoDBException as exc:  # the next pass tries again
         log.info("abandoned upload not marked", image_id=image.id, error=str(exc))
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 from pynamodb.exceptions import DoesNotExist, UpdateError
 
-from udagram import data, jobs
+from udagram import data, image_records, jobs
 from udagram.data import ImageModel, ImageStatus, JobModel, JobState
 from udagram.settings import Settings
 
@@ -103,20 +103,8 @@ def release_lease(job: JobModel, owner: str) -> None:
 def _claim(image: ImageModel, job: JobModel, settings: Settings) -> bool:
     """Set an image PROCESSING for this job, if it still is as the job selected it."""
     status, condition = _selection(job, settings)
-    still = ((ImageModel.status == status) & (ImageModel.status_changed_at == image.status_changed_at))
-    if condition is not None:
-        still &= condition
-    try:
-        image.update(actions=[ImageModel.status.set(ImageStatus.PROCESSING.value),
-                              ImageModel.status_changed_at.set(data.sortable_time()),
-                              ImageModel.error.remove(),
-                              ImageModel.attempts.set(0)],
-                     condition=still)
-        return True
-    except UpdateError as exc:
-        if data.condition_failed(exc):
-            return False  # changed meanwhile: deleted, retried by its owner, claimed by another feeder
-        raise
+    # False: changed meanwhile (deleted, retried by its owner, claimed by another feeder)
+    return image_records.claim_for_job(image, status, condition)
 
 
 def _finished(ids: set[str]) -> set[str]:

@@ -30,7 +30,7 @@ from graphql_api.schema.errors import (
 )
 from graphql_api.schema.types import Deleted, Group, Image, ImageUpload, PresignedPost
 from graphql_api.storage import ALLOWED_CONTENT_TYPES
-from udagram import data, jobs, labels, ratelimit
+from udagram import data, image_records, jobs, labels, ratelimit
 
 if TYPE_CHECKING:
     from graphql_api.context import Context
@@ -119,31 +119,15 @@ def _create_image(context: Context, user: AuthUser, group_id: str, caption: str,
         data.GroupModel.get(group_id, attributes_to_get=["id"])
     except DoesNotExist:
         return NotFound(message="no group with this id", id=group_id)
-    now = data.utcnow()
-    image_id = data.new_id()
-    model = data.ImageModel(
-        id=image_id,
-        group_id=group_id,
-        created_key=data.created_key(now, image_id),
-        owner=user.id,
-        caption=caption,
-        file_name=file_name,
-        title=caption or file_name,
-        status=data.ImageStatus.AWAITING_UPLOAD.value,
-        status_changed_at=data.sortable_time(now),
-        content_type=content_type,
-        content_length=content_length,
-        original_key=data.original_key(image_id, content_type),
-        created_at=now,
-    )
-    model.save(condition=data.ImageModel.id.does_not_exist())
+    model = image_records.create(group_id=group_id, owner=user.id, caption=caption, file_name=file_name,
+                                 content_type=content_type, content_length=content_length)
     try:
         data.add_to_image_count(group_id, 1)
     except UpdateError as exc:
         # The group was deleted meanwhile, or DynamoDB failed (the client gets an error and may
         # retry): take the image back out, so no record waits for an upload nobody will send.
         try:
-            model.delete()
+            image_records.discard_new(model)
         except PynamoDBException:
             pass  # DynamoDB is down: reconciliation marks it FAILED once its upload URL expired
         if data.condition_failed(exc):
@@ -162,7 +146,7 @@ def _delete_image_record(context: Context, model: data.ImageModel) -> bool:
     the record meanwhile."""
     context.storage.delete_image_objects(model.id, model.original_key, model.processed_key)
     try:
-        model.delete(condition=data.ImageModel.id.exists())
+        image_records.delete(model)
     except DeleteError:
         return False
     try:
@@ -251,28 +235,8 @@ def requeue_image(context: Context, model: data.ImageModel) -> Image | NotFound 
         model.original_key
     ):
         return NotUploaded(message="upload the image's file first")
-    M = data.ImageModel
     requested_at = time.time()
-    try:
-        model.update(
-            actions=[
-                M.status.set(data.ImageStatus.PROCESSING.value),
-                M.status_changed_at.set(data.sortable_time()),
-                M.error.remove(),
-                M.attempts.set(0),  # a re-run asked for by a person gets fresh tries
-                M.rerun_requested_at.set(requested_at),
-            ],
-            # A re-run already queued and not yet picked up by a worker takes this request too. A
-            # marker older than the worker's stale-processing time is ignored: by then reconciliation
-            # has re-queued the image if its message was lost.
-            condition=M.id.exists() & (
-                M.rerun_requested_at.does_not_exist()
-                | (M.rerun_requested_at < requested_at - settings.worker_stale_processing_seconds)
-            ),
-        )
-    except UpdateError as exc:
-        if not data.condition_failed(exc):
-            raise
+    if not image_records.request_rerun(model, requested_at, settings.worker_stale_processing_seconds):
         try:  # gone, or coalesced into the pending re-run: answer the image as it is
             return Image.from_model(data.ImageModel.get(image_id, consistent_read=True))
         except DoesNotExist:
@@ -282,7 +246,7 @@ def requeue_image(context: Context, model: data.ImageModel) -> Image | NotFound 
     except Exception:
         # Nothing was queued: take the marker back so a retry queues the re-run.
         try:
-            model.update(actions=[M.rerun_requested_at.remove()], condition=M.rerun_requested_at == requested_at)
+            image_records.withdraw_rerun_request(model, requested_at)
         except PynamoDBException:
             pass  # it expires after worker_stale_processing_seconds anyway
         raise

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from udagram import data, resources
+from udagram import data, image_records, resources
 from udagram.aws import client
 from udagram.settings import Settings
 
@@ -52,23 +52,8 @@ def settings(make_settings) -> Settings:
 
 def create_image(settings: Settings, content_type: str = "image/jpeg", group_id: str = "a" * 32) -> str:
     """An image record as the API's createImage leaves it: AWAITING_UPLOAD."""
-    image_id = data.new_id()
-    now = data.utcnow()
-    data.ImageModel(
-        image_id,
-        group_id=group_id,
-        created_key=data.created_key(now, image_id),
-        owner="alice",
-        caption="my picture",
-        title="my picture",
-        status=data.ImageStatus.AWAITING_UPLOAD.value,
-        status_changed_at=now.isoformat(),
-        content_type=content_type,
-        content_length=0,
-        original_key=data.original_key(image_id, content_type),
-        created_at=now,
-    ).save()
-    return image_id
+    return image_records.create(group_id=group_id, owner="alice", caption="my picture", file_name="",
+                                content_type=content_type, content_length=0).id
 
 
 def upload(settings: Settings, image_id: str, body: bytes, content_type: str = "image/jpeg") -> str:

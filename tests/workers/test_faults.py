@@ -21,7 +21,7 @@ from tests.workers.conftest import (
     wait_status,
 )
 from tests.workers.images import bomb_png, jpeg
-from udagram import data
+from udagram import data, image_records
 from udagram.aws import client
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.aws]
@@ -68,7 +68,7 @@ def test_deleted_image_is_acknowledged(settings, start_worker):
     """The user deleted the image (record and object) before the worker got to it."""
     image_id = create_image(settings)
     key = upload(settings, image_id, jpeg("chelsea"))
-    data.ImageModel(image_id).delete()
+    image_records.delete(data.ImageModel(image_id))
     client("s3", settings).delete_object(Bucket=settings.originals_bucket, Key=key)
     start_worker(settings)
     wait_for(lambda: queue_empty(settings), 30, "queue drained")
@@ -143,7 +143,7 @@ def test_image_deleted_while_processing_leaves_nothing_behind(settings, start_wo
 
     def predict_then_owner_deletes(self, image, version=None):
         answer = real_predict(self, image, version)
-        data.ImageModel(image_id).delete()  # the API's deleteImage, mid-processing
+        image_records.delete(data.ImageModel(image_id))  # the API's deleteImage, mid-processing
         return answer
 
     monkeypatch.setattr(Classifier, "_predict_once", predict_then_owner_deletes)

@@ -24,7 +24,7 @@ from tests.workers.conftest import (
     wait_settled,
 )
 from tests.workers.images import jpeg
-from udagram import data
+from udagram import data, image_records
 from udagram.aws import client
 from workers import metrics
 
@@ -86,7 +86,7 @@ def test_an_upload_after_its_image_was_deleted_is_removed_after_the_grace(make_s
     nothing goes to the DLQ."""
     settings = make_settings(worker_orphan_grace_seconds=4)
     image_id = create_image(settings)
-    data.ImageModel(image_id).delete()
+    image_records.delete(data.ImageModel(image_id))
     key = upload(settings, image_id, jpeg("chelsea"))
     start_worker(settings)
     wait_for(lambda: queue_counts(settings)[2] == 1, 30, "the second look waiting out the grace")
