@@ -82,7 +82,7 @@ def build(
         _echo_verification(meta)
 
 
-def _echo_verification(meta: dict) -> None:  # type: ignore[type-arg]
+def _echo_verification(meta: dict) -> None:
     """What the build checked (model_meta.json's `verification`), as `build` and `train` print it."""
     checked = meta.get("verification") or {}
     if checked:
@@ -358,7 +358,7 @@ def train(
 ) -> None:
     """Train a new classifier head on the served backbone (EfficientNet-Lite2) and write its archive."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from handlers.archive import ArchiveError, Batching, archive_info
     from handlers.datasets import DatasetError
@@ -370,7 +370,8 @@ def train(
 
     class Bars(Hooks):
         def __init__(self, progress: Progress) -> None:
-            self.progress, self.tasks = progress, {}
+            self.progress = progress
+            self.tasks: dict[str, TaskID] = {}
 
         def start(self, stage: str, total: int) -> None:
             self.tasks[stage] = self.progress.add_task(titles.get(stage, stage), total=total, note="")
@@ -387,7 +388,7 @@ def train(
                       TextColumn("{task.fields[note]}"), console=Console(stderr=True)) as progress:
             result = run(directory, version, store or _settings().model_store, config,
                          Batching(**({"workers": workers} if workers > 0 else {})), force, Bars(progress),
-                         runtime)  # type: ignore[arg-type]
+                         runtime)
     except (DatasetError, ArchiveError) as exc:
         _fail(str(exc))
         return

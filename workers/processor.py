@@ -33,6 +33,7 @@ from enum import Enum
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
+from pynamodb.expressions.update import Action
 
 from udagram import data, labels
 from udagram.aws import client, is_not_found
@@ -169,7 +170,7 @@ class Processor:
     def release(self, image_id: str, token: str, *, count_attempt: bool, error: str | None = None) -> None:
         """Give the lease back (transient failure, shutdown); `count_attempt=False` returns the try."""
         M = ImageModel
-        actions = [M.lease_expires_at.set(0), M.lease_owner.remove()]
+        actions: list[Action] = [M.lease_expires_at.set(0), M.lease_owner.remove()]
         if not count_attempt:
             actions.append(M.attempts.add(-1))
         if error:

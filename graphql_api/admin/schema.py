@@ -9,7 +9,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncGenerator
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import strawberry
 from pynamodb.exceptions import DoesNotExist
@@ -38,8 +38,11 @@ from udagram import data
 if TYPE_CHECKING:
     from graphql_api.context import Context
 
-JobKind = strawberry.enum(bulk.JobKind, description="What a bulk job re-runs.")
-JobState = strawberry.enum(data.JobState, description="RUNNING while images are queued or processed.")
+# Registered in place (as ImageStatus in graphql_api/schema/types.py); the aliases are the types.
+strawberry.enum(bulk.JobKind, description="What a bulk job re-runs.")
+strawberry.enum(data.JobState, description="RUNNING while images are queued or processed.")
+JobKind: TypeAlias = bulk.JobKind
+JobState: TypeAlias = data.JobState
 
 
 @strawberry.type
