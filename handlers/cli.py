@@ -27,10 +27,9 @@ def _fail(message: str) -> None:
 
 
 def _client():  # noqa: ANN202
-    from handlers.management import ManagementClient
+    from udagram.model_management import ManagementClient
 
-    settings = _settings()
-    return ManagementClient(settings.torchserve_management_url, settings.model_name)
+    return ManagementClient.from_settings(_settings())
 
 
 # --- build and serve ---------------------------------------------------------------------------
@@ -165,13 +164,20 @@ def serve() -> None:
 
 
 def _restore_when_ready(server, plan, settings, stop_requested: threading.Event) -> None:  # noqa: ANN001
-    from handlers import registry
-    from handlers.management import ManagementClient, ManagementError
-    from handlers.server import is_ready
+    import math
 
-    while not is_ready(server.management_url, settings.model_name):
-        if stop_requested.wait(0.5) or not server.is_running():
-            return
+    from handlers import registry
+    from handlers.server import is_ready
+    from udagram.model_management import ManagementClient, ManagementError
+    from udagram.waiting import poll_until
+
+    def state() -> str:
+        if stop_requested.is_set() or not server.is_running():
+            return "stopped"
+        return "ready" if is_ready(server.management_url, settings.model_name) else "starting"
+
+    if poll_until(state, lambda found: found != "starting", math.inf, 0.5) != "ready":
+        return
     client = ManagementClient(server.management_url, settings.model_name)
     try:
         registry.restore(client, plan, lambda line: typer.echo(line, err=line.startswith("warning")))
@@ -186,7 +192,7 @@ def _restore_when_ready(server, plan, settings, stop_requested: threading.Event)
 def _remember(client) -> None:  # noqa: ANN001
     """Record what TorchServe serves after a change, so that it survives a restart."""
     from handlers import registry
-    from handlers.management import ManagementError
+    from udagram.model_management import ManagementError
 
     path = _settings().model_registry_path
     try:
@@ -201,7 +207,7 @@ def _remember(client) -> None:  # noqa: ANN001
 @contextmanager
 def _management_errors() -> Iterator[None]:
     """A refused or failed management call: its one-line message, exit 1."""
-    from handlers.management import ManagementError
+    from udagram.model_management import ManagementError
 
     try:
         yield
@@ -232,7 +238,7 @@ def register(
     workers: int = typer.Option(1, help="workers to start for this version"),
 ) -> None:
     """Register an archive as a new version (not the default until set-default)."""
-    from handlers.management import stage_archive
+    from udagram.model_management import stage_archive
 
     with _management_errors():
         name = stage_archive(archive, _settings().model_store)

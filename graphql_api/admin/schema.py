@@ -32,8 +32,8 @@ from graphql_api.schema.pagination import page_size
 from graphql_api.schema.queries import checked_id
 from graphql_api.schema.subscriptions import watching
 from graphql_api.schema.types import Image, ImageConnection, ImageEdge, ImageStatus, PageInfo
-from handlers.management import ManagementClient, ManagementError
 from udagram import data
+from udagram.model_management import ManagementClient, ManagementError
 
 if TYPE_CHECKING:
     from graphql_api.context import Context
@@ -120,8 +120,7 @@ def admin(info: Info) -> AuthUser | NotAuthenticated | Forbidden:
 
 
 def _model_server(info: Info) -> ManagementClient:
-    settings = info.context.settings
-    return ManagementClient(settings.torchserve_management_url, settings.model_name, timeout=5)
+    return ManagementClient.from_settings(info.context.settings, timeout=5)
 
 
 def _current_model_version(info: Info) -> str | None:
