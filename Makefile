@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make up      set up everything and start the local stack in the background"
 	@echo "make down    stop the local stack (data in .data/ is kept)"
-	@echo "make test    set up everything, lint (ruff) and run the whole test suite"
+	@echo "make test    set up everything, lint (ruff), type-check (mypy) and run the whole test suite"
 	@echo "make bench   run the benchmarks and write bench/report/ (~12 min; BENCH_ARGS=--quick: ~4)"
 	@echo "make chaos   kill -9 each server mid-burst, check nothing is lost: bench/report/chaos.md (~3 min; CHAOS_ARGS=--short: ~2)"
 	@echo "make synth   write the AWS CloudFormation template to deploy/cdk.out/ (offline; docs/deploy.md)"
@@ -65,10 +65,12 @@ down:
 status:
 	$(BIN)/udagram status
 
-# Lint first ([tool.ruff] in pyproject.toml): seconds, and it fails before minutes of servers.
+# Lint and type-check first ([tool.ruff], [tool.mypy] in pyproject.toml): seconds, and they
+# fail before minutes of servers.
 test: venv system-deps
 	@[ ! -f tools/node/package.json ] || $(MAKE) --no-print-directory web
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv

@@ -56,6 +56,7 @@ from handlers.image_classifier import META_FILE, RUNTIMES  # noqa: E402
 from handlers.server import WORKER_ENV, Endpoints, TorchServeProcess, torchserve_env  # noqa: E402
 from tests.fixtures.ports import free_port  # noqa: E402
 from tests.fixtures.torchserve import process_usage, worker_pids  # noqa: E402
+from udagram.model_management import ManagementError  # noqa: E402
 
 CLIENTS = (1, 4, 8, 16)
 # The model workers' environment before issue 12: passive OpenMP, glibc's default malloc.
@@ -255,7 +256,7 @@ def run_clients(server: TorchServeProcess, photos: list[bytes], clients: int, se
         if worker_pids(server.management_url) == pids:  # a replaced worker would make the counts meaningless
             after = _usage(pids)
             usage = (after[0] - before[0], after[1] - before[1])
-    except (OSError, httpx.HTTPError):
+    except (OSError, ManagementError):
         pass
     return summarise(config, name, clients, [x for per in latencies for x in per], elapsed, sum(errors), usage)
 

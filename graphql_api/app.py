@@ -119,7 +119,7 @@ class GraphQLApp(GraphQL):
         )
         self.state = state
 
-    async def get_context(self, request, response):  # type: ignore[override]
+    async def get_context(self, request, response):
         return await build_context(self.state, request, response)
 
     async def on_ws_connect(self, context: Context):  # type: ignore[override]
@@ -184,7 +184,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def auth_config(request: Request) -> JSONResponse:
         """What the web page needs to sign in: the issuer (discovery), its client id, the audience
         (Auth0 issues a JWT access token only when the authorize request names it) and the scopes."""
-        config = {"issuer": settings.auth_issuer, "clientId": settings.auth_client_id,
+        config: dict[str, Any] = {"issuer": settings.auth_issuer, "clientId": settings.auth_client_id,
                   "audience": settings.auth_audience, "scopes": settings.auth_scopes}
         if settings.builtin_idp:
             config["signupEnabled"] = settings.auth_signup_enabled
@@ -209,7 +209,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=local_hosts(settings)))
     # Outermost, so the host and body-size refusals carry the headers too (docs/web.md).
     graphiql = {"/graphql": graphiql_policy(graphql.graphql_ide_html)} if local else {}
-    sign_in = [origin(settings.auth_issuer), *map(origin, settings.auth_connect_origins)]
+    sign_in = [origin(state.verifier.issuer), *map(origin, settings.auth_connect_origins)]
     middleware.insert(0, Middleware(SecurityHeaders, policy=page_policy(state.storage, settings.page_origins, sign_in),
                                      html_policies=graphiql))
 

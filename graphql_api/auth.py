@@ -91,7 +91,10 @@ def _load_or_create_private_key(path: Path) -> rsa.RSAPrivateKey:
                     pass  # another process won the race: use its key
             finally:
                 partial.unlink(missing_ok=True)
-        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(loaded, rsa.RSAPrivateKey):  # RS256 signs with RSA only
+            raise ValueError(f"{path} holds a {type(loaded).__name__}, not an RSA private key")
+        return loaded
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ class TokenVerifier:
         if not settings.auth_issuer:
             raise ValueError("auth_issuer must be set (UDAGRAM_AUTH_ISSUER)")
         self.settings = settings
+        self.issuer: str = settings.auth_issuer
         self.self_issued = settings.builtin_idp
         self._jwks_client: jwt.PyJWKClient | None = None
         self._jwks_lock = threading.Lock()
@@ -197,7 +201,7 @@ class TokenVerifier:
         """The issuer's key set, at the discovery document's jwks_uri (looked up once, unless it failed)."""
         with self._jwks_lock:
             if self._jwks_client is None:
-                url = self.settings.auth_jwks_url or issuer_metadata(self.settings.auth_issuer)["jwks_uri"]
+                url = self.settings.auth_jwks_url or issuer_metadata(self.issuer)["jwks_uri"]
                 self._jwks_client = jwt.PyJWKClient(url, cache_keys=True, lifespan=600, timeout=10)
             return self._jwks_client
 
@@ -239,7 +243,7 @@ class TokenVerifier:
                 key,
                 algorithms=[ALGORITHM],
                 audience=self.settings.auth_audience if audience_claim == "aud" else None,
-                issuer=self.settings.auth_issuer,
+                issuer=self.issuer,
                 options={"require": ["exp", "iss", audience_claim, "sub"], "verify_aud": audience_claim == "aud"},
                 leeway=30,
             )

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from pynamodb.models import Model
 
 from udagram import data
 from udagram.data import ImageModel, ImageStatus, JobModel
@@ -149,7 +148,8 @@ class Watcher:
                 del topics[item_id]
 
     def _topics(self, kind: str) -> dict[str, Any]:
-        return {"image": self.images, "group": self.groups, "job": self.jobs}[kind]
+        topics: dict[str, dict[str, Any]] = {"image": self.images, "group": self.groups, "job": self.jobs}
+        return topics[kind]
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
@@ -240,7 +240,7 @@ class Watcher:
         """Publish `record` (None: deleted) if it changed; the fresh mailboxes get it anyway."""
         state = state_of(record) if record is not None else None
         changed = not topic.seen or state != topic.state
-        if changed and record is not None and topic.state is not None and state[0] < topic.state[0]:
+        if changed and state is not None and topic.state is not None and state[0] < topic.state[0]:
             changed = False  # an older copy (eventually consistent read): keep the newer one
         if changed:
             topic.state, topic.record, topic.seen = state, record, True
@@ -313,7 +313,8 @@ async def cancel(task: asyncio.Task | None) -> None:
         pass
 
 
-def _batch_get(model: type[Model], ids: Iterable[str], attributes_to_get: list[str] | None = None) -> dict[str, Any]:
+def _batch_get(model: type[data.IdModel], ids: Iterable[str],
+               attributes_to_get: list[str] | None = None) -> dict[str, data.IdModel]:
     """Items by id (BatchGetItem, 100 keys a call, eventually consistent); ids that seem missing are
     read again strongly consistently, so a record written a moment ago is not reported deleted."""
     wanted = [i for i in dict.fromkeys(ids) if data.is_valid_id(i)]

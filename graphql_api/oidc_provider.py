@@ -217,7 +217,7 @@ class _OpenIDCode(OpenIDCode):
         return auth.ALGORITHM
 
     def get_encode_header(self, client: WebClient) -> dict[str, str]:
-        return {"alg": auth.ALGORITHM, "kid": self.provider.signing_key().kid}
+        return {"alg": auth.ALGORITHM, "kid": auth.local_key(self.provider.settings).kid}
 
     def get_client_claims(self, client: WebClient) -> dict[str, Any]:
         now = int(time.time())

@@ -27,10 +27,9 @@ def _fail(message: str) -> None:
 
 
 def _client():  # noqa: ANN202
-    from handlers.management import ManagementClient
+    from udagram.model_management import ManagementClient
 
-    settings = _settings()
-    return ManagementClient(settings.torchserve_management_url, settings.model_name)
+    return ManagementClient.from_settings(_settings())
 
 
 # --- build and serve ---------------------------------------------------------------------------
@@ -82,7 +81,7 @@ def build(
         _echo_verification(meta)
 
 
-def _echo_verification(meta: dict) -> None:  # type: ignore[type-arg]
+def _echo_verification(meta: dict) -> None:
     """What the build checked (model_meta.json's `verification`), as `build` and `train` print it."""
     checked = meta.get("verification") or {}
     if checked:
@@ -165,13 +164,20 @@ def serve() -> None:
 
 
 def _restore_when_ready(server, plan, settings, stop_requested: threading.Event) -> None:  # noqa: ANN001
-    from handlers import registry
-    from handlers.management import ManagementClient, ManagementError
-    from handlers.server import is_ready
+    import math
 
-    while not is_ready(server.management_url, settings.model_name):
-        if stop_requested.wait(0.5) or not server.is_running():
-            return
+    from handlers import registry
+    from handlers.server import is_ready
+    from udagram.model_management import ManagementClient, ManagementError
+    from udagram.waiting import poll_until
+
+    def state() -> str:
+        if stop_requested.is_set() or not server.is_running():
+            return "stopped"
+        return "ready" if is_ready(server.management_url, settings.model_name) else "starting"
+
+    if poll_until(state, lambda found: found != "starting", math.inf, 0.5) != "ready":
+        return
     client = ManagementClient(server.management_url, settings.model_name)
     try:
         registry.restore(client, plan, lambda line: typer.echo(line, err=line.startswith("warning")))
@@ -186,7 +192,7 @@ def _restore_when_ready(server, plan, settings, stop_requested: threading.Event)
 def _remember(client) -> None:  # noqa: ANN001
     """Record what TorchServe serves after a change, so that it survives a restart."""
     from handlers import registry
-    from handlers.management import ManagementError
+    from udagram.model_management import ManagementError
 
     path = _settings().model_registry_path
     try:
@@ -201,7 +207,7 @@ def _remember(client) -> None:  # noqa: ANN001
 @contextmanager
 def _management_errors() -> Iterator[None]:
     """A refused or failed management call: its one-line message, exit 1."""
-    from handlers.management import ManagementError
+    from udagram.model_management import ManagementError
 
     try:
         yield
@@ -232,7 +238,7 @@ def register(
     workers: int = typer.Option(1, help="workers to start for this version"),
 ) -> None:
     """Register an archive as a new version (not the default until set-default)."""
-    from handlers.management import stage_archive
+    from udagram.model_management import stage_archive
 
     with _management_errors():
         name = stage_archive(archive, _settings().model_store)
@@ -358,7 +364,7 @@ def train(
 ) -> None:
     """Train a new classifier head on the served backbone (EfficientNet-Lite2) and write its archive."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from handlers.archive import ArchiveError, Batching, archive_info
     from handlers.datasets import DatasetError
@@ -370,7 +376,8 @@ def train(
 
     class Bars(Hooks):
         def __init__(self, progress: Progress) -> None:
-            self.progress, self.tasks = progress, {}
+            self.progress = progress
+            self.tasks: dict[str, TaskID] = {}
 
         def start(self, stage: str, total: int) -> None:
             self.tasks[stage] = self.progress.add_task(titles.get(stage, stage), total=total, note="")
@@ -387,7 +394,7 @@ def train(
                       TextColumn("{task.fields[note]}"), console=Console(stderr=True)) as progress:
             result = run(directory, version, store or _settings().model_store, config,
                          Batching(**({"workers": workers} if workers > 0 else {})), force, Bars(progress),
-                         runtime)  # type: ignore[arg-type]
+                         runtime)
     except (DatasetError, ArchiveError) as exc:
         _fail(str(exc))
         return

@@ -70,6 +70,12 @@ class ImageInputError(Exception):
         return {"error": self.message, "code": self.code}
 
 
+def _per_channel(values: Any) -> tuple[float, float, float]:
+    """model_meta.json's mean or std: one value for each of R, G, B."""
+    red, green, blue = (float(v) for v in values)
+    return red, green, blue
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How an archive's model wants its pixels (read from model_meta.json)."""
@@ -87,8 +93,8 @@ class Preprocessing:
             input_size=int(meta["input_size"]),
             resize_size=int(meta["resize_size"]),
             interpolation=str(meta.get("interpolation", "bicubic")),
-            mean=tuple(float(v) for v in meta["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in meta["std"]),  # type: ignore[arg-type]
+            mean=_per_channel(meta["mean"]),
+            std=_per_channel(meta["std"]),
             max_pixels=int(meta.get("max_pixels", DEFAULT_MAX_PIXELS)),
         )
 
@@ -389,7 +395,7 @@ class ImageClassifier(BaseHandler):
         )
         return responses
 
-    def preprocess(self, data: list[Any]) -> Batch:  # type: ignore[override]
+    def preprocess(self, data: list[Any]) -> Batch:
         batch = Batch(size=len(data))
         # Pillow releases the GIL while decoding and resizing: decode a batch on the cores.
         prepared = list(self._decoders.map(self._prepare, range(len(data)), data)) if len(data) > 1 else [
@@ -415,14 +421,14 @@ class ImageClassifier(BaseHandler):
             logger.exception("unexpected error decoding request %d", index)
             return ImageInputError(400, "undecodable_image", f"cannot decode the image: {exc}")
 
-    def inference(self, batch: Batch, *args: Any, **kwargs: Any) -> Batch:  # type: ignore[override]
+    def inference(self, batch: Batch, *args: Any, **kwargs: Any) -> Batch:
         if batch.inputs is not None:
             with torch.inference_mode():
                 logits = self.model(batch.inputs)
             batch.probabilities = torch.softmax(logits.float(), dim=1)
         return batch
 
-    def postprocess(self, batch: Batch) -> list[dict[str, Any]]:  # type: ignore[override]
+    def postprocess(self, batch: Batch) -> list[dict[str, Any]]:
         responses: list[dict[str, Any]] = [{} for _ in range(batch.size)]
         if batch.probabilities is not None:
             k = min(TOP_K, batch.probabilities.shape[1])

@@ -23,7 +23,7 @@ from pathlib import Path
 from filelock import FileLock
 from pydantic import BaseModel, ValidationError
 
-from handlers.management import ManagementClient, ManagementError, ModelVersion
+from udagram.model_management import ManagementClient, ManagementError, ModelVersion
 
 
 class RegistryError(Exception):

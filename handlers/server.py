@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from udagram.model_management import ManagementClient
+from udagram.waiting import poll_until
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.properties"
 # Environment of the model workers (inherited through Java); bench/serving.py gives its raw
@@ -58,6 +60,7 @@ WORKER_ENV = {
     "MALLOC_TRIM_THRESHOLD_": "268435456",
 }
 READY_TIMEOUT_S = 120.0
+READY_POLL_S = 0.25
 
 
 class TorchServeError(RuntimeError):
@@ -199,21 +202,8 @@ def torchserve_env(
     return env
 
 
-def model_status(management_url: str, model_name: str, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """GET /models/NAME/all: one description per registered version."""
-    response = httpx.get(f"{management_url}/models/{model_name}/all", timeout=timeout)
-    response.raise_for_status()
-    return response.json()
-
-
 def is_ready(management_url: str, model_name: str) -> bool:
-    try:
-        versions = model_status(management_url, model_name)
-    except (httpx.HTTPError, ValueError):
-        return False
-    return any(
-        worker.get("status") == "READY" for version in versions for worker in version.get("workers", [])
-    )
+    return ManagementClient(management_url, model_name, timeout=5.0).ready()
 
 
 def wait_until_ready(
@@ -223,14 +213,18 @@ def wait_until_ready(
     process: subprocess.Popen[bytes] | None = None,
 ) -> None:
     """Block until a worker of `model_name` is READY (/ping answers long before that)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def state() -> str:
         if process is not None and process.poll() is not None:
-            raise TorchServeError(f"TorchServe exited with code {process.returncode} before {model_name} was ready")
-        if is_ready(management_url, model_name):
-            return
-        time.sleep(0.25)
-    raise TorchServeError(f"{model_name} had no READY worker at {management_url} after {timeout:.0f} s")
+            return "exited"
+        return "ready" if is_ready(management_url, model_name) else "starting"
+
+    reached = poll_until(state, lambda found: found != "starting", timeout, READY_POLL_S)
+    if reached == "exited":
+        assert process is not None  # only a process can exit
+        raise TorchServeError(f"TorchServe exited with code {process.returncode} before {model_name} was ready")
+    if reached != "ready":
+        raise TorchServeError(f"{model_name} had no READY worker at {management_url} after {timeout:.0f} s")
 
 
 # Headers only browsers send: every cross-site request carries Origin (a form POST too) or the
@@ -298,11 +292,10 @@ class ManagementGuard:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="torchserve-management-guard", daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + GUARD_START_TIMEOUT_S
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise TorchServeError(f"the management guard could not listen on {self.host}:{self.port}")
-            time.sleep(0.02)
+        server, thread = self._server, self._thread
+        poll_until(lambda: server.started or not thread.is_alive(), bool, GUARD_START_TIMEOUT_S, 0.02)
+        if not server.started:
+            raise TorchServeError(f"the management guard could not listen on {self.host}:{self.port}")
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
@@ -462,9 +455,4 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _wait_group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _group_alive(pgid):
-            return True
-        time.sleep(0.1)
-    return not _group_alive(pgid)
+    return not poll_until(lambda: _group_alive(pgid), lambda alive: not alive, timeout, 0.1)

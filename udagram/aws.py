@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import boto3
 from botocore.config import Config
@@ -20,7 +20,10 @@ def _endpoint(settings: Settings, service: str) -> str | None:
     }.get(service)
 
 
-def client(service: str, settings: Settings | None = None, **config: Any) -> Any:
+Service = Literal["s3", "sqs", "dynamodb"]
+
+
+def client(service: Service, settings: Settings | None = None, **config: Any) -> Any:
     """A boto3 client for `service` ("s3", "sqs", "dynamodb").
 
     Explicit endpoints (local stand-ins, or AWS_ENDPOINT_URL_*) use path-style S3 addressing,
@@ -69,6 +72,6 @@ def object_exists(s3: Any, bucket: str, key: str) -> bool:
 
 
 @lru_cache
-def cached_client(service: str) -> Any:
+def cached_client(service: Service) -> Any:
     """Process-wide client for the default settings (boto3 clients are thread-safe)."""
     return client(service)

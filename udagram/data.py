@@ -299,7 +299,8 @@ class UserModel(Model):
 
     name = UnicodeAttribute(hash_key=True)
     password_hash = UnicodeAttribute()  # argon2id, with its parameters and salt
-    roles = ListAttribute(of=UnicodeAttribute, default=list)
+    # pynamodb types `of` as the element type (str) though it takes the element's attribute class
+    roles: ListAttribute[str] = ListAttribute(of=UnicodeAttribute, default=list)  # type: ignore[arg-type]
     created_at = UTCDateTimeAttribute()
 
 
@@ -390,7 +391,8 @@ def ensure_tables(settings: Settings | None = None) -> None:
 
 # --- queries shared by the API (and usable by the worker) -------------------------------------
 
-M = TypeVar("M", bound=Model)
+# The tables whose items are keyed by `id` (what batch_get and the live updates read by id).
+IdModel = TypeVar("IdModel", GroupModel, ImageModel, JobModel)
 
 
 def _page(index, hash_key: str, range_attr, limit: int, after: str | None) -> tuple[list, bool]:
@@ -421,7 +423,7 @@ def page_group_images(group_id: str, limit: int, after: str | None = None) -> tu
     return _page(ImageModel.by_group, group_id, ImagesByGroup.created_key, limit, after)
 
 
-def batch_get(model: type[M], ids: Iterable[str]) -> dict[str, M]:
+def batch_get(model: type[IdModel], ids: Iterable[str]) -> dict[str, IdModel]:
     """Items by id in BatchGetItem calls of up to 100 keys (missing ids are absent)."""
     wanted = list(dict.fromkeys(i for i in ids if is_valid_id(i)))
     return {item.id: item for item in model.batch_get(wanted)} if wanted else {}

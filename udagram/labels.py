@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from pynamodb.exceptions import DeleteError, DoesNotExist
+from pynamodb.expressions.update import Action
 
 from udagram import image_records
 from udagram.data import ImageLabelModel, ImageModel, LabelCountModel, condition_failed
@@ -108,7 +109,7 @@ def record_labels(record: ImageModel | None, threshold: float) -> dict[str, Entr
 
 def _add_to_count(label_key: str, label: str | None, delta: int) -> None:
     row = LabelCountModel(COUNTS_PARTITION, label_key)
-    actions = [LabelCountModel.image_count.add(delta)]
+    actions: list[Action] = [LabelCountModel.image_count.add(delta)]
     if label is not None:
         actions.append(LabelCountModel.label.set(label))
     row.update(actions=actions)
@@ -187,6 +188,7 @@ def sync_image(image_id: str, threshold: float, *, known: ImageModel | None = No
         if created_key is None:
             return result  # never indexed, and nothing to find
         for entry in wanted.values():
+            assert record is not None  # no record, no wanted entries
             if _write_entry(entry, image_id, record.group_id, created_key):
                 result.added.add(entry.label_key)
             written.add(entry.label_key)

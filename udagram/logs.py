@@ -9,6 +9,7 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import Processor
 
 from udagram.settings import Settings
 
@@ -18,7 +19,7 @@ def configure(settings: Settings) -> None:
     level = level if isinstance(level, int) else logging.INFO
     renderer = (structlog.processors.JSONRenderer() if settings.log_format == "json"
                 else structlog.dev.ConsoleRenderer(colors=False))
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

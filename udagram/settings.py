@@ -39,7 +39,7 @@ class Settings(BaseSettings):
 
     # --- GraphQL API -------------------------------------------------------------------------
     api_port: int = 8000
-    public_url: str | None = None  # how browsers reach the API; default http://host:api_port
+    public_url: str = ""  # how browsers reach the API; empty: http://host:api_port
     # Local mode answers only requests whose Host is public_url's, localhost, 127.0.0.1 or one of
     # these (JSON list): a DNS-rebinding web page must not reach the local API and its sign-in.
     allowed_hosts: list[str] = []
@@ -149,8 +149,8 @@ class Settings(BaseSettings):
     torchserve_metrics_port: int = 8082
     torchserve_grpc_inference_port: int = 7075  # gRPC is unused; moved off 7070/7071, loopback
     torchserve_grpc_management_port: int = 7076
-    torchserve_inference_url: str | None = None  # default http://host:inference_port
-    torchserve_management_url: str | None = None
+    torchserve_inference_url: str = ""  # empty: http://host:inference_port
+    torchserve_management_url: str = ""  # empty: http://host:management_port
     model_name: str = "classifier"
     model_store: Path = Path("model-store")
     # The default version `udagram model serve` starts with when the model registry
@@ -198,12 +198,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _local_defaults(self) -> Settings:
-        if self.public_url is None:
+        if not self.public_url:
             self.public_url = f"http://{self.host}:{self.api_port}"
         self.public_url = self.public_url.rstrip("/")
-        if self.torchserve_inference_url is None:
+        if not self.torchserve_inference_url:
             self.torchserve_inference_url = f"http://{self.host}:{self.torchserve_inference_port}"
-        if self.torchserve_management_url is None:
+        if not self.torchserve_management_url:
             self.torchserve_management_url = f"http://{self.host}:{self.torchserve_management_port}"
         if self.mode == "local":
             base = self.aws_endpoint_url
@@ -249,9 +249,10 @@ class Settings(BaseSettings):
         buckets as admin). Only in mode=local, where the stand-ins know no other keys."""
         if self.mode != "local":
             return self
-        keys = credentials.read(self.data_dir, identity) or {"accessKeyId": None, "secretAccessKey": None}
-        return self.model_copy(update={"local_identity": identity, "aws_access_key_id": keys["accessKeyId"],
-                                       "aws_secret_access_key": keys["secretAccessKey"]})
+        keys = credentials.read(self.data_dir, identity)  # None before the first `up`
+        return self.model_copy(update={"local_identity": identity,
+                                       "aws_access_key_id": keys["accessKeyId"] if keys else None,
+                                       "aws_secret_access_key": keys["secretAccessKey"] if keys else None})
 
     @property
     def builtin_idp(self) -> bool:

@@ -45,14 +45,18 @@ def until_it_works(step: Callable[[], T], on_failure: Callable[[BaseException], 
     and waiting `interval` seconds in between. Returns its result, or None once `stop` is set."""
 
     def report(state: RetryCallState) -> None:
-        assert state.outcome is not None
-        on_failure(state.outcome.exception())
+        failure = state.outcome.exception() if state.outcome is not None else None
+        assert failure is not None  # tenacity sleeps only after a failed try
+        on_failure(failure)
+
+    def pause(seconds: float) -> None:
+        stop.wait(seconds)  # a stop request ends the wait at once
 
     return Retrying(
         retry=retry_if_exception_type(Exception),
         wait=wait_fixed(interval),
         stop=stop_when_event_set(stop),
-        sleep=stop.wait,  # a stop request ends the wait at once
+        sleep=pause,
         before_sleep=report,
         retry_error_callback=lambda state: None,
     )(lambda: None if stop.is_set() else step())  # no further try once stopped during the wait

@@ -63,7 +63,7 @@ class Classifier:
             timeout=httpx.Timeout(settings.torchserve_timeout_seconds, connect=3.0),
             limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
         )
-        self.predict = retry(  # type: ignore[method-assign]
+        self.predict = retry(
             retry=retry_if_exception_type((ModelServerUnavailable, ModelNotRegistered)),
             stop=stop_after_attempt(attempts),
             wait=wait_exponential(multiplier=0.2, max=2.0),

@@ -44,6 +44,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from udagram import resources
 from udagram.aws import client, object_exists
 from udagram.settings import Settings
+from udagram.waiting import poll_until
 from workers import metrics
 from workers.classifier import Classifier, ServerState
 from workers.errors import LeaseLost, ModelNotRegistered, ModelServerUnavailable, RecordMissing, TransientError
@@ -199,12 +200,12 @@ class Consumer:
 
     def _shutdown(self, poller: threading.Thread) -> None:
         log.info("stopping: no new messages; finishing in-flight work", in_flight=len(self.in_flight))
-        deadline = time.monotonic() + self.settings.worker_shutdown_grace_seconds
-        while time.monotonic() < deadline:
+
+        def drained() -> bool:
             with self.lock:
-                if not self.in_flight:
-                    break
-            time.sleep(0.1)
+                return not self.in_flight
+
+        poll_until(drained, bool, self.settings.worker_shutdown_grace_seconds, 0.1)
         with self.lock:
             left = list(self.in_flight.values())
             for item in left:

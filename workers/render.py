@@ -73,7 +73,7 @@ def decode(data: bytes, *, width: int, classifier_short_side: int, max_pixels: i
     if not data:
         raise PoisonInput("the file is empty (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        img: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise PoisonInput(f"image too large to decode safely: {exc}") from None
     except UnidentifiedImageError:
@@ -171,7 +171,7 @@ def panel_layout(width: int, height: int, lines: list[str]) -> tuple[int, PanelB
     font = _font(size)
     line_h = round(size * 1.35)
     pad = max(2, round(size * 0.4))
-    text_w = max((font.getbbox(t)[2] for t in lines), default=0)
+    text_w = max((math.ceil(font.getbbox(t)[2]) for t in lines), default=0)  # FreeType: ints already
     margin = max(1, round(size * 0.5)) if height > n * line_h + 2 * pad + size else 0
     box = PanelBox(margin, margin, min(width, margin + text_w + 2 * pad), min(height, margin + n * line_h + 2 * pad))
     return size, box

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from udagram import data, jobs
 from udagram.aws import client
 from udagram.data import ImageModel, ImageStatus
+from udagram.model_management import ManagementClient, ManagementError
 from udagram.settings import Settings, get_settings
 
 
@@ -52,17 +53,12 @@ def wanted(record: ImageModel, model_label: str | None) -> bool:
 def check_model_version(settings: Settings, version: str) -> str | None:
     """Why re-running through `version` cannot work (not registered, server down), or None.
     Checked up front: the worker treats a missing model as "not registered yet" and would wait."""
-    import httpx
-
-    url = f"{settings.torchserve_management_url}/models/{settings.model_name}/{version}"
     try:
-        r = httpx.get(url, timeout=10)
-    except httpx.HTTPError as exc:
-        return f"cannot reach TorchServe's management API at {settings.torchserve_management_url}: {exc}"
-    if r.status_code == 404:
+        registered = ManagementClient.from_settings(settings, timeout=10).has_version(version)
+    except ManagementError as exc:
+        return str(exc)
+    if not registered:
         return f"model {settings.model_name} has no version {version!r} registered (see `udagram model list`)"
-    if r.status_code != 200:
-        return f"TorchServe answered {r.status_code} for {url}: {r.text[:200]}"
     return None
 
 

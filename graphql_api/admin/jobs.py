@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 from pynamodb.exceptions import DoesNotExist, UpdateError
+from pynamodb.expressions.update import Action
 
 from udagram import data, image_records, jobs
 from udagram.data import ImageModel, ImageStatus, JobModel, JobState
@@ -136,7 +137,7 @@ def feed(job: JobModel, owner: str, settings: Settings, sqs: Any, queue_url: str
             cursor = next_cursor or END
     outstanding |= {image.id for image in claimed}
     queued = int(job.queued or 0) + len(claimed)
-    actions = [JobModel.finished.set(int(job.finished or 0) + len(done_now)), JobModel.queued.set(queued),
+    actions: list[Action] = [JobModel.finished.set(int(job.finished or 0) + len(done_now)), JobModel.queued.set(queued),
                JobModel.outstanding.set(outstanding) if outstanding else JobModel.outstanding.remove()]
     if cursor is not None:
         actions.append(JobModel.cursor.set(cursor))

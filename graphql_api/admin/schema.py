@@ -9,7 +9,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncGenerator
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import strawberry
 from pynamodb.exceptions import DoesNotExist
@@ -32,14 +32,17 @@ from graphql_api.schema.pagination import page_size
 from graphql_api.schema.queries import checked_id
 from graphql_api.schema.subscriptions import watching
 from graphql_api.schema.types import Image, ImageConnection, ImageEdge, ImageStatus, PageInfo
-from handlers.management import ManagementClient, ManagementError
 from udagram import data
+from udagram.model_management import ManagementClient, ManagementError
 
 if TYPE_CHECKING:
     from graphql_api.context import Context
 
-JobKind = strawberry.enum(bulk.JobKind, description="What a bulk job re-runs.")
-JobState = strawberry.enum(data.JobState, description="RUNNING while images are queued or processed.")
+# Registered in place (as ImageStatus in graphql_api/schema/types.py); the aliases are the types.
+strawberry.enum(bulk.JobKind, description="What a bulk job re-runs.")
+strawberry.enum(data.JobState, description="RUNNING while images are queued or processed.")
+JobKind: TypeAlias = bulk.JobKind
+JobState: TypeAlias = data.JobState
 
 
 @strawberry.type
@@ -117,8 +120,7 @@ def admin(info: Info) -> AuthUser | NotAuthenticated | Forbidden:
 
 
 def _model_server(info: Info) -> ManagementClient:
-    settings = info.context.settings
-    return ManagementClient(settings.torchserve_management_url, settings.model_name, timeout=5)
+    return ManagementClient.from_settings(info.context.settings, timeout=5)
 
 
 def _current_model_version(info: Info) -> str | None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import strawberry
 import structlog
 from pynamodb.exceptions import DeleteError, DoesNotExist, PynamoDBException, UpdateError
+from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from graphql_api.auth import User as AuthUser
@@ -136,7 +137,7 @@ def _create_image(context: Context, user: AuthUser, group_id: str, caption: str,
     upload = context.storage.presigned_upload(model.original_key, content_type, content_length)
     return ImageUpload(
         image=Image.from_model(model),
-        upload=PresignedPost(url=upload.url, fields=upload.fields, expires_at=upload.expires_at),
+        upload=PresignedPost(url=upload.url, fields=JSON(upload.fields), expires_at=upload.expires_at),
     )
 
 

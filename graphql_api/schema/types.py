@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypeAlias
 
 import strawberry
 from strawberry.scalars import JSON
@@ -10,7 +11,9 @@ from strawberry.types import Info
 
 from udagram import data, labels
 
-ImageStatus = strawberry.enum(data.ImageStatus, description="Where an image is in its life.")
+# strawberry.enum registers the enum in place and returns it; the alias lets mypy take it as a type.
+strawberry.enum(data.ImageStatus, description="Where an image is in its life.")
+ImageStatus: TypeAlias = data.ImageStatus
 
 
 @strawberry.type

@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 from handlers import registry
 from handlers.cli import model_app
-from handlers.management import ManagementClient, ManagementError
 from handlers.registry import Registry, RegistryError, VersionEntry, plan_start
 from handlers.server import wait_until_ready
 from tests.fixtures.ports import free_port
 from tests.fixtures.torchserve import archive_as_version
 from tests.handlers.images import coffee_jpeg
+from udagram.model_management import ManagementClient, ManagementError
 from udagram.settings import get_settings
 
 UDAGRAM = Path(sys.executable).with_name("udagram")

@@ -28,11 +28,11 @@ from handlers.archive import (
 )
 from handlers.cli import model_app
 from handlers.image_classifier import ImageClassifier, Preprocessing, image_to_input
-from handlers.management import ManagementClient, stage_archive
 from handlers.server import TorchServeProcess
 from tests.fixtures.torchserve import minor_faults, worker_pids
 from tests.handlers.images import chelsea_jpeg, coffee_jpeg
 from tests.handlers.test_serving import assert_prediction, predict
+from udagram.model_management import ManagementClient, stage_archive
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from handlers.management import ManagementClient
 from handlers.server import WORKER_ENV, Endpoints, TorchServeProcess, read_properties, render_config
 from tests.fixtures.torchserve import worker_pids
 from tests.handlers.images import coffee_jpeg
+from udagram.model_management import ManagementClient
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,12 +13,14 @@ from typer.testing import CliRunner
 
 from handlers.archive import Batching, archive_info, build_archive
 from handlers.cli import model_app
-from handlers.management import ManagementClient, ManagementError
 from handlers.server import TorchServeProcess
 from tests.fixtures.ports import free_port
 from tests.handlers.images import chelsea_jpeg
 from tests.handlers.test_serving import CAT_CLASSES, assert_prediction, predict
-from udagram.settings import get_settings
+from udagram.model_management import ManagementClient, ManagementError
+from udagram.settings import Settings, get_settings
+from udagram.stack import health
+from workers.reprocess import check_model_version
 
 pytestmark = pytest.mark.torchserve
 
@@ -129,6 +131,22 @@ def test_roll_out_version_2_and_roll_back(
             client.remove("2.0")
         except ManagementError:
             pass
+
+
+def test_health_check_and_reprocess_read_the_server_through_the_client(
+    torchserve: TorchServeProcess, tmp_path: Path
+) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path, **torchserve.settings_overrides())
+    client = ManagementClient.from_settings(settings)
+    assert client.ready()
+    default = client.default()
+    assert default is not None and (default.version, default.is_default) == ("1.0", True)
+    assert len(default.ready_pids) == default.ready_workers >= 1
+    assert client.has_version("1.0") and not client.has_version("9.9")
+    health.torchserve(settings)  # raises Unhealthy unless a worker of the default version is READY
+    assert check_model_version(settings, "1.0") is None
+    problem = check_model_version(settings, "9.9")
+    assert problem is not None and "has no version '9.9' registered" in problem
 
 
 def test_cli_errors_are_one_clear_line(cli: CliRunner) -> None:

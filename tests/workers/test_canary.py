@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from handlers.cli import model_app
-from handlers.management import ManagementClient
 from handlers.server import TorchServeProcess
 from tests.fixtures.torchserve import archive_as_version
 from tests.workers.conftest import new_upload, record, wait_for, wait_status
 from tests.workers.images import jpeg
 from udagram import data, jobs
+from udagram.model_management import ManagementClient
 from udagram.settings import Settings, get_settings
 from workers import metrics
 from workers.canary import CanarySource, in_share, is_new_upload, write_file

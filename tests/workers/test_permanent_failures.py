@@ -68,7 +68,7 @@ def test_a_missing_default_model_pauses_intake_only_while_it_may_be_registering(
     registering, so intake pauses and resumes as soon as it is back; when it does not come back,
     intake resumes after the grace and the image ends after worker_max_message_tries."""
     from handlers.archive import DEFAULT_VERSION, archive_path
-    from handlers.management import ManagementClient
+    from udagram.model_management import ManagementClient
 
     torchserve = torchserve_factory()
     settings = make_settings(torchserve=torchserve, worker_max_message_tries=3, queue_max_receive_count=2,

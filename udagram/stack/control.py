@@ -95,8 +95,9 @@ def urls(settings: Settings) -> dict[str, str]:
             number = f" {index + 1}" if count > 1 else ""
             found[f"{role}{number} metrics"] = f"http://{host}:{instance_port(first, index)}/metrics"
     if settings.mode == "local":
-        found |= {"S3": settings.s3_endpoint_url, "SQS": settings.sqs_endpoint_url,
-                  "DynamoDB": settings.dynamodb_endpoint_url}
+        stand_ins = {"S3": settings.s3_endpoint_url, "SQS": settings.sqs_endpoint_url,
+                     "DynamoDB": settings.dynamodb_endpoint_url}
+        found |= {name: url for name, url in stand_ins.items() if url}  # always set in local mode
     return found
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import httpx
 
+from udagram.model_management import ManagementClient, ManagementError
 from udagram.settings import Settings
 
-TIMEOUT = httpx.Timeout(3.0)
+TIMEOUT_S = 3.0
+TIMEOUT = httpx.Timeout(TIMEOUT_S)
 
 
 class Unhealthy(Exception):
@@ -54,13 +56,15 @@ def s3_events(settings: Settings) -> None:
 
 def torchserve(settings: Settings) -> None:
     """Ready means a worker of the default model version is READY (not just /ping)."""
-    url = f"{settings.torchserve_management_url}/models/{settings.model_name}"
-    response = _get(url)
-    if response.status_code != 200:
-        raise Unhealthy(f"model {settings.model_name!r} not registered yet ({url} answered {response.status_code})")
-    statuses = [w.get("status") for model in response.json() for w in model.get("workers", [])]
-    if "READY" not in statuses:
-        raise Unhealthy(f"model {settings.model_name!r} has no READY worker yet (workers: {statuses or 'none'})")
+    try:
+        default = ManagementClient.from_settings(settings, timeout=TIMEOUT_S).default()
+    except ManagementError as exc:
+        raise Unhealthy(str(exc)) from None
+    if default is None:
+        raise Unhealthy(f"model {settings.model_name!r} not registered yet at {settings.torchserve_management_url}")
+    if not default.ready_workers:
+        statuses = ", ".join(default.worker_statuses) or "none"
+        raise Unhealthy(f"model {settings.model_name!r} has no READY worker yet (workers: {statuses})")
 
 
 def api(settings: Settings, metrics_port: int | None = None) -> None:

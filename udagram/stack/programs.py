@@ -72,7 +72,8 @@ def instance_names(role: str, count: int) -> list[str]:
 
 
 def _processes(role: credentials.Identity, title: str, count: int, metrics: Port,
-               check: Callable[..., None], shared: tuple[Port, ...] = (), **options: int) -> list[Program]:
+               check: Callable[..., None], shared: tuple[Port, ...] = (),
+               stop_wait_seconds: int = Program.stop_wait_seconds) -> list[Program]:
     """`count` programs running `udagram <role>` with the role's S3 identity, process i with its
     metrics port at `instance_port(metrics.port, i)` (given to it as `metrics.env`) and health-checked
     there; `shared` ports (the API's) are declared, and so checked free, once."""
@@ -89,7 +90,7 @@ def _processes(role: credentials.Identity, title: str, count: int, metrics: Port
             stage=SERVICES,
             ports=(*(shared if index == 0 else ()), Port(port, metrics.what + suffix, metrics.env)),
             health=partial(check, metrics_port=port),
-            **options,
+            stop_wait_seconds=stop_wait_seconds,
         ))
     return found
 

@@ -166,7 +166,7 @@ class Bridge:
 
 
 def make_server(settings: Settings, bridge: Bridge | None = None) -> ThreadingHTTPServer:
-    bridge = bridge or Bridge(settings)
+    forwarder = bridge or Bridge(settings)
 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self, status: int, body: dict) -> None:
@@ -201,7 +201,7 @@ def make_server(settings: Settings, bridge: Bridge | None = None) -> ThreadingHT
                 log.warning("filer event is not JSON", error=str(exc))
                 return self._answer(400, {"error": f"event is not a JSON object: {exc}"})
             try:
-                record = bridge.handle(event)
+                record = forwarder.handle(event)
             except Exception as exc:  # SQS down or queue missing: 503 makes the filer retry
                 log.warning("could not forward s3 event", key=event.get("key"), error=str(exc))
                 return self._answer(503, {"error": str(exc)})

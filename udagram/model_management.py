@@ -1,7 +1,10 @@
-"""Model versions over TorchServe's management API: list, register, set-default, scale, remove.
+"""TorchServe's management API: the one client every program uses (`udagram model`, the model
+server's readiness wait, health checks, `udagram reprocess`, the admin API, tests).
 
-Thin wrappers: each call is one or two HTTP requests; errors come back as ManagementError with a
-one-line message that says what to do (unknown version, removing the default, server down).
+Model versions: list, describe, register, set-default, scale, remove; readiness. Thin wrappers:
+each call is one or two HTTP requests; errors come back as ManagementError with a one-line message
+that says what to do (unknown version, removing the default, server down). In the ground package
+because the local stack's health checks (udagram/stack) use it too; it needs only httpx.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from udagram.settings import Settings
 
 REGISTER_TIMEOUT_S = 180.0  # synchronous registration waits for the worker to load the model
 
@@ -30,6 +36,7 @@ class ModelVersion:
     batch_size: int
     max_batch_delay_ms: int
     worker_statuses: tuple[str, ...]
+    ready_pids: tuple[int, ...] = ()  # process ids of the READY workers
 
     @property
     def ready_workers(self) -> int:
@@ -41,6 +48,10 @@ class ManagementClient:
         self.base_url = management_url.rstrip("/")
         self.model_name = model_name
         self.timeout = timeout
+
+    @classmethod
+    def from_settings(cls, settings: Settings, timeout: float = 30.0) -> ManagementClient:
+        return cls(settings.torchserve_management_url, settings.model_name, timeout)
 
     # --- HTTP --------------------------------------------------------------------------------
 
@@ -54,6 +65,10 @@ class ManagementClient:
             ) from exc
         except httpx.TimeoutException as exc:
             raise ManagementError(f"TorchServe management API at {self.base_url} timed out on {method} {path}") from exc
+        except httpx.TransportError as exc:  # e.g. the connection dropped mid-answer (TorchServe stopping)
+            raise ManagementError(
+                f"TorchServe management API at {self.base_url} failed on {method} {path}: {type(exc).__name__}"
+            ) from exc
 
     @staticmethod
     def _message(response: httpx.Response) -> str:
@@ -64,24 +79,52 @@ class ManagementClient:
 
     # --- queries -----------------------------------------------------------------------------
 
-    def versions(self) -> list[ModelVersion]:
-        """Every registered version, default first."""
-        response = self._request("GET", f"/models/{self.model_name}/all")
+    def _described(self, path: str, doing: str) -> list[dict[str, Any]]:
+        """GET a description (a list of versions); [] when TorchServe answers 404 (not registered)."""
+        response = self._request("GET", path)
         if response.status_code == 404:
             return []
         if response.status_code != 200:
-            raise ManagementError(f"listing {self.model_name} failed: {self._message(response)}")
+            raise ManagementError(f"{doing} failed: {self._message(response)}")
+        try:
+            described = response.json()
+        except ValueError as exc:
+            raise ManagementError(f"{doing} failed: not JSON: {response.text[:200]!r}") from exc
+        if not isinstance(described, list):
+            raise ManagementError(f"{doing} failed: unexpected answer {response.text[:200]!r}")
+        return described
+
+    def versions(self) -> list[ModelVersion]:
+        """Every registered version, default first."""
+        described = self._described(f"/models/{self.model_name}/all", f"listing {self.model_name}")
+        if not described:
+            return []
         default = self.default_version()
-        found = [self._version(item, default) for item in response.json()]
+        found = [self._version(item, default) for item in described]
         return sorted(found, key=lambda v: (not v.is_default, v.version))
 
-    def default_version(self) -> str | None:
-        response = self._request("GET", f"/models/{self.model_name}")
-        if response.status_code == 404:
+    def default(self) -> ModelVersion | None:
+        """The default version (what `/predictions/NAME` uses), None when none is registered."""
+        described = self._described(f"/models/{self.model_name}", f"describing {self.model_name}")
+        if not described:
             return None
-        if response.status_code != 200:
-            raise ManagementError(f"describing {self.model_name} failed: {self._message(response)}")
-        return str(response.json()[0]["modelVersion"])
+        return self._version(described[0], str(described[0]["modelVersion"]))
+
+    def default_version(self) -> str | None:
+        found = self.default()
+        return found.version if found else None
+
+    def has_version(self, version: str) -> bool:
+        return bool(self._described(f"/models/{self.model_name}/{version}", f"describing {self.model_name} {version}"))
+
+    def ready(self) -> bool:
+        """Whether a worker of any version is READY (TorchServe's /ping answers long before that);
+        False while the server is unreachable or answers with an error."""
+        try:
+            described = self._described(f"/models/{self.model_name}/all", f"listing {self.model_name}")
+        except ManagementError:
+            return False
+        return any(self._version(item, None).ready_workers for item in described)
 
     @staticmethod
     def _version(item: dict[str, Any], default: str | None) -> ModelVersion:
@@ -94,6 +137,8 @@ class ManagementClient:
             batch_size=int(item.get("batchSize", 1)),
             max_batch_delay_ms=int(item.get("maxBatchDelay", 0)),
             worker_statuses=tuple(str(w.get("status", "?")) for w in item.get("workers", [])),
+            ready_pids=tuple(int(w["pid"]) for w in item.get("workers", [])
+                             if w.get("pid") and w.get("status") == "READY"),
         )
 
     def _require_version(self, version: str) -> list[ModelVersion]:
