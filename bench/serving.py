@@ -10,10 +10,11 @@ runtime vs the previous default vs a naive TorchServe.
     environment the served workers get (handlers/server.py WORKER_ENV);
 (b) TorchServe per runtime (batching from the archive) at 1, 4, 8 and 16 concurrent clients;
 (c) the previous default (issue 12's "today"): the TorchScript archive served with the workers'
-    environment before the allocator settings (glibc's default malloc behaviour), at 8 clients;
+    environment before the allocator settings (glibc's default malloc behaviour) and TorchServe's
+    own logging (synchronous, lines for every prediction), at 8 clients;
 (d) naive baseline (bench/naive): TorchServe's eager mode (model file + state_dict), batch 1,
     the worker count of config.properties (1), torch's default threads, TorchServe's default
-    environment, at the same client counts.
+    environment and logging, at the same client counts.
 
 Everything sends the 13 reference photos (handlers/reference_photos), each client and raw
 process cycling through them from its own offset. For every configuration the minor page faults
@@ -268,12 +269,17 @@ class Served:
     archive: Path
     worker_env: dict[str, str | None] | None  # None: WORKER_ENV (handlers/server.py)
     clients: tuple[int, ...]
+    torchserve_logging: bool = False  # TorchServe's own logging (synchronous, a line per request)
 
 
 def serve(store: Path, served: Served, work: Path) -> TorchServeProcess:
     endpoints = Endpoints("127.0.0.1", *(free_port() for _ in range(5)))
+    if served.torchserve_logging:
+        logging: dict[str, Any] = {"log_config": None, "config_overrides": {"async_logging": "false"}}
+    else:
+        logging = {}
     instance = TorchServeProcess(endpoints, store, work / served.config, {"classifier": served.archive.name},
-                                 worker_env=served.worker_env)
+                                 worker_env=served.worker_env, **logging)
     return instance.start(timeout=300)
 
 
@@ -333,9 +339,10 @@ def run(seconds: float, rounds: int, say: Callable[[str], None] = print,
                    archives[runtime], None, clients)
             for runtime in RUNTIMES
         ] + [
-            Served("previous", "TorchServe previous default (torchscript, glibc malloc defaults)",
-                   archives["torchscript"], PREVIOUS_WORKER_ENV, tuple(c for c in clients if c == 8) or clients[-1:]),
-            Served("naive", "TorchServe naive", naive, TORCHSERVE_DEFAULT_ENV, clients),
+            Served("previous", "TorchServe previous default (torchscript, glibc malloc defaults, TorchServe's logging)",
+                   archives["torchscript"], PREVIOUS_WORKER_ENV, tuple(c for c in clients if c == 8) or clients[-1:],
+                   torchserve_logging=True),
+            Served("naive", "TorchServe naive", naive, TORCHSERVE_DEFAULT_ENV, clients, torchserve_logging=True),
         ]
         servers: list[tuple[Served, TorchServeProcess]] = []
         for served in configurations:

@@ -153,8 +153,14 @@ def torchserve_executable() -> str:
     return str(sibling) if sibling.exists() else (shutil.which("torchserve") or "torchserve")
 
 
-def torchserve_command(config: Path, model_store: Path, models: dict[str, str]) -> list[str]:
-    """The foreground TorchServe command line loading `models` ({name: archive file}) at start."""
+# TorchServe's logging: no per-prediction access, debug or metric lines (see the file).
+LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
+
+
+def torchserve_command(config: Path, model_store: Path, models: dict[str, str],
+                       log_config: Path | None = LOG_CONFIG) -> list[str]:
+    """The foreground TorchServe command line loading `models` ({name: archive file}) at start;
+    `log_config` None: TorchServe's own logging (the benchmark's baselines)."""
     command = [
         torchserve_executable(),
         "--start",
@@ -165,6 +171,8 @@ def torchserve_command(config: Path, model_store: Path, models: dict[str, str]) 
         "--ts-config",
         str(config),
     ]
+    if log_config is not None:
+        command += ["--log-config", str(log_config)]
     if models:
         command += ["--models", *(f"{name}={archive}" for name, archive in models.items())]
     return command
@@ -323,6 +331,7 @@ class TorchServeProcess:
         log_dir: Path | None = None,
         worker_env: dict[str, str | None] | None = None,  # see torchserve_env
         config_template: Path | None = None,  # default: the repository's config.properties
+        log_config: Path | None = LOG_CONFIG,  # None: TorchServe's own logging
     ) -> None:
         self.endpoints = endpoints
         self.model_store = Path(model_store).resolve()
@@ -333,6 +342,7 @@ class TorchServeProcess:
         self.log_dir = Path(log_dir).resolve() if log_dir else self.run_dir / "logs"
         self.worker_env = worker_env
         self.config_template = config_template
+        self.log_config = log_config
         self.process: subprocess.Popen[bytes] | None = None
         self.guard: ManagementGuard | None = None
 
@@ -364,7 +374,7 @@ class TorchServeProcess:
         if self.is_running():
             raise TorchServeError("this TorchServe instance is already running")
         config = render_config(self.endpoints, self.run_dir, self.config_overrides, self.config_template)
-        command = torchserve_command(config, self.model_store, self.models)
+        command = torchserve_command(config, self.model_store, self.models, self.log_config)
         management_socket(self.run_dir).unlink(missing_ok=True)  # a killed instance's (TorchServe won't bind)
         self.guard = ManagementGuard(self.endpoints.host, self.endpoints.management_port,
                                      management_socket(self.run_dir))

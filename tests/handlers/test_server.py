@@ -166,3 +166,22 @@ def test_the_management_api_refuses_what_a_web_page_can_send(
     assert httpx.post(register, timeout=120).status_code == 200  # the same registration, from a program
     assert {m["modelName"] for m in httpx.get(f"{management}/models", timeout=30).json()["models"]} == {
         "classifier", "planted"}
+
+
+def test_predictions_leave_no_frontend_line_per_request_in_the_logs(torchserve: TorchServeProcess) -> None:
+    """handlers/log4j2.xml: the frontend writes no access, debug or metric line per prediction (CPU
+    the model workers need; bench/serving.py); its own log and the workers' log (the handler's
+    line per batch) remain."""
+    logs = torchserve.log_dir
+    assert espresso(torchserve)  # warm: a first request may log its connection
+    time.sleep(1)  # asynchronous logging: let the writer catch up
+    frontend_before = (logs / "ts_log.log").read_text()
+    for _ in range(20):
+        assert espresso(torchserve)
+    time.sleep(1)
+    added = (logs / "ts_log.log").read_text()[len(frontend_before):]
+    assert added.count("\n") < 5, added[-2000:]
+    assert not (logs / "access_log.log").exists() and not (logs / "model_metrics.log").exists()
+    assert not (logs / "ts_metrics.log").exists()
+    assert "Model classifier loaded." in frontend_before
+    assert "batch size=1 predicted=1" in (logs / "model_log.log").read_text()
