@@ -29,9 +29,9 @@ import structlog
 
 from udagram.settings import Settings
 from workers import metrics
-from workers.classifier import Classifier, Prediction
 from workers.errors import ModelVersionMissing
 from workers.events import ImageTask
+from workers.inference_client import Classifier, Prediction
 
 log = structlog.get_logger(__name__)
 

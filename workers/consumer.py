@@ -46,9 +46,9 @@ from udagram.aws import client, object_exists
 from udagram.settings import Settings
 from udagram.waiting import poll_until
 from workers import metrics
-from workers.classifier import Classifier, ServerState
 from workers.errors import LeaseLost, ModelNotRegistered, ModelServerUnavailable, RecordMissing, TransientError
 from workers.events import Garbage, Ignored, ImageTask, parse_body
+from workers.inference_client import Classifier, ServerState
 from workers.processor import Outcome, Processor
 from workers.reconcile import reconcile
 

@@ -43,7 +43,6 @@ from udagram.data import ImageModel, ImageStatus
 from udagram.settings import Settings
 from workers import metrics, render
 from workers.canary import VersionRouter
-from workers.classifier import Classifier
 from workers.errors import (
     BucketMissing,
     LeaseLost,
@@ -53,6 +52,7 @@ from workers.errors import (
     TransientError,
 )
 from workers.events import ImageTask, normalise_etag
+from workers.inference_client import Classifier
 
 log = structlog.get_logger(__name__)
 

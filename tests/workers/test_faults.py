@@ -91,7 +91,7 @@ def test_repeatedly_dying_deliveries_end_failed_after_max_attempts(make_settings
 def test_heartbeat_keeps_a_slow_image_from_being_delivered_twice(make_settings, start_worker, monkeypatch):
     """Processing takes longer than the visibility timeout: the heartbeat extends the message
     and the lease, so nobody else receives it and it is processed exactly once."""
-    from workers.classifier import Classifier
+    from workers.inference_client import Classifier
 
     settings = make_settings(worker_visibility_timeout_seconds=2)
     real_predict = Classifier._predict_once
@@ -136,7 +136,7 @@ def test_s3_outage_is_retried_without_burning_the_image(settings, start_worker):
 
 
 def test_image_deleted_while_processing_leaves_nothing_behind(settings, start_worker, monkeypatch):
-    from workers.classifier import Classifier
+    from workers.inference_client import Classifier
 
     image_id = create_image(settings)
     real_predict = Classifier._predict_once

@@ -28,8 +28,8 @@ from tests.workers.images import encode, jpeg, noise, photo
 from udagram import data, jobs
 from udagram.aws import client
 from workers import render
-from workers.classifier import Classifier
 from workers.events import ImageTask
+from workers.inference_client import Classifier
 from workers.processor import Outcome, Processor
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.aws]

@@ -11,9 +11,9 @@ from tests.workers.images import jpeg
 from udagram import data, jobs, labels
 from udagram.aws import client
 from workers import render
-from workers.classifier import Classifier
 from workers.errors import TransientError
 from workers.events import ImageTask
+from workers.inference_client import Classifier
 from workers.processor import Outcome, Processor
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.aws]
