@@ -59,11 +59,27 @@ def _has_alpha(img: Image.Image) -> bool:
     )
 
 
+HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+
+def _high_depth_to_gray(img: Image.Image) -> Image.Image:
+    """16/32-bit greyscale -> 8 bits exactly as the model's handler converts it
+    (handlers/image_classifier.py `to_rgb`, which an archive carries on its own, without project
+    imports; tests/workers/test_render.py keeps the two equal), so the copy people see is the
+    picture that was classified: 16-bit values / 257, wider ranges stretched min..max."""
+    pixels = np.asarray(img, dtype=np.float64)
+    peak = float(pixels.max()) if pixels.size else 0.0
+    if img.mode.startswith("I;16") or 255 < peak <= 65535:
+        pixels = pixels / 257.0
+    elif peak > 65535:
+        low = float(pixels.min())
+        pixels = (pixels - low) * (255.0 / max(peak - low, 1e-12))
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))  # uint8 2-D: mode L
+
+
 def _to_rgb_or_rgba(img: Image.Image, alpha: bool) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        top = float(arr.max()) or 1.0
-        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if img.mode in HIGH_DEPTH_MODES:
+        img = _high_depth_to_gray(img)
     target = "RGBA" if alpha else "RGB"
     return img if img.mode == target else img.convert(target)
 

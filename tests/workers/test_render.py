@@ -171,3 +171,18 @@ def test_a_strip_too_thin_for_a_1000_px_copy_is_refused_from_its_header():
     with pytest.raises(PoisonInput, match="10x10000 px: too tall"):
         decode(encode(Image.new("RGB", (10000, 10)), "JPEG", exif=exif.tobytes()))
     assert render.render(decode(encode(Image.new("RGB", (10000, 10)), "PNG")), LINES, W).height == 1
+
+
+@pytest.mark.parametrize("bits", [16, 32])
+def test_high_depth_grey_becomes_the_picture_the_model_classified(bits):
+    """The processed copy shows a 16/32-bit greyscale photo with the same 8-bit values the model's
+    handler classifies (a dark 16-bit scan stays dark instead of being stretched to full range)."""
+    from handlers.image_classifier import to_rgb
+
+    dark = np.linspace(0, 4000, 64 * 64).reshape(64, 64)
+    img = Image.fromarray(dark.astype(np.uint16)) if bits == 16 else Image.fromarray(dark.astype(np.int32) * 70000, "I")
+    seen_by_model = np.asarray(to_rgb(img))[..., 0]
+    shown = np.asarray(render._to_rgb_or_rgba(img, alpha=False))[..., 0]
+    assert np.array_equal(shown, seen_by_model)
+    if bits == 16:
+        assert shown.max() <= 16  # 4000 / 257: dark, as a viewer shows it
