@@ -13,6 +13,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -78,11 +79,11 @@ def browser() -> Iterator[Browser]:
             browser.close()
 
 
-@pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest, screenshot) -> Iterator[Page]:
-    """A desktop-sized page; on failure its last state is saved as failed-<test>.png. Any JavaScript
-    error or Content-Security-Policy violation on it fails the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+@contextmanager
+def checked_page(browser: Browser, **context_options) -> Iterator[Page]:
+    """A page in a browser context of its own (`context_options`: viewport, is_mobile, ...). Any
+    JavaScript error or Content-Security-Policy violation on it fails the test once it closes."""
+    context = browser.new_context(**context_options)
     context.set_default_timeout(UI_TIMEOUT_MS)
     page = context.new_page()
     script_errors: list[str] = []
@@ -90,12 +91,19 @@ def page(browser: Browser, request: pytest.FixtureRequest, screenshot) -> Iterat
     csp_violations = _record_csp_violations(page)
     try:
         yield page
-        if failed(request):
-            screenshot(page, f"failed-{request.node.name}")
     finally:
         context.close()
     assert not script_errors, f"JavaScript errors on the page: {script_errors}"
     assert not csp_violations, f"Content-Security-Policy violations on the page: {csp_violations}"
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest, screenshot) -> Iterator[Page]:
+    """A desktop-sized checked page; on failure its last state is saved as failed-<test>.png."""
+    with checked_page(browser, viewport={"width": 1280, "height": 900}) as page:
+        yield page
+        if failed(request):
+            screenshot(page, f"failed-{request.node.name}")
 
 
 @pytest.fixture(scope="session")
@@ -477,13 +485,7 @@ def test_phone_layout_client_side_checks_and_drag_and_drop(
     """On a phone-sized screen: a file that is not an image is refused before anything is sent;
     an image dropped on the drop zone is uploaded and processed; nothing is wider than the screen."""
     base = _base_url(local_stack)
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-    context.set_default_timeout(UI_TIMEOUT_MS)
-    page = context.new_page()
-    script_errors: list[str] = []
-    page.on("pageerror", lambda exc: script_errors.append(str(exc)))
-    csp_violations = _record_csp_violations(page)
-    try:
+    with checked_page(browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True) as page:
         page.goto(base + "/")
         _sign_in(page, account("carol"))
         page.get_by_label("Name", exact=True).fill(f"Phone {uuid.uuid4().hex[:6]}")
@@ -517,10 +519,6 @@ def test_phone_layout_client_side_checks_and_drag_and_drop(
         # Nothing is wider than the phone's screen.
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         screenshot(page, "phone-group")
-    finally:
-        context.close()
-    assert not script_errors, f"JavaScript errors on the page: {script_errors}"
-    assert not csp_violations, f"Content-Security-Policy violations on the page: {csp_violations}"
 
 
 def test_group_images_newest_first_with_load_more(local_stack, page: Page):
