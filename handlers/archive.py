@@ -100,7 +100,8 @@ class Batching:
     response_timeout_s: int = 60
 
 
-# TF-Lite "inception-style" normalisation the Lite weights were trained with (see notes/model.md).
+# TF-Lite "inception-style" normalisation the Lite weights were trained with: pixel values
+# (0-255) minus 127, divided by 128 (the weights' own preprocessing; docs/models.md).
 LITE_MEAN = (127.0 / 255,) * 3
 LITE_STD = (128.0 / 255,) * 3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
