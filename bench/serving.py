@@ -54,7 +54,7 @@ import yaml  # noqa: E402
 from bench.naive import build_naive_archive  # noqa: E402
 from handlers.archive import MODEL_CONFIG_FILE, MODEL_FILES, archive_info, build_archive, reference_photos  # noqa: E402
 from handlers.image_classifier import META_FILE, RUNTIMES  # noqa: E402
-from handlers.server import WORKER_ENV, Endpoints, TorchServeProcess, torchserve_env  # noqa: E402
+from handlers.server import LOG_CONFIG, WORKER_ENV, Endpoints, TorchServeProcess, torchserve_env  # noqa: E402
 from tests.fixtures.ports import free_port  # noqa: E402
 from tests.fixtures.torchserve import process_usage, worker_pids  # noqa: E402
 from udagram.model_management import ManagementError  # noqa: E402
@@ -274,12 +274,11 @@ class Served:
 
 def serve(store: Path, served: Served, work: Path) -> TorchServeProcess:
     endpoints = Endpoints("127.0.0.1", *(free_port() for _ in range(5)))
-    if served.torchserve_logging:
-        logging: dict[str, Any] = {"log_config": None, "config_overrides": {"async_logging": "false"}}
-    else:
-        logging = {}
+    own = served.torchserve_logging
     instance = TorchServeProcess(endpoints, store, work / served.config, {"classifier": served.archive.name},
-                                 worker_env=served.worker_env, **logging)
+                                 worker_env=served.worker_env,
+                                 log_config=None if own else LOG_CONFIG,
+                                 config_overrides={"async_logging": "false"} if own else None)
     return instance.start(timeout=300)
 
 
