@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import httpx
 import jwt
 
 from graphql_api import accounts, auth
-from tests.fixtures.aws import TEST_KEYS, udagram_api
+from tests.fixtures.aws import TEST_KEYS, server_process, udagram_api, wait_until_ready
 from tests.fixtures.ports import free_port
 from tests.fixtures.stack import settings_from
 from tests.graphql_api.oidc_flow import PASSWORD, tokens_for
@@ -156,29 +155,12 @@ def test_api_waits_for_unreachable_services_then_serves_once_they_answer(tmp_pat
                AWS_ENDPOINT_URL_SQS=endpoint, AWS_ENDPOINT_URL_DYNAMODB=endpoint,
                AWS_ACCESS_KEY_ID=TEST_KEYS["accessKeyId"], AWS_SECRET_ACCESS_KEY=TEST_KEYS["secretAccessKey"])
     log = tmp_path / "api.log"
-    with log.open("wb") as out:
-        api = subprocess.Popen([UDAGRAM, "api"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    moto = None
-    try:
+    with server_process([UDAGRAM, "api"], log, None, "udagram api", env=env) as api:
         deadline = time.monotonic() + 120
         while "AWS services not ready; retrying" not in log.read_text():
             assert api.poll() is None, log.read_text()  # waiting, not exited
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        url = f"http://127.0.0.1:{env['UDAGRAM_API_PORT']}"
-        while True:
-            assert api.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-    finally:
-        for proc in (api, moto):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+        moto = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+        with server_process(moto, tmp_path / "moto.log", f"{endpoint}/moto-api/", "moto_server"):
+            wait_until_ready(f"http://127.0.0.1:{env['UDAGRAM_API_PORT']}/healthz", api, 120, "udagram api", log)
