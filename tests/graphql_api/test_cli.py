@@ -13,7 +13,7 @@ import httpx
 import jwt
 
 from graphql_api import accounts, auth
-from tests.fixtures.aws import TEST_KEYS, server_process, udagram_api, wait_until_ready
+from tests.fixtures.aws import TEST_KEYS, server_process, udagram_api, wait_until_answers
 from tests.fixtures.ports import free_port
 from tests.fixtures.stack import settings_from
 from tests.graphql_api.oidc_flow import PASSWORD, tokens_for
@@ -163,4 +163,4 @@ def test_api_waits_for_unreachable_services_then_serves_once_they_answer(tmp_pat
             time.sleep(0.2)
         moto = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
         with server_process(moto, tmp_path / "moto.log", f"{endpoint}/moto-api/", "moto_server"):
-            wait_until_ready(f"http://127.0.0.1:{env['UDAGRAM_API_PORT']}/healthz", api, 120, "udagram api", log)
+            wait_until_answers(f"http://127.0.0.1:{env['UDAGRAM_API_PORT']}/healthz", api, 120, "udagram api", log)
