@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from handlers.server import WORKER_ENV, Endpoints, TorchServeProcess, read_properties, render_config
-from tests.fixtures.torchserve import worker_pids
+from tests.fixtures.torchserve import parent_pid, worker_pids
 from tests.handlers.images import coffee_jpeg
 from udagram.model_management import ManagementClient
 
@@ -116,6 +116,15 @@ def test_the_model_workers_get_the_worker_environment(torchserve: TorchServeProc
         environ = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
         for key, value in WORKER_ENV.items():
             assert environ.get(key) == value, (pid, key)
+
+
+def test_the_java_frontend_runs_with_the_configured_jvm_options(torchserve: TorchServeProcess) -> None:
+    """config.properties' vmargs reach the JVM (the model workers' parent): C1 only, since the C2
+    JIT compiler took 2-4 ms of CPU per prediction from the model workers (bench/serving.py)."""
+    java = parent_pid(worker_pids(torchserve.management_url)[0])
+    command = Path(f"/proc/{java}/cmdline").read_bytes().decode().split("\0")
+    assert "java" in Path(command[0]).name
+    assert {"-XX:TieredStopAtLevel=1", "-Xmx512m", "-XX:+UseSerialGC"} <= set(command)
 
 
 def test_the_model_server_image_sets_the_same_worker_environment() -> None:
