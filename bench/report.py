@@ -280,24 +280,27 @@ def markdown(results: dict[str, Any], figures: list[tuple[str, str]]) -> str:
             f"`handlers/server.py` (passive OpenMP, glibc malloc keeping its memory) and its logging "
             "(`handlers/log4j2.xml`, asynchronous, no line per prediction); "
             f"{names.get(default, default)} is what `udagram model build` makes by default. **Previous "
-            "default** = the TorchScript archive with the workers' environment and TorchServe's logging "
-            "before issue 12 (glibc's default malloc; access, debug and metric lines for every prediction, "
-            "written synchronously), i.e. the default archive as served before. **Naive** = TorchServe's "
+            "default** = the TorchScript archive with the workers' environment, TorchServe's logging and the "
+            "frontend's JVM options before issue 12 (glibc's default malloc; access, debug and metric lines "
+            "for every prediction, written synchronously; the full C2 JIT), i.e. the default archive as "
+            "served before. **Naive** = TorchServe's "
             "eager mode (model file + state_dict), batch 1, no model config (1 worker), torch's default "
-            "threads, TorchServe's default environment and logging "
+            "threads, TorchServe's default environment and logging, the full JIT "
             "(spinning OpenMP, which makes it erratic "
             "when the client threads or other jobs want the same cores); same image pre/post-processing "
             "([bench/naive](../naive)). Page faults and CPU ms = minor faults and "
             "CPU time (user + system) of the processes running the model (TorchServe's workers, or the raw "
-            "processes) over the measured window, per image; CPU time per image hardly depends on other load, "
-            "throughput does. All servers and raw processes start first, then the configurations take "
+            "processes) over the measured window, per image (the Java frontend's and the client threads' too); CPU "
+            "time per image hardly depends on other load, throughput does. The clients are the standard "
+            "library's HTTP client on kept-alive connections (the lightest load generator at hand). "
+            "All servers and raw processes start first, then the configurations take "
             f"turns: {results['args']['rounds']} round(s) of {results['args']['seconds']:g} s each; best "
             "round shown, median over rounds in brackets. The benchmark's client threads run on the same "
             "cores as the server; the raw processes have the cores to themselves.",
             "",
             "| configuration | clients | images/s | x raw (same runtime) | p50 ms | p95 ms | page faults / image "
-            "| CPU ms / image | errors |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| CPU ms / image | frontend CPU ms / image | client CPU ms / image | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         raw_rate = {r["config"]: r["images_per_second"] for r in serving["table"] if r["config"].startswith("raw-")}
         for r in serving["table"]:
@@ -306,7 +309,8 @@ def markdown(results: dict[str, Any], figures: list[tuple[str, str]]) -> str:
                          f"({r['median_images_per_second']:.1f}) "
                          f"| {_f(r['images_per_second'] / raw if raw else None, 2)} "
                          f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {_f(r.get('faults_per_image'), 0)} "
-                         f"| {_f(r.get('cpu_ms_per_image'))} | {r['errors']} |")
+                         f"| {_f(r.get('cpu_ms_per_image'))} | {_f(r.get('frontend_cpu_ms_per_image'))} "
+                         f"| {_f(r.get('client_cpu_ms_per_image'))} | {r['errors']} |")
         lines += ["", "| ratio (best rounds; medians in brackets) | value |", "|---|---|"]
         medians = serving.get("median_ratios", {})
         for name, value in ratios.items():
@@ -448,13 +452,24 @@ def why(results: dict[str, Any]) -> str:
 
 def _serving_reason(goal: dict[str, Any], serving: dict[str, Any], cores: int) -> str:
     """Why a serving goal was missed, in this run's own terms."""
+    rows = {(r["config"], r["clients"]): r for r in serving["table"]}
     if "raw" in goal["goal"]:
+        runtime = goal["ratio"].split("_")[0]
+        served, raw = rows.get((f"served-{runtime}", 8), {}), next(
+            (r for (config, _), r in rows.items() if config == f"raw-{runtime}"), {})
         return (f"On {cores} cores the benchmark's client threads and TorchServe's Java frontend share the cores "
                 "with the model workers, whereas the raw processes have them to themselves; other jobs on the "
-                "machine take from the served side most (see the load average).")
+                "machine take from the served side most (see the load average). CPU ms per image at 8 clients: "
+                f"model workers {_f(served.get('cpu_ms_per_image'))} (raw processes "
+                f"{_f(raw.get('cpu_ms_per_image'))}), Java frontend {_f(served.get('frontend_cpu_ms_per_image'))}, "
+                f"client threads {_f(served.get('client_cpu_ms_per_image'))}.")
     if "p50" in goal["goal"]:
+        needed = 8 / (goal["target"] / 1000)
+        raw = max((r["images_per_second"] for (config, _), r in rows.items()
+                   if config == f"raw-{serving['default_runtime']}"), default=None)
         return ("With 8 clients always waiting, p50 is about 8 / throughput (Little's law): it follows the "
-                "throughput of the default archive.")
+                f"throughput of the default archive. {goal['target']:.0f} ms needs about {needed:.0f} images/s "
+                f"served; the same model in-process, with the cores to itself, did {_f(raw)}.")
     faults = {r["config"]: r.get("faults_per_image") for r in serving["table"] if r["clients"] == 8}
     return ("Throughput ratios between configurations measured in turns move with the background load; "
             f"page faults per image at 8 clients: {', '.join(f'{k} {_f(v, 0)}' for k, v in faults.items())}.")

@@ -10,16 +10,17 @@ runtime vs the previous default vs a naive TorchServe.
     environment the served workers get (handlers/server.py WORKER_ENV);
 (b) TorchServe per runtime (batching from the archive) at 1, 4, 8 and 16 concurrent clients;
 (c) the previous default (issue 12's "today"): the TorchScript archive served with the workers'
-    environment before the allocator settings (glibc's default malloc behaviour) and TorchServe's
-    own logging (synchronous, lines for every prediction), at 8 clients;
+    environment before the allocator settings (glibc's default malloc behaviour), TorchServe's
+    own logging (synchronous, lines for every prediction) and the JVM's full JIT, at 8 clients;
 (d) naive baseline (bench/naive): TorchServe's eager mode (model file + state_dict), batch 1,
     the worker count of config.properties (1), torch's default threads, TorchServe's default
-    environment and logging, at the same client counts.
+    environment, logging and JIT, at the same client counts.
 
 Everything sends the 13 reference photos (handlers/reference_photos), each client and raw
 process cycling through them from its own offset. For every configuration the minor page faults
 and the CPU time of the processes that run the model (TorchServe's workers, or the raw processes)
-are counted over the measured window, per image.
+are counted over the measured window, per image, and so is the CPU time of TorchServe's Java
+frontend and of this benchmark's client threads.
 
 Every TorchServe instance runs on free loopback ports in its own temp dir; all of them and the
 raw processes are started once, then the configurations take turns in rounds (`--rounds`), so
@@ -29,6 +30,7 @@ they all see the same background load; each reports its best round and the media
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import resource
@@ -44,19 +46,27 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
 import yaml  # noqa: E402
 
 from bench.naive import build_naive_archive  # noqa: E402
 from handlers.archive import MODEL_CONFIG_FILE, MODEL_FILES, archive_info, build_archive, reference_photos  # noqa: E402
 from handlers.image_classifier import META_FILE, RUNTIMES  # noqa: E402
-from handlers.server import LOG_CONFIG, WORKER_ENV, Endpoints, TorchServeProcess, torchserve_env  # noqa: E402
+from handlers.server import (  # noqa: E402
+    LOG_CONFIG,
+    REPO_CONFIG,
+    WORKER_ENV,
+    Endpoints,
+    TorchServeProcess,
+    read_properties,
+    torchserve_env,
+)
 from tests.fixtures.ports import free_port  # noqa: E402
-from tests.fixtures.torchserve import process_usage, worker_pids  # noqa: E402
+from tests.fixtures.torchserve import parent_pid, process_usage, worker_pids  # noqa: E402
 from udagram.model_management import ManagementError  # noqa: E402
 
 CLIENTS = (1, 4, 8, 16)
@@ -66,6 +76,11 @@ PREVIOUS_WORKER_ENV: dict[str, str | None] = {
     "OMP_WAIT_POLICY": "PASSIVE",
 }
 TORCHSERVE_DEFAULT_ENV: dict[str, str | None] = {key: None for key in WORKER_ENV}
+# The frontend's settings before issue 12: synchronous logging, the JVM's full (C2) JIT.
+PREVIOUS_FRONTEND = {
+    "async_logging": "false",
+    "vmargs": read_properties(REPO_CONFIG)["vmargs"].replace("-XX:TieredStopAtLevel=1", "").strip(),
+}
 PROTOCOL = "RAW "  # prefix of the raw processes' lines on stdout (torch and ts print there too)
 GOALS = {  # issues 2 and 12
     "served8_over_raw": 0.9,
@@ -88,6 +103,8 @@ class Result:
     faults_per_image: float | None = None  # minor page faults of the model processes
     cpu_ms_per_image: float | None = None  # CPU time of the model processes (robust to other load)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    frontend_cpu_ms_per_image: float | None = None  # TorchServe's Java frontend
+    client_cpu_ms_per_image: float | None = None  # this benchmark's client threads
 
     @property
     def per_second(self) -> float:
@@ -219,7 +236,7 @@ class RawProcesses:
 
 def run_clients(server: TorchServeProcess, photos: list[bytes], clients: int, seconds: float, config: str,
                 name: str) -> Result:
-    url = f"{server.inference_url}/predictions/classifier"
+    address = urlsplit(server.inference_url)
     headers = {"Content-Type": "application/octet-stream"}
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
@@ -227,39 +244,65 @@ def run_clients(server: TorchServeProcess, photos: list[bytes], clients: int, se
     deadline = [float("inf")]  # set for real right after everyone is connected
 
     def client(index: int) -> None:
-        with httpx.Client(timeout=120) as http:
-            http.post(url, content=photos[index % len(photos)], headers=headers)  # connect + warm
+        # The standard library's client on one kept-alive connection: the load generator shares
+        # the 2 cores with the server, and httpx cost 4 CPU ms per request against 1 for this.
+        connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=120)
+
+        def post(body: bytes) -> int:
+            connection.request("POST", "/predictions/classifier", body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            return response.status
+
+        try:
+            post(photos[index % len(photos)])  # connect + warm
             start.wait()
             sent = 0
             while time.perf_counter() < deadline[0]:
                 body = photos[(index + sent) % len(photos)]
                 sent += 1
                 t0 = time.perf_counter()
-                response = http.post(url, content=body, headers=headers)
-                if response.status_code == 200:
+                if post(body) == 200:
                     latencies[index].append(time.perf_counter() - t0)
                 else:
                     errors[index] += 1
+        finally:
+            connection.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
     pids = worker_pids(server.management_url)
+    frontend = parent_pid(pids[0])
     start.wait()
-    before = _usage(pids)
+    before, frontend_before, client_before = _usage(pids), process_usage(frontend)[1], _own_cpu()
     started = time.perf_counter()
     deadline[0] = started + seconds
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
+    client_cpu = _own_cpu() - client_before
     usage: tuple[int, float] | None = None
+    frontend_cpu: float | None = None
     try:
         if worker_pids(server.management_url) == pids:  # a replaced worker would make the counts meaningless
             after = _usage(pids)
             usage = (after[0] - before[0], after[1] - before[1])
+            frontend_cpu = process_usage(frontend)[1] - frontend_before
     except (OSError, ManagementError):
         pass
-    return summarise(config, name, clients, [x for per in latencies for x in per], elapsed, sum(errors), usage)
+    result = summarise(config, name, clients, [x for per in latencies for x in per], elapsed, sum(errors), usage)
+    if result.images:
+        result.client_cpu_ms_per_image = client_cpu * 1000 / result.images
+        if frontend_cpu is not None:
+            result.frontend_cpu_ms_per_image = frontend_cpu * 1000 / result.images
+    return result
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process (the client threads; the raw processes are children, not counted)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
 
 
 @dataclass(frozen=True)
@@ -269,16 +312,18 @@ class Served:
     archive: Path
     worker_env: dict[str, str | None] | None  # None: WORKER_ENV (handlers/server.py)
     clients: tuple[int, ...]
-    torchserve_logging: bool = False  # TorchServe's own logging (synchronous, a line per request)
+    # The frontend as before issue 12: TorchServe's own logging (synchronous, lines for every
+    # prediction) and the JVM's full JIT (config.properties' vmargs without TieredStopAtLevel=1).
+    previous_frontend: bool = False
 
 
 def serve(store: Path, served: Served, work: Path) -> TorchServeProcess:
     endpoints = Endpoints("127.0.0.1", *(free_port() for _ in range(5)))
-    own = served.torchserve_logging
+    previous = served.previous_frontend
     instance = TorchServeProcess(endpoints, store, work / served.config, {"classifier": served.archive.name},
                                  worker_env=served.worker_env,
-                                 log_config=None if own else LOG_CONFIG,
-                                 config_overrides={"async_logging": "false"} if own else None)
+                                 log_config=None if previous else LOG_CONFIG,
+                                 config_overrides=PREVIOUS_FRONTEND if previous else None)
     return instance.start(timeout=300)
 
 
@@ -308,8 +353,10 @@ def run(seconds: float, rounds: int, say: Callable[[str], None] = print,
         results.append(result)
         faults, cpu = (("-", "-") if result.faults_per_image is None or result.cpu_ms_per_image is None
                        else (f"{result.faults_per_image:.0f}", f"{result.cpu_ms_per_image:.0f}"))
+        frontend = "" if result.frontend_cpu_ms_per_image is None else (
+            f" (frontend {result.frontend_cpu_ms_per_image:.1f}, clients {result.client_cpu_ms_per_image:.1f})")
         say(f"  {result.name} @{result.clients}: {result.per_second:.1f} img/s, p50 {result.p50_ms:.0f} ms, "
-            f"{faults} page faults and {cpu} CPU ms per image")
+            f"{faults} page faults and {cpu} CPU ms per image{frontend}")
 
     with tempfile.TemporaryDirectory(prefix="udagram-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
@@ -340,8 +387,8 @@ def run(seconds: float, rounds: int, say: Callable[[str], None] = print,
         ] + [
             Served("previous", "TorchServe previous default (torchscript, glibc malloc defaults, TorchServe's logging)",
                    archives["torchscript"], PREVIOUS_WORKER_ENV, tuple(c for c in clients if c == 8) or clients[-1:],
-                   torchserve_logging=True),
-            Served("naive", "TorchServe naive", naive, TORCHSERVE_DEFAULT_ENV, clients, torchserve_logging=True),
+                   previous_frontend=True),
+            Served("naive", "TorchServe naive", naive, TORCHSERVE_DEFAULT_ENV, clients, previous_frontend=True),
         ]
         servers: list[tuple[Served, TorchServeProcess]] = []
         for served in configurations:
