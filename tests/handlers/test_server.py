@@ -120,7 +120,7 @@ def test_the_model_workers_get_the_worker_environment(torchserve: TorchServeProc
 
 def test_the_java_frontend_runs_with_the_configured_jvm_options(torchserve: TorchServeProcess) -> None:
     """config.properties' vmargs reach the JVM (the model workers' parent): C1 only, since the C2
-    JIT compiler took 2-4 ms of CPU per prediction from the model workers (bench/serving.py)."""
+    JIT compiler took CPU from the model workers for minutes after start (config.properties)."""
     java = parent_pid(worker_pids(torchserve.management_url)[0])
     command = Path(f"/proc/{java}/cmdline").read_bytes().decode().split("\0")
     assert "java" in Path(command[0]).name
