@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
-from pynamodb.exceptions import UpdateError
+from pynamodb.exceptions import DeleteError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
@@ -74,10 +74,16 @@ def discard_new(image: ImageModel) -> None:
     image.delete()
 
 
-def delete(image: ImageModel) -> None:
-    """Remove an image's record (deleteImage, deleteGroup). Raises DeleteError if it is gone
-    already (someone else deleted it meanwhile) or DynamoDB failed."""
-    image.delete(condition=M.id.exists())
+def delete(image: ImageModel) -> bool:
+    """Remove an image's record (deleteImage, deleteGroup). False if it is gone already (someone
+    else deleted it meanwhile); DeleteError if DynamoDB failed (the record may still be there)."""
+    try:
+        image.delete(condition=M.id.exists())
+    except DeleteError as exc:
+        if data.condition_failed(exc):
+            return False
+        raise
+    return True
 
 
 def request_rerun(image: ImageModel, requested_at: float, stale_after_seconds: float) -> bool:

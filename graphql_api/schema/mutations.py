@@ -146,14 +146,14 @@ def _delete_image_record(context: Context, model: data.ImageModel) -> bool:
     then the group's counter and the image's search index entries. False if someone else deleted
     the record meanwhile."""
     context.storage.delete_image_objects(model.id, model.original_key, model.processed_key)
-    try:
-        image_records.delete(model)
-    except DeleteError:
+    if not image_records.delete(model):  # DynamoDB failing raises: an error, and a retry finds the record
         return False
     try:
         data.add_to_image_count(model.group_id, -1)
-    except UpdateError:
-        pass  # the group is gone already
+    except UpdateError as exc:
+        if not data.condition_failed(exc):  # else the group is gone already
+            # The image is gone; answering an error would make the owner retry a done delete.
+            log.warning("group image count not lowered", group_id=model.group_id, error=str(exc))
     try:  # after the record: a worker's index update that runs meanwhile then finds it gone too
         labels.sync_image(model.id, context.settings.confidence_threshold, known=model)
     except (PynamoDBException, labels.IndexBusy) as exc:
@@ -197,7 +197,9 @@ def _delete_group(context: Context, user: AuthUser, group_id: str) -> Deleted | 
     try:
         # Refused if an image arrived meanwhile (its createImage raised the counter).
         group.delete(condition=data.GroupModel.id.exists() & (data.GroupModel.image_count <= 0))
-    except DeleteError:
+    except DeleteError as exc:
+        if not data.condition_failed(exc):
+            raise  # DynamoDB failed: an error, and the group is still there to delete again
         try:
             data.GroupModel.get(group_id, consistent_read=True)
         except DoesNotExist:

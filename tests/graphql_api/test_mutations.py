@@ -159,6 +159,58 @@ def test_delete_image_owner_only_and_removes_objects(api):
     assert api.gql(DELETE_IMAGE, {"id": "xyz"}, user="bob")["deleteImage"]["__typename"] == "InvalidInput"
 
 
+def _dynamodb_refuses(monkeypatch, operation: str, code: str = "ProvisionedThroughputExceededException") -> None:
+    """DynamoDB answers `operation` with an error other than a failed condition (throttled, down)."""
+    from botocore.exceptions import ClientError
+    from pynamodb.connection.base import Connection
+
+    real = Connection.dispatch
+
+    def refusing(self, operation_name, operation_kwargs):
+        if operation_name == operation:
+            raise ClientError({"Error": {"Code": code, "Message": "try again later"}}, operation_name)
+        return real(self, operation_name, operation_kwargs)
+
+    monkeypatch.setattr(Connection, "dispatch", refusing)
+
+
+def test_a_failed_record_delete_is_an_error_and_can_be_retried(api, monkeypatch):
+    """DynamoDB failing the DeleteItem is not "someone deleted it meanwhile": the owner gets an
+    error, not NotFound, the record stays, and deleting again succeeds."""
+    group = api.create_group("alice")
+    image_id = api.create_image("bob", group["id"])["image"]["id"]
+    with monkeypatch.context() as patch:
+        _dynamodb_refuses(patch, "DeleteItem")
+        body = api.post(DELETE_IMAGE, {"id": image_id}, user="bob").json()
+    assert body["data"] is None or body["data"].get("deleteImage") is None, body
+    assert body["errors"][0]["message"] == "Unexpected error."
+    assert data.ImageModel.get(image_id, consistent_read=True).id == image_id
+    assert api.gql(DELETE_IMAGE, {"id": image_id}, user="bob")["deleteImage"]["__typename"] == "Deleted"
+    assert data.GroupModel.get(group["id"]).image_count == 0
+
+
+def test_a_failed_group_delete_is_an_error_not_a_group_not_empty(api, monkeypatch):
+    group = api.create_group("alice")
+    with monkeypatch.context() as patch:
+        _dynamodb_refuses(patch, "DeleteItem")
+        body = api.post(DELETE_GROUP, {"id": group["id"]}, user="alice").json()
+    assert body["errors"][0]["message"] == "Unexpected error.", body
+    assert data.GroupModel.get(group["id"], consistent_read=True).id == group["id"]
+    assert api.gql(DELETE_GROUP, {"id": group["id"]}, user="alice")["deleteGroup"]["__typename"] == "Deleted"
+
+
+def test_a_failed_counter_update_still_deletes_the_image(api, monkeypatch):
+    """The record is gone once DeleteItem succeeded: a failing counter update afterwards is logged,
+    not reported as a failed delete."""
+    group = api.create_group("alice")
+    image_id = api.create_image("bob", group["id"])["image"]["id"]
+    with monkeypatch.context() as patch:
+        _dynamodb_refuses(patch, "UpdateItem")
+        done = api.gql(DELETE_IMAGE, {"id": image_id}, user="bob")["deleteImage"]
+    assert done == {"__typename": "Deleted", "id": image_id}
+    assert data.ImageModel.count() == 0
+
+
 def test_delete_group_refused_while_it_holds_other_users_images(api):
     group = api.create_group("alice")
     api.create_image("alice", group["id"])
