@@ -9,8 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from udagram.model_management import ManagementClient
 
 model_app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -215,6 +219,16 @@ def _management_errors() -> Iterator[None]:
         _fail(str(exc))
 
 
+@contextmanager
+def _changing_versions() -> Iterator[ManagementClient]:
+    """A client for calls that change what is served: failures as `_management_errors`, and what is
+    served afterwards recorded (`_remember`) only when they all succeeded."""
+    client = _client()
+    with _management_errors():
+        yield client
+    _remember(client)
+
+
 @model_app.command("list")
 def list_versions() -> None:
     """Registered versions of the classifier: default, workers and their status, batching."""
@@ -240,41 +254,33 @@ def register(
     """Register an archive as a new version (not the default until set-default)."""
     from udagram.model_management import stage_archive
 
-    with _management_errors():
+    with _changing_versions() as client:
         name = stage_archive(archive, _settings().model_store)
-        client = _client()
         version = client.register(name, workers)
-    _remember(client)
     typer.echo(f"registered {name} as version {version.version} ({version.ready_workers} worker(s) READY)")
 
 
 @model_app.command("set-default")
 def set_default(version: str) -> None:
     """Route /predictions/classifier to VERSION (roll out or roll back)."""
-    client = _client()
-    with _management_errors():
+    with _changing_versions() as client:
         client.set_default(version)
-    _remember(client)
     typer.echo(f"default version is now {version}")
 
 
 @model_app.command()
 def scale(version: str, workers: int) -> None:
     """Run WORKERS workers for VERSION (0 parks it without unregistering)."""
-    client = _client()
-    with _management_errors():
+    with _changing_versions() as client:
         client.scale(version, workers)
-    _remember(client)
     typer.echo(f"version {version} now runs {workers} worker(s)")
 
 
 @model_app.command()
 def remove(version: str) -> None:
     """Unregister VERSION (refused for the default version)."""
-    client = _client()
-    with _management_errors():
+    with _changing_versions() as client:
         client.remove(version)
-    _remember(client)
     typer.echo(f"version {version} removed")
 
 

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,9 @@ class TorchServeError(RuntimeError):
 
 @dataclass(frozen=True)
 class Endpoints:
+    """Where one TorchServe listens. Each field is set by the setting `torchserve_<field>` (the host
+    by `host`): `from_settings` reads them, `as_settings` writes them."""
+
     host: str
     inference_port: int
     management_port: int
@@ -76,16 +79,16 @@ class Endpoints:
     grpc_inference_port: int
     grpc_management_port: int
 
+    @staticmethod
+    def _setting(field_name: str) -> str:
+        return field_name if field_name == "host" else f"torchserve_{field_name}"
+
     @classmethod
     def from_settings(cls, settings: Any) -> Endpoints:
-        return cls(
-            host=settings.host,
-            inference_port=settings.torchserve_inference_port,
-            management_port=settings.torchserve_management_port,
-            metrics_port=settings.torchserve_metrics_port,
-            grpc_inference_port=settings.torchserve_grpc_inference_port,
-            grpc_management_port=settings.torchserve_grpc_management_port,
-        )
+        return cls(**{f.name: getattr(settings, cls._setting(f.name)) for f in fields(cls)})
+
+    def as_settings(self) -> dict[str, Any]:
+        return {self._setting(f.name): getattr(self, f.name) for f in fields(self)}
 
     @property
     def inference_url(self) -> str:
@@ -428,12 +431,7 @@ class TorchServeProcess:
     def settings_overrides(self) -> dict[str, Any]:
         """Settings fields pointing at this instance: `Settings(**ts.settings_overrides())`."""
         return {
-            "host": self.endpoints.host,
-            "torchserve_inference_port": self.endpoints.inference_port,
-            "torchserve_management_port": self.endpoints.management_port,
-            "torchserve_metrics_port": self.endpoints.metrics_port,
-            "torchserve_grpc_inference_port": self.endpoints.grpc_inference_port,
-            "torchserve_grpc_management_port": self.endpoints.grpc_management_port,
+            **self.endpoints.as_settings(),
             "torchserve_inference_url": self.inference_url,
             "torchserve_management_url": self.management_url,
             "model_name": self.model_name,

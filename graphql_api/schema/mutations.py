@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import strawberry
 import structlog
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from graphql_api.context import Context
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+Owned = TypeVar("Owned", data.ImageModel, data.GroupModel)
 
 GROUP_NAME_MAX = 80
 GROUP_DESCRIPTION_MAX = 500
@@ -141,6 +144,18 @@ def _create_image(context: Context, user: AuthUser, group_id: str, caption: str,
     )
 
 
+def _owned(model_class: type[Owned], item_id: str, user: AuthUser, action: str) -> Owned | NotFound | NotOwner:
+    """The image or group `item_id`, read consistently, if `user` owns it (`action`: for the refusal)."""
+    what = "image" if model_class is data.ImageModel else "group"
+    try:
+        item = model_class.get(item_id, consistent_read=True)
+    except DoesNotExist:
+        return NotFound(message=f"no {what} with this id", id=item_id)
+    if item.owner != user.id:
+        return NotOwner(message=f"only the {what}'s owner may {action} it")
+    return item
+
+
 def _delete_image_record(context: Context, model: data.ImageModel) -> bool:
     """Objects first (a retry after a failure finds the record and tries again), then the record,
     then the group's counter and the image's search index entries. False if someone else deleted
@@ -164,12 +179,9 @@ def _delete_image_record(context: Context, model: data.ImageModel) -> bool:
 
 
 def _delete_image(context: Context, user: AuthUser, image_id: str) -> Deleted | NotFound | NotOwner:
-    try:
-        model = data.ImageModel.get(image_id, consistent_read=True)
-    except DoesNotExist:
-        return NotFound(message="no image with this id", id=image_id)
-    if model.owner != user.id:
-        return NotOwner(message="only the image's owner may delete it")
+    model = _owned(data.ImageModel, image_id, user, "delete")
+    if isinstance(model, NotFound | NotOwner):
+        return model
     if not _delete_image_record(context, model):
         return NotFound(message="no image with this id", id=image_id)
     return Deleted(id=strawberry.ID(image_id))
@@ -180,12 +192,9 @@ def _group_images(group_id: str) -> list[data.ImageModel]:
 
 
 def _delete_group(context: Context, user: AuthUser, group_id: str) -> Deleted | NotFound | NotOwner | GroupNotEmpty:
-    try:
-        group = data.GroupModel.get(group_id, consistent_read=True)
-    except DoesNotExist:
-        return NotFound(message="no group with this id", id=group_id)
-    if group.owner != user.id:
-        return NotOwner(message="only the group's owner may delete it")
+    group = _owned(data.GroupModel, group_id, user, "delete")
+    if isinstance(group, NotFound | NotOwner):
+        return group
     images = _group_images(group_id)
     others = sum(1 for image in images if image.owner != user.id)
     if others:
@@ -219,12 +228,9 @@ def _reprocess_image(context: Context, user: AuthUser, image_id: str) -> Reproce
                     f"try again in {limit.retry_after_seconds} s",
             retry_after_seconds=limit.retry_after_seconds,
         )
-    try:
-        model = data.ImageModel.get(image_id, consistent_read=True)
-    except DoesNotExist:
-        return NotFound(message="no image with this id", id=image_id)
-    if model.owner != user.id:
-        return NotOwner(message="only the image's owner may reprocess it")
+    model = _owned(data.ImageModel, image_id, user, "reprocess")
+    if isinstance(model, NotFound | NotOwner):
+        return model
     return requeue_image(context, model)
 
 
@@ -258,6 +264,18 @@ def requeue_image(context: Context, model: data.ImageModel) -> Image | NotFound 
 
 
 # --- resolvers ---------------------------------------------------------------------------------
+
+
+async def _on_image_or_group(
+    info: Info, id: str, body: Callable[[Context, AuthUser, str], T]
+) -> T | NotAuthenticated | InvalidInput:
+    """A mutation on one image or group by id: signed in and a well-formed id, then `body` in a thread."""
+    user = _user(info)
+    if isinstance(user, NotAuthenticated):
+        return user
+    if error := _invalid_id(id, "id"):
+        return error
+    return await asyncio.to_thread(body, info.context, user, id)
 
 
 @strawberry.type
@@ -311,32 +329,17 @@ class Mutation:
 
     @strawberry.mutation(description="Delete an image and its files (owner only).")
     async def delete_image(self, info: Info, id: strawberry.ID) -> DeleteResult:
-        user = _user(info)
-        if isinstance(user, NotAuthenticated):
-            return user
-        if error := _invalid_id(id, "id"):
-            return error
-        return await asyncio.to_thread(_delete_image, info.context, user, id)
+        return await _on_image_or_group(info, id, _delete_image)
 
     @strawberry.mutation(
         description="Delete a group with its images (owner only); refused while it holds other users' images."
     )
     async def delete_group(self, info: Info, id: strawberry.ID) -> DeleteResult:
-        user = _user(info)
-        if isinstance(user, NotAuthenticated):
-            return user
-        if error := _invalid_id(id, "id"):
-            return error
-        return await asyncio.to_thread(_delete_group, info.context, user, id)
+        return await _on_image_or_group(info, id, _delete_group)
 
     @strawberry.mutation(
         description="Queue an image for classification again (owner only). A request while a re-run is "
         "already queued joins it; each user has reprocess_rate_limit calls per window (RateLimited)."
     )
     async def reprocess_image(self, info: Info, id: strawberry.ID) -> ReprocessResult:
-        user = _user(info)
-        if isinstance(user, NotAuthenticated):
-            return user
-        if error := _invalid_id(id, "id"):
-            return error
-        return await asyncio.to_thread(_reprocess_image, info.context, user, id)
+        return await _on_image_or_group(info, id, _reprocess_image)

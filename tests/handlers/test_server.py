@@ -17,6 +17,7 @@ from handlers.server import WORKER_ENV, Endpoints, TorchServeProcess, read_prope
 from tests.fixtures.torchserve import parent_pid, worker_pids
 from tests.handlers.images import coffee_jpeg
 from udagram.model_management import ManagementClient
+from udagram.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,6 +105,15 @@ def test_a_config_template_elsewhere_is_used(tmp_path: Path) -> None:
     config = read_properties(render_config(endpoints, tmp_path / "run", template=template))
     assert config["default_workers_per_model"] == "3"
     assert config["inference_address"] == "http://127.0.0.1:1111"
+
+
+def test_endpoints_are_the_settings_that_name_them(tmp_path: Path) -> None:
+    """`as_settings` writes and `from_settings` reads the same settings, each of which exists."""
+    endpoints = Endpoints("127.0.0.2", 1111, 2222, 3333, 4444, 5555)
+    settings = Settings(_env_file=None, data_dir=tmp_path, **endpoints.as_settings())
+    assert (settings.host, settings.torchserve_inference_port, settings.torchserve_grpc_management_port) == (
+        "127.0.0.2", 1111, 5555)
+    assert Endpoints.from_settings(settings) == endpoints
 
 
 def test_the_model_workers_get_the_worker_environment(torchserve: TorchServeProcess) -> None:

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from handlers.cli import model_app
 from handlers.server import TorchServeProcess
 from tests.fixtures.torchserve import archive_as_version
-from tests.workers.conftest import new_upload, record, wait_for, wait_status
 from tests.workers.images import jpeg
+from tests.workers.uploads import new_upload
+from tests.workers.waiting import record, wait_for, wait_status
 from udagram import data, jobs
 from udagram.model_management import ManagementClient
 from udagram.settings import Settings, get_settings

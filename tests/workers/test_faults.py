@@ -7,20 +7,10 @@ import time
 
 import pytest
 
-from tests.workers.conftest import (
-    create_image,
-    dlq_messages,
-    new_upload,
-    original_exists,
-    processed_keys,
-    queue_empty,
-    record,
-    send_body,
-    upload,
-    wait_for,
-    wait_status,
-)
 from tests.workers.images import bomb_png, jpeg
+from tests.workers.queues import dlq_messages, queue_empty, send_body
+from tests.workers.uploads import create_image, new_upload, original_exists, processed_keys, upload
+from tests.workers.waiting import record, wait_for, wait_status
 from udagram import data, image_records
 from udagram.aws import client
 

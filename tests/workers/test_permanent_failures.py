@@ -10,19 +10,10 @@ import httpx
 import pytest
 
 from tests.fixtures.ports import free_port
-from tests.workers.conftest import (
-    create_image,
-    dlq_messages,
-    dlq_reasons,
-    new_upload,
-    queue_empty,
-    record,
-    upload,
-    wait_for,
-    wait_settled,
-    wait_status,
-)
 from tests.workers.images import jpeg
+from tests.workers.queues import dlq_messages, dlq_reasons, queue_empty
+from tests.workers.uploads import create_image, new_upload, upload
+from tests.workers.waiting import record, wait_for, wait_settled, wait_status
 from udagram import data, jobs
 from udagram.aws import client
 

@@ -10,21 +10,10 @@ import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from tests.workers.conftest import (
-    create_image,
-    dlq_messages,
-    new_upload,
-    processed_keys,
-    processed_object,
-    queue_empty,
-    record,
-    s3_event_body,
-    send_body,
-    upload,
-    wait_for,
-    wait_status,
-)
 from tests.workers.images import encode, jpeg, noise, photo
+from tests.workers.queues import dlq_messages, queue_empty, s3_event_body, send_body
+from tests.workers.uploads import create_image, new_upload, processed_keys, processed_object, upload
+from tests.workers.waiting import record, wait_for, wait_status
 from udagram import data, jobs
 from udagram.aws import client
 from workers import render

@@ -14,16 +14,10 @@ import httpx
 import pytest
 
 from tests.fixtures.ports import free_port
-from tests.workers.conftest import (
-    dlq_messages,
-    new_upload,
-    queue_counts,
-    queue_empty,
-    record,
-    wait_for,
-    wait_status,
-)
 from tests.workers.images import jpeg
+from tests.workers.queues import dlq_messages, queue_counts, queue_empty
+from tests.workers.uploads import new_upload
+from tests.workers.waiting import record, wait_for, wait_status
 from udagram.settings import Settings
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.aws]

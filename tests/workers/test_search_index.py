@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from pynamodb.exceptions import PynamoDBException
 
-from tests.workers.conftest import new_upload, record, wait_for, wait_status
 from tests.workers.images import jpeg
+from tests.workers.uploads import new_upload
+from tests.workers.waiting import record, wait_for, wait_status
 from udagram import data, jobs, labels
 from udagram.aws import client
 from workers import render

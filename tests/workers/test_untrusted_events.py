@@ -8,22 +8,10 @@ import json
 
 import pytest
 
-from tests.workers.conftest import (
-    create_image,
-    dlq_messages,
-    new_upload,
-    original_exists,
-    processed_keys,
-    queue_counts,
-    queue_empty,
-    record,
-    s3_event_body,
-    send_body,
-    upload,
-    wait_for,
-    wait_settled,
-)
 from tests.workers.images import jpeg
+from tests.workers.queues import dlq_messages, queue_counts, queue_empty, s3_event_body, send_body
+from tests.workers.uploads import create_image, new_upload, original_exists, processed_keys, upload
+from tests.workers.waiting import record, wait_for, wait_settled
 from udagram import data, image_records
 from udagram.aws import client
 from workers import metrics

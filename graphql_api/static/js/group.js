@@ -9,6 +9,7 @@ import { cardFor, imageCard } from "./image-cards.js";
 import { applyImageUpdate } from "./image-updates.js";
 import { unwatchAll, watchGroup, watchImage } from "./live.js";
 import { showError, showMessage } from "./messages.js";
+import { showPage } from "./pages.js";
 import { isFinal } from "./polling.js";
 import { PAGE_SIZE, Q } from "./queries.js";
 import { view } from "./view.js";
@@ -46,7 +47,6 @@ export async function loadGroup(id, seq, more = false) {
   const list = $("images-list");
   if (!more) {
     unwatchAll();
-    list.replaceChildren();
     view.group = { ...group, cursor: null, ids: new Set() };
     renderGroupHeader(group);
     renderGroupOwnerControls();
@@ -54,16 +54,14 @@ export async function loadGroup(id, seq, more = false) {
     watchGroup(group.id, (change) => onGroupChange(g, change)); // images others add, change, delete
   }
   const g = view.group;
-  for (const { node } of group.images.edges) {
-    if (g.ids.has(node.id)) continue;
-    g.ids.add(node.id);
-    list.append(imageCard(node));
-    if (!isFinal(node.status)) watchImage(node.id);
-  }
-  g.cursor = group.images.pageInfo.endCursor;
-  $("images-more").hidden = !group.images.pageInfo.hasNextPage;
+  $("images-more").hidden = !showPage(list, g, group.images, watchedImageCard, more);
   renderEmptyNote();
   return g;
+}
+
+function watchedImageCard(image) {
+  if (!isFinal(image.status)) watchImage(image.id); // its status follows as the worker goes on
+  return imageCard(image);
 }
 
 // Live: an image of the group on screen was added, changed or deleted (by anyone).

@@ -4,6 +4,7 @@ import { currentUser, onAuthChange } from "./auth.js";
 import { $ } from "./dom.js";
 import { formatDate, imagesCountText } from "./format.js";
 import { showError, showMessage } from "./messages.js";
+import { showPage } from "./pages.js";
 import { PAGE_SIZE, Q } from "./queries.js";
 import { groupHref } from "./routes.js";
 import { view } from "./view.js";
@@ -25,17 +26,7 @@ export async function loadGroups(seq, more = false) {
   const data = await gql(Q.groups, { first: PAGE_SIZE, after: more ? listed.cursor : null });
   if (seq !== view.routeSeq) return;
   const list = $("groups-list");
-  if (!more) {
-    list.replaceChildren();
-    listed.ids.clear();
-  }
-  for (const { node } of data.groups.edges) {
-    if (listed.ids.has(node.id)) continue;
-    listed.ids.add(node.id);
-    list.append(groupCard(node));
-  }
-  listed.cursor = data.groups.pageInfo.endCursor;
-  $("groups-more").hidden = !data.groups.pageInfo.hasNextPage;
+  $("groups-more").hidden = !showPage(list, listed, data.groups, groupCard, more);
   $("groups-empty").hidden = list.children.length > 0;
 }
 

@@ -6,6 +6,7 @@ import { $, element } from "./dom.js";
 import { percent } from "./format.js";
 import { imageCard } from "./image-cards.js";
 import { showError, showMessage } from "./messages.js";
+import { showPage } from "./pages.js";
 import { IMAGE_FIELDS, PAGE_SIZE } from "./queries.js";
 import { searchHref } from "./routes.js";
 import { view } from "./view.js";
@@ -55,17 +56,7 @@ async function loadResults(seq, more = false) {
     });
     if (seq !== view.routeSeq) return; // another view by now
     const list = $("search-results");
-    if (!more) {
-      list.replaceChildren();
-      results.ids.clear();
-    }
-    for (const { node } of data.searchImages.edges) {
-      if (results.ids.has(node.id)) continue;
-      results.ids.add(node.id);
-      list.append(resultCard(node));
-    }
-    const { hasNextPage, endCursor } = data.searchImages.pageInfo;
-    results.cursor = endCursor;
+    const hasNextPage = showPage(list, results, data.searchImages, resultCard, more);
     $("search-more").hidden = !hasNextPage;
     more = true;
     if (!hasNextPage || list.children.length > 0 || pagesRead >= EMPTY_PAGES_READ_ON) break;
