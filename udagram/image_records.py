@@ -14,7 +14,7 @@ required, or gone); any other failure raises the PynamoDB exception, for the cal
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from pynamodb.exceptions import DeleteError, UpdateError
@@ -29,15 +29,21 @@ ERROR_MAX = 1000  # characters of an error kept on the record
 M = ImageModel
 
 
-def _conditional_update(record: ImageModel | str, actions: Sequence[Action], condition: Condition) -> bool:
-    """`record`: a model instance (PynamoDB refreshes it with the written item) or an id."""
+def _written(write: Callable[[], object]) -> bool:
+    """Run one conditional write: False if its condition refused it; DynamoDB failing raises."""
     try:
-        (M(record) if isinstance(record, str) else record).update(actions=list(actions), condition=condition)
+        write()
         return True
-    except UpdateError as exc:
+    except (UpdateError, DeleteError) as exc:
         if data.condition_failed(exc):
             return False
         raise
+
+
+def _conditional_update(record: ImageModel | str, actions: Sequence[Action], condition: Condition) -> bool:
+    """`record`: a model instance (PynamoDB refreshes it with the written item) or an id."""
+    model = M(record) if isinstance(record, str) else record
+    return _written(lambda: model.update(actions=list(actions), condition=condition))
 
 
 # --- the API ----------------------------------------------------------------------------------
@@ -77,13 +83,7 @@ def discard_new(image: ImageModel) -> None:
 def delete(image: ImageModel) -> bool:
     """Remove an image's record (deleteImage, deleteGroup). False if it is gone already (someone
     else deleted it meanwhile); DeleteError if DynamoDB failed (the record may still be there)."""
-    try:
-        image.delete(condition=M.id.exists())
-    except DeleteError as exc:
-        if data.condition_failed(exc):
-            return False
-        raise
-    return True
+    return _written(lambda: image.delete(condition=M.id.exists()))
 
 
 def request_rerun(image: ImageModel, requested_at: float, stale_after_seconds: float) -> bool:
@@ -171,23 +171,15 @@ def acquire_lease(image_id: str, token: str, lease_seconds: float, *, s3_origina
     if unless_done_with:
         cond &= ~((M.status == ImageStatus.DONE.value) & (M.model_version == unless_done_with))
     record = M(image_id)
-    try:
-        record.update(
-            actions=[
-                M.status.set(ImageStatus.PROCESSING.value),
-                M.status_changed_at.set(data.sortable_time()),
-                M.lease_owner.set(token),
-                M.lease_expires_at.set(now + lease_seconds),
-                M.attempts.add(1),
-                M.rerun_requested_at.remove(),
-            ],
-            condition=cond,
-        )
-    except UpdateError as exc:
-        if data.condition_failed(exc):
-            return None
-        raise
-    return record
+    actions = [
+        M.status.set(ImageStatus.PROCESSING.value),
+        M.status_changed_at.set(data.sortable_time()),
+        M.lease_owner.set(token),
+        M.lease_expires_at.set(now + lease_seconds),
+        M.attempts.add(1),
+        M.rerun_requested_at.remove(),
+    ]
+    return record if _conditional_update(record, actions, cond) else None
 
 
 def extend_lease(image_id: str, token: str, lease_seconds: float) -> bool:
