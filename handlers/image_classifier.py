@@ -338,7 +338,11 @@ class ImageClassifier(BaseHandler):
         self.prep = Preprocessing.from_meta(self.meta)
         Image.MAX_IMAGE_PIXELS = self.prep.max_pixels  # Pillow's own guard for late-known sizes
         self._set_threads(worker_threads(self.meta))
-        self._decoders = ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="decode")
+        # Pillow releases the GIL while decoding and resizing: a worker with several threads decodes
+        # a batch's images in parallel. With one thread (one worker per core), handing each image to
+        # a pool thread is pure overhead: they are decoded in the worker's own thread.
+        threads = torch.get_num_threads()
+        self._decoders = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
         self.device = torch.device("cpu")
         model_file = os.path.join(model_dir, self.manifest["model"]["serializedFile"])
         self.model: Runner = load_runner(model_file, self.meta)
@@ -397,10 +401,9 @@ class ImageClassifier(BaseHandler):
 
     def preprocess(self, data: list[Any]) -> Batch:
         batch = Batch(size=len(data))
-        # Pillow releases the GIL while decoding and resizing: decode a batch on the cores.
-        prepared = list(self._decoders.map(self._prepare, range(len(data)), data)) if len(data) > 1 else [
-            self._prepare(0, data[0])
-        ]
+        prepared = (list(self._decoders.map(self._prepare, range(len(data)), data))
+                    if self._decoders is not None and len(data) > 1
+                    else [self._prepare(index, row) for index, row in enumerate(data)])
         tensors: list[torch.Tensor] = []
         for index, outcome in enumerate(prepared):
             if isinstance(outcome, ImageInputError):

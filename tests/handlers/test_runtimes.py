@@ -187,6 +187,27 @@ def test_the_handler_loads_the_runtime_model_meta_names(
         ImageClassifier().initialize(context)
 
 
+@pytest.mark.usefixtures("restore_torch_threads")
+def test_a_single_threaded_worker_decodes_a_batch_in_its_own_thread(classifier_archive: Path, tmp_path: Path) -> None:
+    """One worker per core (threads 1): no decode pool to hand each image to (it cost about 1 ms of
+    CPU per image, bench/serving.py); a batch with a corrupt image still answers both. A worker
+    with more threads decodes a batch on them."""
+    single = _loaded(classifier_archive, tmp_path / "single")
+    assert torch.get_num_threads() == 1 and single._decoders is None
+    answers = single.handle([{"body": coffee_jpeg()}, {"body": b"\xff\xd8 not really a jpeg"}], None)
+    assert answers[0]["top5"][0] == "espresso"
+    assert answers[1]["code"] == "undecodable_image"
+
+    context, _ = _unpacked(classifier_archive, tmp_path / "two")
+    meta_file = tmp_path / "two" / "model_meta.json"
+    meta_file.write_text(json.dumps(json.loads(meta_file.read_text()) | {"threads": 2}))
+    two = ImageClassifier()
+    two.initialize(context)
+    assert two._decoders is not None
+    assert [a["top5"] for a in two.handle([{"body": coffee_jpeg()}, {"body": chelsea_jpeg()}], None)] == [
+        a["top5"] for a in single.handle([{"body": coffee_jpeg()}, {"body": chelsea_jpeg()}], None)]
+
+
 # --- served for real ---------------------------------------------------------------------------
 
 
