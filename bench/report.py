@@ -452,11 +452,12 @@ def why(results: dict[str, Any]) -> str:
 
 def _serving_reason(goal: dict[str, Any], serving: dict[str, Any], cores: int) -> str:
     """Why a serving goal was missed, in this run's own terms."""
-    rows = {(r["config"], r["clients"]): r for r in serving["table"]}
+    at8 = {r["config"]: r for r in serving["table"] if r["clients"] == 8}
+    raws = {r["config"]: r for r in serving["table"] if r["config"].startswith("raw-")}
     if "raw" in goal["goal"]:
-        runtime = goal["ratio"].split("_")[0]
-        served, raw = rows.get((f"served-{runtime}", 8), {}), next(
-            (r for (config, _), r in rows.items() if config == f"raw-{runtime}"), {})
+        runtime = goal["ratio"].removesuffix("_served8_over_raw")
+        served = at8.get(f"served-{runtime}", {})
+        raw = raws.get(_raw_config(f"served-{runtime}") or "", {})
         return (f"On {cores} cores the benchmark's client threads and TorchServe's Java frontend share the cores "
                 "with the model workers, whereas the raw processes have them to themselves; other jobs on the "
                 "machine take from the served side most (see the load average). CPU ms per image at 8 clients: "
@@ -465,12 +466,11 @@ def _serving_reason(goal: dict[str, Any], serving: dict[str, Any], cores: int) -
                 f"client threads {_f(served.get('client_cpu_ms_per_image'))}.")
     if "p50" in goal["goal"]:
         needed = 8 / (goal["target"] / 1000)
-        raw = max((r["images_per_second"] for (config, _), r in rows.items()
-                   if config == f"raw-{serving['default_runtime']}"), default=None)
+        raw = raws.get(_raw_config(f"served-{serving['default_runtime']}") or "", {}).get("images_per_second")
         return ("With 8 clients always waiting, p50 is about 8 / throughput (Little's law): it follows the "
                 f"throughput of the default archive. {goal['target']:.0f} ms needs about {needed:.0f} images/s "
                 f"served; the same model in-process, with the cores to itself, did {_f(raw)}.")
-    faults = {r["config"]: r.get("faults_per_image") for r in serving["table"] if r["clients"] == 8}
+    faults = {config: r.get("faults_per_image") for config, r in at8.items()}
     return ("Throughput ratios between configurations measured in turns move with the background load; "
             f"page faults per image at 8 clients: {', '.join(f'{k} {_f(v, 0)}' for k, v in faults.items())}.")
 
