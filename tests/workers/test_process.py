@@ -62,6 +62,12 @@ class WorkerProcess:
                 pass
         return out
 
+    def freeze(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -126,9 +132,21 @@ def test_sigkill_mid_image_loses_nothing(settings, spawn):
     photo = jpeg("chelsea", size=(6000, 4000))
     ids = [new_upload(settings, photo) for _ in range(12)]
     worker = spawn(settings, worker_concurrency=2)
-    wait_for(lambda: any(record(i).status in ("PROCESSING", "DONE") for i in ids), 60, "work under way")
+
+    def frozen_holding_a_lease() -> list[str] | None:
+        # Freeze, then look again: a lease seen a moment ago may have been released in between
+        # (the worker can finish its images and not yet have leased the next ones).
+        if "PROCESSING" not in [record(i).status for i in ids]:
+            return None
+        worker.freeze()
+        statuses = [record(i).status for i in ids]
+        if "PROCESSING" in statuses:
+            return statuses
+        worker.thaw()
+        return None
+
+    statuses = wait_for(frozen_holding_a_lease, 60, "a lease held by the frozen worker")
     worker.kill()
-    statuses = [record(i).status for i in ids]
     assert "PROCESSING" in statuses  # a lease held by a dead worker
     stuck = [i for i, status in zip(ids, statuses, strict=True) if status != "DONE"]
     assert stuck, "the worker finished everything before it was killed: nothing was tested"
