@@ -126,7 +126,8 @@ def payload_bytes(row: Any) -> bytes:
 
 
 def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
-    """Bytes -> upright RGB PIL image, refusing decompression bombs before decoding pixels."""
+    """Bytes -> upright 8-bit RGB PIL image (L if grey: `to_model_mode`), refusing decompression
+    bombs before decoding pixels."""
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -149,7 +150,7 @@ def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.seek(0)  # GIF / animated WebP: the first frame
             image.load()
-            return to_rgb(upright(image))
+            return to_model_mode(upright(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_large(exc) from exc
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
@@ -160,14 +161,21 @@ def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
 def upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a broken EXIF block leaves the picture as stored, not refused."""
     try:
-        return ImageOps.exif_transpose(image)
+        # In place: otherwise an already upright picture is copied whole.
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception:  # noqa: BLE001 - malformed metadata in an otherwise fine image
         logger.warning("ignoring unreadable EXIF orientation", exc_info=True)
-        return image
+    return image
 
 
 def _too_large(exc: Exception) -> ImageInputError:
     return ImageInputError(413, "image_too_large", f"image refused as a decompression bomb: {exc}")
+
+
+def to_model_mode(image: Image.Image) -> Image.Image:
+    """8-bit RGB, but a grey (L) picture stays one band: its R, G and B would be equal, and one
+    band resizes in a third of the time; `to_tensor` repeats it. The tensor is the same either way."""
+    return image if image.mode == "L" else to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -234,8 +242,9 @@ def limit_aspect_ratio(image: Image.Image) -> Image.Image:
 
 
 def to_tensor(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
-    """RGB image -> normalised CHW float tensor."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    """RGB or L image -> normalised CHW float tensor (3 channels either way)."""
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    pixels = (pixels.expand(3, *pixels.shape) if pixels.ndim == 2 else pixels.permute(2, 0, 1)).float()
     mean = torch.tensor(prep.mean).view(3, 1, 1) * 255.0
     std = torch.tensor(prep.std).view(3, 1, 1) * 255.0
     return (pixels - mean) / std

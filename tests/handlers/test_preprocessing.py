@@ -18,6 +18,7 @@ from handlers.image_classifier import (
     payload_bytes,
     resize_and_crop,
     to_rgb,
+    to_tensor,
 )
 from tests.handlers.images import chelsea_jpeg, encode, halves, png_bomb, truncated_jpeg
 
@@ -37,12 +38,15 @@ def decoded(image: Image.Image, fmt: str = "PNG", **params: object) -> Image.Ima
 # --- modes -------------------------------------------------------------------------------------
 
 
-def test_grayscale_becomes_rgb_with_equal_channels() -> None:
+def test_grayscale_stays_one_band_and_becomes_three_equal_channels() -> None:
     gray = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
-    rgb = np.asarray(decoded(gray))
-    assert rgb.shape == (16, 16, 3)
-    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
-    assert rgb[..., 0].max() == 255 and rgb[..., 0].min() == 0
+    # One band through decode and resize (a third of the work), three equal channels in the
+    # tensor, exactly what converting to RGB first gives.
+    assert decoded(gray).mode == "L"
+    tensor = image_to_input(encode(gray, "PNG"), LITE)
+    assert torch.equal(tensor[0], tensor[1]) and torch.equal(tensor[1], tensor[2])
+    assert torch.equal(tensor, to_tensor(resize_and_crop(gray.convert("RGB"), LITE), LITE))
+    assert tensor.max() > 0.9 and tensor.min() < -0.9  # the gradient survived
 
 
 def test_palette_becomes_rgb_with_the_palette_colours() -> None:
