@@ -568,6 +568,15 @@ def test_errors_are_shown_and_a_refused_upload_leaves_nothing(
     expect(page.get_by_test_id("error-message").last).to_contain_text("Cannot reach the server")
     expect(page.get_by_label("Name", exact=True)).to_have_value("Unlucky")
     page.unroute("**/graphql")
+
+    # A success status with an answer that is not GraphQL (cut short by a proxy): said so, not
+    # "The server answered 200 OK", which reads like success.
+    page.route("**/graphql", lambda route: route.fulfill(status=200, body='{"data": {"createGr',
+                                                         content_type="application/json"))
+    page.get_by_role("button", name="Create group").click()
+    expect(page.get_by_test_id("error-message").last).to_contain_text("answer could not be read")
+    expect(page.get_by_test_id("error-message").last).not_to_contain_text("200")
+    page.unroute("**/graphql")
     page.get_by_role("button", name="Create group").click()
     expect(page.get_by_test_id("group-name-heading")).to_have_text("Unlucky")
     group_id = page.url.rsplit("/", 1)[-1]

@@ -12,9 +12,15 @@ export async function gql(query, variables = {}) {
   } catch (e) {
     throw networkError();
   }
+  let text;
+  try {
+    text = await response.text();
+  } catch (e) {
+    throw networkError(); // the connection dropped while the answer was arriving
+  }
   let body = null;
   try {
-    body = await response.json();
+    body = JSON.parse(text);
   } catch (e) {
     /* not JSON: reported below */
   }
@@ -27,7 +33,11 @@ export async function gql(query, variables = {}) {
     if (response.status === 401) sessionEnded();
     // e.g. 413 {"error": "request body too large: ..."} from the API's body limit
     const detail = body && typeof body.error === "string" ? body.error : null;
-    throw new ApiError(detail || `The server answered ${response.status} ${response.statusText || ""}`.trim(), `HTTP_${response.status}`);
+    if (detail) throw new ApiError(detail, `HTTP_${response.status}`);
+    // A success status whose answer is not GraphQL (cut short by a proxy, a captive portal's page):
+    // "The server answered 200 OK" would read like success.
+    if (response.ok) throw new ApiError("The server's answer could not be read. Try again.", "BAD_RESPONSE");
+    throw new ApiError(`The server answered ${response.status} ${response.statusText || ""}`.trim(), `HTTP_${response.status}`);
   }
   return body.data;
 }
