@@ -36,6 +36,7 @@ from jwt.algorithms import RSAAlgorithm
 from udagram.settings import Settings
 
 ALGORITHM = "RS256"
+JWKS_REFETCH_COOLDOWN_SECONDS = 30.0  # a rotated-in key waits at most this long after the last fetch
 # Local user names: what the sign-in form accepts and `udagram token --user` takes.
 USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 ADMIN_ROLE = "admin"  # the role that may use the admin view (graphql_api/admin/)
@@ -202,7 +203,12 @@ class TokenVerifier:
         with self._jwks_lock:
             if self._jwks_client is None:
                 url = self.settings.auth_jwks_url or issuer_metadata(self.issuer)["jwks_uri"]
-                self._jwks_client = jwt.PyJWKClient(url, cache_keys=True, lifespan=600, timeout=10)
+                # The key set is cached whole and expires, so a key the issuer withdraws stops
+                # verifying (PyJWT's per-kid cache_keys never expires: not used). An unknown kid
+                # refetches at most once per cooldown: invented kids must not each cost a fetch.
+                self._jwks_client = jwt.PyJWKClient(
+                    url, cache_jwk_set=True, lifespan=self.settings.auth_jwks_cache_seconds, timeout=10,
+                    cooldown_duration=JWKS_REFETCH_COOLDOWN_SECONDS)
             return self._jwks_client
 
     def _signing_key(self, token: str, kid: str) -> Any:

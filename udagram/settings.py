@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     auth_scopes: str = "openid profile offline_access"  # offline_access: refresh tokens (Auth0)
     auth_role_claim: str = "roles"  # the access-token claim holding the user's roles (a list)
     auth_jwks_url: str | None = None  # overrides the discovery document's jwks_uri (rarely needed)
+    # How long the issuer's key set is cached: a key it withdraws is refused at most this long after.
+    auth_jwks_cache_seconds: float = Field(600.0, gt=0)
     # Origins besides the issuer's that the page fetches from to sign in (JSON list; Cognito: its
     # hosted-UI domain, where the token endpoint is); the page's CSP connect-src allows them.
     auth_connect_origins: list[str] = []

@@ -195,6 +195,42 @@ def test_remote_issuer_keys_come_from_its_discovery_document_and_are_cached(remo
         auth.issue_token("alice", settings)
 
 
+def _jwk(key: rsa.RSAPrivateKey, kid: str) -> dict:
+    return RSAAlgorithm.to_jwk(key.public_key(), as_dict=True) | {"kid": kid, "use": "sig", "alg": "RS256"}
+
+
+def test_a_key_the_issuer_withdraws_is_refused_once_the_cached_key_set_expires(remote_idp):
+    """A key the issuer drops from its JWKS (revoked, rotated away) stops verifying tokens when the
+    cached set expires; it was trusted until the API restarted. A key it adds is picked up."""
+    settings, key, handler = remote_idp
+    verifier = auth.TokenVerifier(settings.model_copy(update={"auth_jwks_cache_seconds": 1.0}))
+    claims = {"sub": "auth0|123", "iss": settings.auth_issuer, "aud": settings.auth_audience,
+              "exp": int(time.time()) + 600}
+    withdrawn = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "idp-key-1"})
+    assert verifier.verify(withdrawn).id == "auth0|123"
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    handler.documents["/keys/jwks.json"] = {"keys": [_jwk(new_key, "idp-key-2")]}
+    time.sleep(1.5)
+    with pytest.raises(auth.AuthError, match="unknown key"):
+        verifier.verify(withdrawn)
+    rotated_in = jwt.encode(claims, new_key, algorithm="RS256", headers={"kid": "idp-key-2"})
+    assert verifier.verify(rotated_in).id == "auth0|123"
+
+
+def test_made_up_key_ids_do_not_make_the_api_refetch_the_key_set_each_time(remote_idp):
+    """Tokens with invented kids cost nothing to send: each must not cost the issuer a JWKS request
+    (and the API a thread blocked on it). One refetch per cooldown at most."""
+    settings, key, handler = remote_idp
+    verifier = auth.TokenVerifier(settings)
+    claims = {"sub": "auth0|123", "iss": settings.auth_issuer, "aud": settings.auth_audience,
+              "exp": int(time.time()) + 600}
+    assert verifier.verify(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "idp-key-1"})).id == "auth0|123"
+    for attempt in range(20):
+        with pytest.raises(auth.AuthError, match="unknown key"):
+            verifier.verify(jwt.encode(claims, key, algorithm="RS256", headers={"kid": f"made-up-{attempt}"}))
+    assert handler.hits["/keys/jwks.json"] <= 2
+
+
 def test_a_discovery_document_of_another_issuer_or_none_is_refused_clearly(remote_idp, tmp_path):
     settings, key, handler = remote_idp
     token = jwt.encode({"sub": "x", "iss": settings.auth_issuer, "aud": settings.auth_audience,
