@@ -46,6 +46,7 @@ from pynamodb.attributes import (
     UTCDateTimeAttribute,
 )
 from pynamodb.exceptions import UpdateError
+from pynamodb.expressions.condition import And, Condition, Not, Or
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 from pynamodb.signals import pre_dynamodb_send
@@ -427,6 +428,37 @@ def batch_get(model: type[IdModel], ids: Iterable[str]) -> dict[str, IdModel]:
     """Items by id in BatchGetItem calls of up to 100 keys (missing ids are absent)."""
     wanted = list(dict.fromkeys(i for i in ids if is_valid_id(i)))
     return {item.id: item for item in model.batch_get(wanted)} if wanted else {}
+
+
+class _AllOrAny(Condition):
+    """An n-ary AND or OR in one pair of parentheses."""
+
+    def __init__(self, operator: str, conditions: list[Condition]) -> None:
+        super().__init__(operator, *conditions)
+        self.format_string = "(" + f" {operator} ".join(f"{{{i}}}" for i in range(len(conditions))) + ")"
+
+
+def flat(condition: Condition) -> Condition:
+    """The same condition with nested ANDs merged into one n-ary AND (ORs likewise), throughout.
+
+    PynamoDB puts every `&` and `|` in its own parentheses, and dynalite (the local DynamoDB)
+    parses in time exponential in their depth: 8 conditions chained with `&` took 0.4 s per
+    request, the worker's lease 40-70 ms against 10-13 ms for a third of its terms."""
+    if isinstance(condition, (And, Or)):
+        terms: list[Condition] = []
+
+        def collect(term: Condition) -> None:
+            if type(term) is type(condition):
+                for inner in term.values:
+                    collect(inner)
+            else:
+                terms.append(flat(term))
+
+        collect(condition)
+        return _AllOrAny(condition.operator, terms)
+    if isinstance(condition, Not):
+        return Not(flat(condition.values[0]))
+    return condition
 
 
 def condition_failed(exc: Exception) -> bool:

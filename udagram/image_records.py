@@ -43,7 +43,7 @@ def _written(write: Callable[[], object]) -> bool:
 def _conditional_update(record: ImageModel | str, actions: Sequence[Action], condition: Condition) -> bool:
     """`record`: a model instance (PynamoDB refreshes it with the written item) or an id."""
     model = M(record) if isinstance(record, str) else record
-    return _written(lambda: model.update(actions=list(actions), condition=condition))
+    return _written(lambda: model.update(actions=list(actions), condition=data.flat(condition)))
 
 
 # --- the API ----------------------------------------------------------------------------------

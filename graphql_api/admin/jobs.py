@@ -84,9 +84,9 @@ def take_lease(job: JobModel, owner: str, seconds: float) -> bool:
     now = time.time()
     try:
         job.update(actions=[JobModel.lease_owner.set(owner), JobModel.lease_expires_at.set(now + seconds)],
-                   condition=(JobModel.state == JobState.RUNNING.value)
-                   & (JobModel.lease_expires_at.does_not_exist() | (JobModel.lease_expires_at < now)
-                      | (JobModel.lease_owner == owner)))
+                   condition=data.flat((JobModel.state == JobState.RUNNING.value)
+                                       & (JobModel.lease_expires_at.does_not_exist() | (JobModel.lease_expires_at < now)
+                                          | (JobModel.lease_owner == owner))))
         return True
     except UpdateError as exc:
         if data.condition_failed(exc):
