@@ -149,11 +149,15 @@ class _IssuerHandler(BaseHTTPRequestHandler):
         pass
 
 
+def _jwk(key: rsa.RSAPrivateKey, kid: str) -> dict:
+    return RSAAlgorithm.to_jwk(key.public_key(), as_dict=True) | {"kid": kid, "use": "sig", "alg": "RS256"}
+
+
 @pytest.fixture
 def remote_idp(tmp_path):
     """An Auth0-like identity provider on loopback (discovery document and JWKS) and its private key."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True) | {"kid": "idp-key-1", "use": "sig", "alg": "RS256"}
+    jwk = _jwk(key, "idp-key-1")
     handler = type("Handler", (_IssuerHandler,), {"documents": {}, "hits": {}})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     issuer = f"http://127.0.0.1:{server.server_address[1]}/"
@@ -193,10 +197,6 @@ def test_remote_issuer_keys_come_from_its_discovery_document_and_are_cached(remo
     # ... and with this issuer configured, udagram mints no token at all
     with pytest.raises(RuntimeError, match="configured identity provider"):
         auth.issue_token("alice", settings)
-
-
-def _jwk(key: rsa.RSAPrivateKey, kid: str) -> dict:
-    return RSAAlgorithm.to_jwk(key.public_key(), as_dict=True) | {"kid": kid, "use": "sig", "alg": "RS256"}
 
 
 def test_a_key_the_issuer_withdraws_is_refused_once_the_cached_key_set_expires(remote_idp):

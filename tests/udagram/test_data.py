@@ -72,7 +72,7 @@ def test_image_record_writes_send_flat_conditions(monkeypatch):
     sent: list[str] = []
 
     def update(self, actions, condition):
-        sent.append(condition.serialize({}, {}))
+        sent.append(_serialized(condition)[0])
 
     monkeypatch.setattr(data.ImageModel, "update", update)
     image_records.acquire_lease(ID, "token", 60, s3_original_key="originals/x.jpg", s3_etag="etag")
